@@ -1,0 +1,64 @@
+# acceltrain: the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help venv lint typecheck imports crd crd-check unit integration trainer-tests test \
+        tools cluster-up cluster-down demo demo-down clean
+
+help:
+	@echo "make demo      local cluster + operator + a CPU training job, with live progress"
+	@echo "make test      the whole suite: lint, types, import rules, CRD drift, unit and integration tests"
+	@echo "make crd       regenerate the CRD from the pydantic models"
+	@echo "make tools     build the Kubernetes binaries, kwok, helm and kind from Go modules"
+
+# The venv is rebuilt only when pyproject.toml changes. torch goes first so that the resolver
+# does not pick a different build when deepspeed pulls it in.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch>=2.4"
+	$(PIP) install -q -e ".[operator,trainer,dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check operator trainer_image tests hack benchmarks
+	$(VENV)/bin/ruff format --check operator trainer_image tests hack benchmarks
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+imports: venv
+	$(VENV)/bin/lint-imports
+
+crd: venv
+	$(PY) -m accel_operator.crdgen --write
+
+crd-check: venv
+	$(PY) -m accel_operator.crdgen --check
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+integration: venv tools
+	$(PY) -m pytest tests/integration
+
+test: venv tools lint typecheck imports crd-check
+	$(PY) -m pytest tests
+
+tools:
+	bash hack/tools/build.sh
+
+cluster-up: venv tools
+	$(PY) hack/cluster.py up
+
+cluster-down:
+	$(PY) hack/cluster.py down
+
+clean:
+	rm -rf .cluster .demo build dist *.egg-info
