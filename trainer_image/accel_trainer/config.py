@@ -139,11 +139,11 @@ class ModelSpec(CamelModel):
     task: Task = Task.SEQUENCE_CLASSIFICATION
     """What the model learns: sequence-classification, token-classification or causal-lm."""
     pretrained: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
-    """A Hugging Face hub name or a path inside the pod (a mounted volume). Exclusive with config."""
+    """A Hugging Face hub name or a path in the pod (a mounted volume). Exclusive with config."""
     config: ModelArchitectureSpec | None = None
     """Build a randomly initialised model of this architecture. Exclusive with pretrained."""
     tokenizer: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
-    """Tokenizer name or path; defaults to pretrained, or to one trained from the data for config."""
+    """Tokenizer name or path; defaults to pretrained, or one trained from the data for config."""
     num_labels: Annotated[int | None, Field(ge=2, le=100000)] = None
     """Number of classes for classification tasks; defaults to the labels found in the data."""
 
@@ -331,7 +331,7 @@ class PruningSpec(CamelModel):
     exclude: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
         default_factory=lambda: list(DEFAULT_PRUNING_EXCLUDE)
     )
-    """Glob patterns of parameter names never pruned; embeddings, classifier, LayerNorm by default."""
+    """Glob patterns of parameter names never pruned; embeddings, classifier, norms by default."""
 
     @model_validator(mode="after")
     def _schedule_consistent(self) -> PruningSpec:
@@ -403,6 +403,8 @@ class TrainerConfig(CamelModel):
     """cuda when the pod has GPUs; cpu runs DeepSpeed's CPU accelerator over gloo."""
     procs_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
     """Local ranks in each pod (GPUs per pod, or CPU processes)."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass (the model's gradient checkpointing)."""
     output_dir: str | None = None
     """Where eval reports and the exported model go; defaults to <checkpoint.dir>/output."""
 

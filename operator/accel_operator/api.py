@@ -1,0 +1,806 @@
+"""The ``AccelTrainJob`` API (``acceltrain.io/v1alpha1``): the single source of its CRD schema.
+
+Pure: pydantic models and validation only, no I/O. The model, data, training, pruning, export and
+metrics sections are the trainer contract's own models (:mod:`accel_trainer.config`), so the
+operator and the trainer cannot disagree on them. Every cross-field rule is checked here (in
+Python, with a message naming the field path and the fix) and, where CEL can express it, also
+in the CRD (see :data:`CEL_RULES`) so that ``kubectl apply`` rejects the spec before any object
+is created.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any, Literal
+
+from accel_trainer.config import (
+    RESERVED_ENV_NAMES,
+    RESERVED_ENV_PREFIX,
+    CamelModel,
+    DataSpec,
+    ExportSpec,
+    MetricsSpec,
+    ModelSpec,
+    PruningSpec,
+    TrainingSpec,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from accel_operator import constants
+
+GROUP = "acceltrain.io"
+VERSION = "v1alpha1"
+KIND = "AccelTrainJob"
+PLURAL = "acceltrainjobs"
+SINGULAR = "acceltrainjob"
+SHORT_NAMES = ("atj",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Derived names: Service "<job>", Job "<job>-a<attempt>", pod hostname "<job>-a<attempt>-<index>".
+# The hostname must stay a DNS label (63 characters) for the largest attempt and index allowed.
+MAX_ATTEMPT_DIGITS = 3
+MAX_WORKERS = 1024
+MAX_INDEX_DIGITS = len(str(MAX_WORKERS - 1))
+MAX_JOB_NAME_LENGTH = 63 - len("-a") - MAX_ATTEMPT_DIGITS - len("-") - MAX_INDEX_DIGITS
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+ShortString = Annotated[str, Field(min_length=1, max_length=253)]
+LabelValue = Annotated[str, Field(max_length=63)]
+# Kubernetes quantities ("2", "500m", "16Gi") arrive as integers or strings; both are accepted.
+Quantity = Annotated[
+    int | str,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
+# --- pods and placement -------------------------------------------------------------------------
+class ResourcesSpec(CamelModel):
+    """CPU, memory and other resources of each worker (GPUs come from devicesPerWorker)."""
+
+    requests: Annotated[dict[str, Quantity], Field(max_length=16)] = Field(default_factory=dict)
+    """Resources reserved for each worker pod, for example {cpu: 8, memory: 64Gi}."""
+    limits: Annotated[dict[str, Quantity], Field(max_length=16)] = Field(default_factory=dict)
+    """Upper bounds for each worker pod; nvidia.com/gpu is set from devicesPerWorker."""
+
+
+class TolerationOperator(str, enum.Enum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(str, enum.Enum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(CamelModel):
+    """A toleration for the taints of the GPU node pool (Kubernetes' core/v1 Toleration)."""
+
+    key: Annotated[str | None, Field(max_length=317)] = None
+    """Taint key to tolerate; empty with operator Exists tolerates every taint."""
+    operator: TolerationOperator = TolerationOperator.EQUAL
+    """Exists or Equal."""
+    value: Annotated[str | None, Field(max_length=63)] = None
+    """Taint value to match with operator Equal."""
+    effect: TaintEffect | None = None
+    """Taint effect to match; empty matches all effects."""
+    toleration_seconds: Annotated[int | None, Field(ge=0)] = None
+    """How long a NoExecute taint is tolerated."""
+
+
+class NodeSelectorOperator(str, enum.Enum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+    GT = "Gt"
+    LT = "Lt"
+
+
+class NodeSelectorRequirement(CamelModel):
+    """One label expression a node must satisfy."""
+
+    key: Annotated[str, Field(min_length=1, max_length=317)]
+    """Node label key."""
+    operator: NodeSelectorOperator
+    """In, NotIn, Exists, DoesNotExist, Gt or Lt."""
+    values: Annotated[list[LabelValue], Field(max_length=64)] = Field(default_factory=list)
+    """Label values for In/NotIn; one integer for Gt/Lt."""
+
+
+class NodeSelectorTerm(CamelModel):
+    """Expressions that must all hold (terms are ORed)."""
+
+    match_expressions: Annotated[list[NodeSelectorRequirement], Field(max_length=32)] = Field(
+        default_factory=list
+    )
+    """Label expressions on the node."""
+
+
+class RequiredNodeAffinity(CamelModel):
+    """Hard node constraints."""
+
+    node_selector_terms: Annotated[list[NodeSelectorTerm], Field(min_length=1, max_length=16)]
+    """Any one of these terms must match."""
+
+
+class PreferredSchedulingTerm(CamelModel):
+    """A weighted soft node preference."""
+
+    weight: Annotated[int, Field(ge=1, le=100)]
+    """Weight of this preference, 1-100."""
+    preference: NodeSelectorTerm
+    """The node labels preferred."""
+
+
+class NodeAffinity(CamelModel):
+    """Node affinity of the worker pods (Kubernetes' core/v1 NodeAffinity)."""
+
+    required_during_scheduling_ignored_during_execution: RequiredNodeAffinity | None = None
+    """Nodes the workers must run on."""
+    preferred_during_scheduling_ignored_during_execution: Annotated[
+        list[PreferredSchedulingTerm], Field(max_length=16)
+    ] = Field(default_factory=list)
+    """Nodes the workers prefer."""
+
+
+class Affinity(CamelModel):
+    """Scheduling affinity of the worker pods."""
+
+    node_affinity: NodeAffinity | None = None
+    """Node affinity (required and preferred terms)."""
+
+
+class NodePoolSpec(CamelModel):
+    """Where the worker pods run: the GPU node pool's labels and taints."""
+
+    node_selector: Annotated[dict[str, LabelValue], Field(max_length=32)] = Field(
+        default_factory=dict
+    )
+    """Node labels every worker node must have, for example {acceltrain.io/pool: gpu}."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
+    """Tolerations for the pool's taints. GPU workers tolerate nvidia.com/gpu automatically."""
+    affinity: Affinity | None = None
+    """Node affinity for finer placement."""
+
+
+class KeyRef(CamelModel):
+    """A key of a Secret or ConfigMap in the job's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Name of the Secret or ConfigMap."""
+    key: Annotated[str, Field(min_length=1, max_length=253)]
+    """Key inside it."""
+    optional: bool = False
+    """Start the pod even if the key is missing."""
+
+
+class EnvVarSource(CamelModel):
+    """Where an env var's value comes from; set exactly one."""
+
+    secret_key_ref: KeyRef | None = None
+    """A key of a Secret (for example a hub token)."""
+    config_map_key_ref: KeyRef | None = None
+    """A key of a ConfigMap."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("env[].valueFrom: set exactly one of secretKeyRef or configMapKeyRef")
+        return self
+
+
+class EnvVar(CamelModel):
+    """An extra environment variable of the trainer container."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    """Variable name; MASTER_ADDR, RANK, WORLD_SIZE and ACCELTRAIN_* are reserved."""
+    value: Annotated[str | None, Field(max_length=32768)] = None
+    """Literal value."""
+    value_from: EnvVarSource | None = None
+    """Take the value from a Secret or ConfigMap key instead."""
+
+
+class HostPathType(str, enum.Enum):
+    DIRECTORY = "Directory"
+    DIRECTORY_OR_CREATE = "DirectoryOrCreate"
+    FILE = "File"
+
+
+class PvcSource(CamelModel):
+    """A PersistentVolumeClaim in the job's namespace."""
+
+    claim_name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Name of the claim; ReadWriteMany when workers on several nodes share a checkpoint dir."""
+
+
+class HostPathSource(CamelModel):
+    """A directory of the node (single-node and local clusters)."""
+
+    path: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^/")]
+    """Absolute path on the node."""
+    type: HostPathType = HostPathType.DIRECTORY_OR_CREATE
+    """Directory, DirectoryOrCreate or File."""
+
+
+class EmptyDirSource(CamelModel):
+    """Scratch space that lives as long as the pod."""
+
+    medium: Literal["", "Memory"] = ""
+    """Empty for disk, Memory for tmpfs."""
+    size_limit: Quantity | None = None
+    """Maximum size, for example 10Gi."""
+
+
+class ConfigMapSource(CamelModel):
+    """Files from a ConfigMap."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Name of the ConfigMap."""
+
+
+class VolumeSpec(CamelModel):
+    """A volume mounted into every worker: model weights, data, checkpoints."""
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    ]
+    """Volume name, a DNS label unique within the job."""
+    mount_path: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^/")]
+    """Absolute path inside the trainer container."""
+    read_only: bool = False
+    """Mount read-only (data and model volumes)."""
+    persistent_volume_claim: PvcSource | None = None
+    """Use a PersistentVolumeClaim."""
+    host_path: HostPathSource | None = None
+    """Use a directory of the node."""
+    empty_dir: EmptyDirSource | None = None
+    """Use pod-lifetime scratch space (lost when the pod group restarts)."""
+    config_map: ConfigMapSource | None = None
+    """Use the files of a ConfigMap."""
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> VolumeSpec:
+        sources = [
+            self.persistent_volume_claim,
+            self.host_path,
+            self.empty_dir,
+            self.config_map,
+        ]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError(
+                f"volumes[{self.name}]: set exactly one of persistentVolumeClaim, hostPath, "
+                "emptyDir or configMap"
+            )
+        return self
+
+    @property
+    def persistent(self) -> bool:
+        """Whether files written here survive the pod group being recreated."""
+        return self.persistent_volume_claim is not None or self.host_path is not None
+
+
+# --- DeepSpeed ----------------------------------------------------------------------------------
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class OffloadDevice(str, enum.Enum):
+    NONE = "none"
+    CPU = "cpu"
+
+
+class ZeroSpec(CamelModel):
+    """ZeRO partitioning of optimizer state (1), gradients (2) and parameters (3)."""
+
+    stage: Annotated[int, Field(ge=0, le=3)] = 2
+    """ZeRO stage 0-3; a resumed attempt always uses the stage of its checkpoint."""
+    offload_optimizer: OffloadDevice = OffloadDevice.NONE
+    """Keep optimizer state in CPU memory (cpu); needs stage >= 1."""
+    offload_params: OffloadDevice = OffloadDevice.NONE
+    """Keep parameters in CPU memory (cpu); needs stage 3."""
+    reduce_bucket_size: Annotated[int, Field(ge=1, le=10**11)] = 500_000_000
+    """Elements reduced at a time; lower it to save memory, raise it for bandwidth."""
+    allgather_bucket_size: Annotated[int, Field(ge=1, le=10**11)] = 500_000_000
+    """Elements all-gathered at a time (stages 1-2)."""
+    overlap_comm: bool = False
+    """Overlap gradient reduction with the backward pass (more memory, faster on GPUs)."""
+    contiguous_gradients: bool = True
+    """Copy gradients into a contiguous buffer to avoid fragmentation."""
+
+
+class Fp16Spec(CamelModel):
+    """Dynamic loss scaling of fp16 training."""
+
+    loss_scale: Annotated[float, Field(ge=0.0)] = 0.0
+    """0 for dynamic loss scaling, or a fixed scale."""
+    initial_scale_power: Annotated[int, Field(ge=0, le=64)] = 16
+    """The dynamic scale starts at 2**initialScalePower."""
+    loss_scale_window: Annotated[int, Field(ge=1)] = 1000
+    """Steps without overflow before the scale doubles."""
+    hysteresis: Annotated[int, Field(ge=1)] = 2
+    """Overflows tolerated before the scale halves."""
+    min_loss_scale: Annotated[float, Field(gt=0.0)] = 1.0
+    """The scale never drops below this."""
+
+
+class DeepSpeedSpec(CamelModel):
+    """DeepSpeed engine settings; rendered into ds_config.json."""
+
+    zero: ZeroSpec = Field(default_factory=ZeroSpec)
+    """ZeRO stage, offload and bucket sizes."""
+    precision: Precision = Precision.BF16
+    """fp32, fp16 (GPU only, dynamic loss scaling) or bf16."""
+    fp16: Fp16Spec = Field(default_factory=Fp16Spec)
+    """Loss-scale settings, used when precision is fp16."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "type": "object"},
+    )
+    """Raw DeepSpeed JSON merged last, for settings the typed fields do not cover."""
+
+
+# --- checkpoint and run policy ------------------------------------------------------------------
+class CheckpointSpec(CamelModel):
+    """Checkpoints: where, how often, how many, and whether a restart resumes from them."""
+
+    path: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^/")] = "/checkpoints"
+    """Directory inside the pod; must be under the mountPath of a persistentVolumeClaim or
+    hostPath volume when resume is on."""
+    every_steps: Annotated[int | None, Field(ge=1)] = 500
+    """Save every this many optimizer steps (also on SIGTERM and at the end)."""
+    keep: Annotated[int, Field(ge=1, le=1000)] = 2
+    """Complete checkpoints to keep."""
+    resume: bool = True
+    """Resume a restarted attempt from the latest complete checkpoint."""
+
+
+class RunPolicy(CamelModel):
+    """Restarts, deadlines, clean-up and gang behaviour of the pod group."""
+
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = 3
+    """Whole-group restarts after retryable failures before the job fails (mutable)."""
+    backoff_seconds: Annotated[int, Field(ge=0, le=3600)] = 10
+    """Delay before the first restart; doubles after each restart, capped at 10 minutes."""
+    active_deadline_seconds: Annotated[int | None, Field(ge=1)] = None
+    """Fail the job if it runs longer than this, counted from its first start."""
+    ttl_seconds_after_finished: Annotated[int | None, Field(ge=0)] = None
+    """Delete the job and its children this long after it Succeeded or Failed."""
+    suspend: bool = False
+    """Set true to stop the pods (after a checkpoint); false resumes from it (mutable)."""
+    gang_timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 300
+    """All pods of an attempt must run within this, or the attempt is torn down and retried."""
+    progress_deadline_seconds: Annotated[int | None, Field(ge=10)] = None
+    """Mark the job Stalled when the step does not advance for this long."""
+    restart_on_stall: bool = True
+    """Restart the attempt (from its checkpoint) when it stalls."""
+    queue_name: Annotated[str | None, Field(min_length=1, max_length=63)] = None
+    """Kueue LocalQueue; the Job is created suspended with kueue.x-k8s.io/queue-name."""
+
+
+# --- the job ------------------------------------------------------------------------------------
+class AccelTrainJobSpec(CamelModel):
+    """A DeepSpeed training run on a group of worker pods."""
+
+    image: Annotated[str, Field(min_length=1, max_length=1024)]
+    """Trainer container image, for example ghcr.io/acceltrain/trainer:0.1.0."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """Kubernetes image pull policy of the trainer container."""
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
+    """Worker pods; each runs devicesPerWorker (or procsPerWorker) local ranks."""
+    devices_per_worker: Annotated[int, Field(ge=0, le=16)] = 1
+    """GPUs per worker pod (nvidia.com/gpu); 0 runs a CPU trainer with procsPerWorker ranks."""
+    procs_per_worker: Annotated[int | None, Field(ge=1, le=256)] = None
+    """Local ranks per CPU worker; with GPUs it is devicesPerWorker and may be omitted."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """CPU and memory of each worker."""
+    node_pool: NodePoolSpec = Field(default_factory=NodePoolSpec)
+    """Node selector, tolerations and affinity of the workers."""
+    priority_class_name: Annotated[str | None, Field(min_length=1, max_length=253)] = None
+    """PriorityClass of the worker pods."""
+    service_account_name: Annotated[str | None, Field(min_length=1, max_length=253)] = None
+    """ServiceAccount of the worker pods (for example to read a model from object storage)."""
+    env: Annotated[list[EnvVar], Field(max_length=128)] = Field(default_factory=list)
+    """Extra env vars of the trainer container."""
+    volumes: Annotated[list[VolumeSpec], Field(max_length=32)] = Field(default_factory=list)
+    """Volumes mounted into every worker (model, data, checkpoints)."""
+    model: ModelSpec
+    """The model to train."""
+    data: DataSpec
+    """Training and evaluation data."""
+    training: TrainingSpec
+    """Steps, batch sizes, optimizer and schedule."""
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    """ZeRO stage, offload, precision and raw overrides."""
+    pruning: PruningSpec | None = None
+    """Gradual magnitude pruning; omit to train dense."""
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    """What is saved at the end (optionally an int8-dynamic copy)."""
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """Where and how often to checkpoint."""
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    """Prometheus exporter port and the device peak used for MFU."""
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    """Restarts, deadlines, TTL, suspend and gang timeout."""
+
+    @property
+    def procs(self) -> int:
+        """Local ranks in each worker pod."""
+        if self.devices_per_worker > 0:
+            return self.devices_per_worker
+        return self.procs_per_worker or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.workers * self.procs
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.devices_per_worker == 0
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> AccelTrainJobSpec:
+        problems = list(cross_field_problems(self))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def cross_field_problems(spec: AccelTrainJobSpec) -> list[str]:
+    """Every rule that spans several fields, as messages naming the field path and the fix."""
+    problems: list[str] = []
+    zero = spec.deepspeed.zero
+    if spec.deepspeed.precision is Precision.FP16 and spec.on_cpu:
+        problems.append(
+            "deepspeed.precision: fp16 is not supported by DeepSpeed on CPU trainers "
+            "(devicesPerWorker: 0); use bf16 or fp32, or request GPUs"
+        )
+    overrides = spec.deepspeed.overrides
+    for half in ("fp16", "bf16"):
+        block = overrides.get(half)
+        if (
+            isinstance(block, dict)
+            and block.get("enabled")
+            and spec.deepspeed.precision.value != half
+        ):
+            problems.append(
+                f"deepspeed.overrides.{half}.enabled conflicts with deepspeed.precision "
+                f"({spec.deepspeed.precision.value}): fp16 and bf16 are exclusive; set "
+                f"deepspeed.precision: {half} and remove the override"
+            )
+    if zero.offload_optimizer is OffloadDevice.CPU and zero.stage < 1:
+        problems.append(
+            "deepspeed.zero.offloadOptimizer: cpu needs deepspeed.zero.stage >= 1; "
+            "raise the stage or set offloadOptimizer: none"
+        )
+    if zero.offload_params is OffloadDevice.CPU and zero.stage != 3:
+        problems.append(
+            "deepspeed.zero.offloadParams: cpu needs deepspeed.zero.stage: 3; "
+            "set the stage to 3 or offloadParams: none"
+        )
+    if spec.devices_per_worker > 0 and spec.procs_per_worker not in (None, spec.devices_per_worker):
+        problems.append(
+            f"procsPerWorker ({spec.procs_per_worker}) must equal devicesPerWorker "
+            f"({spec.devices_per_worker}) on GPU workers (one rank per GPU); omit procsPerWorker"
+        )
+    if spec.on_cpu and spec.training.optimizer.type.value == "lamb":
+        problems.append(
+            "training.optimizer.type: lamb needs GPUs (DeepSpeed's LAMB is a CUDA kernel); "
+            "use adamw on CPU trainers"
+        )
+    gpu_keys = [
+        key
+        for key in (*spec.resources.requests, *spec.resources.limits)
+        if key == constants.GPU_RESOURCE
+    ]
+    if gpu_keys:
+        problems.append(
+            f"resources: do not set {constants.GPU_RESOURCE}; it comes from devicesPerWorker"
+        )
+    for index, env in enumerate(spec.env):
+        if env.name in RESERVED_ENV_NAMES or env.name.startswith(RESERVED_ENV_PREFIX):
+            problems.append(
+                f"env[{index}].name: {env.name} is set by acceltrain for the rendezvous; "
+                f"rename it (reserved: {', '.join(sorted(RESERVED_ENV_NAMES))}, "
+                f"{RESERVED_ENV_PREFIX}*)"
+            )
+        if (env.value is None) == (env.value_from is None):
+            problems.append(f"env[{index}] ({env.name}): set exactly one of value or valueFrom")
+    names = [volume.name for volume in spec.volumes]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        problems.append(f"volumes: names must be unique, repeated: {', '.join(duplicates)}")
+    mounts = [volume.mount_path.rstrip("/") for volume in spec.volumes]
+    if constants.CONFIG_MOUNT_PATH in mounts:
+        problems.append(
+            f"volumes: mountPath {constants.CONFIG_MOUNT_PATH} is where acceltrain mounts the "
+            "trainer config; choose another path"
+        )
+    pruning = spec.pruning
+    if pruning is not None:
+        max_steps = spec.training.max_steps
+        if max_steps is not None and pruning.end_step > max_steps:
+            problems.append(
+                f"pruning.endStep ({pruning.end_step}) is after training.maxSteps ({max_steps}): "
+                "the target sparsity would never be reached; lower endStep"
+            )
+    if spec.model.config is not None:
+        max_positions = spec.model.config.max_position_embeddings
+        if spec.data.max_length > max_positions:
+            problems.append(
+                f"data.maxLength ({spec.data.max_length}) exceeds "
+                f"model.config.maxPositionEmbeddings ({max_positions}); raise the latter"
+            )
+    if spec.data.path is not None and spec.data.resolved_format() is None:
+        problems.append(
+            f"data.format: cannot infer the format of {spec.data.path}; set data.format "
+            "to jsonl, csv or conll"
+        )
+    if spec.checkpoint.resume and checkpoint_volume(spec) is None:
+        problems.append(
+            f"checkpoint.path ({spec.checkpoint.path}) is not on a persistentVolumeClaim or "
+            "hostPath volume, so a restarted attempt could not resume; add such a volume with a "
+            "mountPath containing it, or set checkpoint.resume: false"
+        )
+    return problems
+
+
+def checkpoint_volume(spec: AccelTrainJobSpec) -> VolumeSpec | None:
+    """The persistent volume whose mount holds ``checkpoint.path``, if any."""
+    path = spec.checkpoint.path.rstrip("/") + "/"
+    matches = [
+        volume
+        for volume in spec.volumes
+        if volume.persistent and path.startswith(volume.mount_path.rstrip("/") + "/")
+    ]
+    return max(matches, key=lambda volume: len(volume.mount_path), default=None)
+
+
+def job_name_problems(name: str) -> list[str]:
+    """Why ``name`` cannot be an AccelTrainJob name (its children's names derive from it)."""
+    problems = []
+    if not re.match(JOB_NAME_PATTERN, name):
+        problems.append(
+            f"metadata.name: {name!r} must be a DNS-1035 label (lower-case letters, digits and "
+            "'-', starting with a letter), because it names the job's headless Service"
+        )
+    if len(name) > MAX_JOB_NAME_LENGTH:
+        problems.append(
+            f"metadata.name: {name!r} is {len(name)} characters; at most {MAX_JOB_NAME_LENGTH} "
+            "keep every pod hostname (<name>-a<attempt>-<index>) a valid DNS label"
+        )
+    return problems
+
+
+# --- status -------------------------------------------------------------------------------------
+class Phase(str, enum.Enum):
+    PENDING = "Pending"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Condition(CamelModel):
+    """A standard metav1.Condition."""
+
+    type: Annotated[str, Field(min_length=1, max_length=316)]
+    """Created, Scheduled, Running, Progressing, Restarting, Suspended, Succeeded or Failed."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: Annotated[str, Field(min_length=1, max_length=1024)]
+    """CamelCase reason for the last transition."""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    """Human-readable details."""
+    last_transition_time: str
+    """When the status last changed (RFC 3339)."""
+    observed_generation: Annotated[int | None, Field(ge=0)] = None
+    """The spec generation the condition was computed from."""
+
+
+class WorkerCounts(CamelModel):
+    """Pods of the current attempt."""
+
+    total: Annotated[int, Field(ge=0)] = 0
+    """Pods the attempt wants."""
+    ready: Annotated[int, Field(ge=0)] = 0
+    """Pods running and ready."""
+    active: Annotated[int, Field(ge=0)] = 0
+    """Pods created and not finished."""
+    succeeded: Annotated[int, Field(ge=0)] = 0
+    """Pods that exited 0."""
+    failed: Annotated[int, Field(ge=0)] = 0
+    """Pods that failed."""
+    summary: str = "0/0"
+    """ready/total, for kubectl get."""
+
+
+class Progress(CamelModel):
+    """Live training progress scraped from rank 0's metrics."""
+
+    step: Annotated[int, Field(ge=0)] = 0
+    """Optimizer steps done."""
+    total_steps: Annotated[int | None, Field(ge=0)] = None
+    """Optimizer steps planned."""
+    samples_per_second: Annotated[float, Field(ge=0)] = 0.0
+    """Training samples per second of the whole job."""
+    tokens_per_second: Annotated[float, Field(ge=0)] = 0.0
+    """Training tokens per second of the whole job."""
+    tflops_per_device: Annotated[float, Field(ge=0)] = 0.0
+    """Achieved TFLOP/s per device."""
+    mfu: Annotated[float, Field(ge=0)] = 0.0
+    """Model FLOPs utilisation (0-1)."""
+    loss: float | None = None
+    """Latest training loss."""
+    sparsity: Annotated[float | None, Field(ge=0, le=1)] = None
+    """Measured weight sparsity."""
+    eta: str | None = None
+    """Estimated time to finish, like 1h02m."""
+    last_step_time: str | None = None
+    """When the step last advanced (RFC 3339)."""
+
+
+class CheckpointStatus(CamelModel):
+    """The latest complete checkpoint."""
+
+    step: Annotated[int, Field(ge=0)]
+    """Optimizer step of the checkpoint."""
+    path: str
+    """Its directory inside the pods."""
+    time: str
+    """When it was observed (RFC 3339)."""
+
+
+class AccelTrainJobStatus(CamelModel):
+    """Observed state of the job, written by the operator."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase = Phase.PENDING
+    """Pending, Starting, Running, Restarting, Succeeded, Failed or Suspended."""
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
+    """Standard conditions with reasons."""
+    attempt: Annotated[int, Field(ge=0)] = 0
+    """Current attempt (pod group) number, from 1."""
+    restarts: Annotated[int, Field(ge=0)] = 0
+    """Whole-group restarts so far."""
+    workers: WorkerCounts = Field(default_factory=WorkerCounts)
+    """Pods of the current attempt."""
+    progress: Progress = Field(default_factory=Progress)
+    """Live progress."""
+    last_checkpoint: CheckpointStatus | None = None
+    """Latest complete checkpoint."""
+    start_time: str | None = None
+    """When the first attempt was created."""
+    completion_time: str | None = None
+    """When the job Succeeded or Failed."""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    """Last notable event, for humans."""
+    observed_generation: Annotated[int, Field(ge=0)] = 0
+    """The spec generation last acted on."""
+
+
+class AccelTrainJob(BaseModel):
+    """An AccelTrainJob object as stored in the API server."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    api_version: str = Field(API_VERSION, alias="apiVersion")
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: AccelTrainJobSpec
+    status: AccelTrainJobStatus = Field(default_factory=AccelTrainJobStatus)
+
+
+class SpecError(ValueError):
+    """A spec that cannot work; the message lists every problem with its field path and fix."""
+
+
+def parse_spec(spec: dict[str, Any], *, name: str | None = None) -> AccelTrainJobSpec:
+    """Validate a spec as it arrives from the API server, or raise :class:`SpecError`."""
+    problems = job_name_problems(name) if name is not None else []
+    try:
+        parsed = AccelTrainJobSpec.model_validate(spec)
+    except ValidationError as error:
+        problems.extend(_describe(error))
+        raise SpecError("invalid AccelTrainJob: " + "; ".join(problems)) from None
+    if problems:
+        raise SpecError("invalid AccelTrainJob: " + "; ".join(problems))
+    return parsed
+
+
+def _describe(error: ValidationError) -> list[str]:
+    messages = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "value_error":
+            messages.append(message)
+        else:
+            where = f"spec.{path}" if path else "spec"
+            messages.append(f"{where}: {message}")
+    return messages
+
+
+# CEL rules that mirror the cross-field checks above, so the API server rejects bad specs on
+# apply. Keyed by model; the CRD generator attaches them where that model appears.
+CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
+    ModelSpec: [
+        {
+            "rule": "has(self.pretrained) != has(self.config)",
+            "message": "model: set exactly one of model.pretrained or model.config",
+        }
+    ],
+    DataSpec: [
+        {
+            "rule": "has(self.path) != has(self.synthetic)",
+            "message": "data: set exactly one of data.path or data.synthetic",
+        }
+    ],
+    TrainingSpec: [
+        {
+            "rule": "has(self.maxSteps) != has(self.epochs)",
+            "message": "training: set exactly one of training.maxSteps or training.epochs",
+        }
+    ],
+    PruningSpec: [
+        {
+            "rule": "self.startStep < self.endStep",
+            "message": "pruning.startStep must be smaller than pruning.endStep",
+        }
+    ],
+    ZeroSpec: [
+        {
+            "rule": "self.offloadOptimizer == 'none' || self.stage >= 1",
+            "message": "deepspeed.zero.offloadOptimizer: cpu needs deepspeed.zero.stage >= 1",
+        },
+        {
+            "rule": "self.offloadParams == 'none' || self.stage == 3",
+            "message": "deepspeed.zero.offloadParams: cpu needs deepspeed.zero.stage: 3",
+        },
+    ],
+    EnvVar: [
+        {
+            "rule": "!(self.name in ["
+            + ", ".join(f"'{name}'" for name in sorted(RESERVED_ENV_NAMES))
+            + f"]) && !self.name.startsWith('{RESERVED_ENV_PREFIX}')",
+            "message": "env[].name: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK, "
+            f"NODE_RANK and {RESERVED_ENV_PREFIX}* are reserved for the rendezvous; rename it",
+        },
+        {
+            "rule": "has(self.value) != has(self.valueFrom)",
+            "message": "env[]: set exactly one of value or valueFrom",
+        },
+    ],
+    AccelTrainJobSpec: [
+        {
+            "rule": "!(self.deepspeed.precision == 'fp16' && self.devicesPerWorker == 0)",
+            "message": "deepspeed.precision: fp16 is not supported by DeepSpeed on CPU trainers "
+            "(devicesPerWorker: 0); use bf16 or fp32",
+        },
+        {
+            "rule": "self.devicesPerWorker == 0 || !has(self.procsPerWorker) "
+            "|| self.procsPerWorker == self.devicesPerWorker",
+            "message": "procsPerWorker must equal devicesPerWorker on GPU workers; omit it",
+        },
+        {
+            "rule": "!has(self.pruning) || !has(self.training.maxSteps) "
+            "|| self.pruning.endStep <= self.training.maxSteps",
+            "message": "pruning.endStep must not be after training.maxSteps",
+        },
+    ],
+}
+
+# Spec fields a running job may change; everything else is immutable (CEL self == oldSelf).
+MUTABLE_SPEC_FIELDS = frozenset({"runPolicy"})
+MUTABLE_RUN_POLICY_FIELDS = frozenset(
+    {"suspend", "maxRestarts", "ttlSecondsAfterFinished", "activeDeadlineSeconds"}
+)

@@ -1,0 +1,72 @@
+"""Names the operator shares with the cluster: labels, annotations, paths, condition types.
+
+The env var names and exit codes shared with the trainer live in :mod:`accel_trainer.config`
+(the contract); they are re-exported here so operator code has one place to import from.
+"""
+
+from __future__ import annotations
+
+from accel_trainer.config import (
+    DEFAULT_MASTER_PORT,
+    ENV_ATTEMPT,
+    ENV_CONFIG,
+    ENV_JOB_NAME,
+    ENV_METRICS_PORT,
+    ENV_NAMESPACE,
+    ENV_NNODES,
+    ENV_NODE_RANK,
+    ENV_NPROC_PER_NODE,
+    ENV_POD_IP,
+    ENV_POD_NAME,
+    PERMANENT_EXIT_CODES,
+    ExitCode,
+)
+
+__all__ = [
+    "DEFAULT_MASTER_PORT",
+    "ENV_ATTEMPT",
+    "ENV_CONFIG",
+    "ENV_JOB_NAME",
+    "ENV_METRICS_PORT",
+    "ENV_NAMESPACE",
+    "ENV_NNODES",
+    "ENV_NODE_RANK",
+    "ENV_NPROC_PER_NODE",
+    "ENV_POD_IP",
+    "ENV_POD_NAME",
+    "PERMANENT_EXIT_CODES",
+    "ExitCode",
+]
+
+DOMAIN = "acceltrain.io"
+LABEL_JOB_NAME = f"{DOMAIN}/job-name"
+LABEL_ATTEMPT = f"{DOMAIN}/attempt"
+LABEL_ROLE = f"{DOMAIN}/role"
+ROLE_WORKER = "worker"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "acceltrain-operator"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+FIELD_MANAGER = "acceltrain-operator"
+FINALIZER = f"{DOMAIN}/finalizer"
+
+GPU_RESOURCE = "nvidia.com/gpu"
+TRAINER_CONTAINER = "trainer"
+CONFIG_VOLUME = "acceltrain-config"
+CONFIG_MOUNT_PATH = "/etc/acceltrain"
+TRAINER_CONFIG_FILE = "trainer.json"
+DEEPSPEED_CONFIG_FILE = "ds_config.json"
+METRICS_PORT_NAME = "metrics"
+RENDEZVOUS_PORT_NAME = "rendezvous"
+SHM_VOLUME = "dshm"
+
+# Condition types on AccelTrainJob status.
+CONDITION_CREATED = "Created"
+CONDITION_SCHEDULED = "Scheduled"
+CONDITION_RUNNING = "Running"
+CONDITION_PROGRESSING = "Progressing"
+CONDITION_RESTARTING = "Restarting"
+CONDITION_SUSPENDED = "Suspended"
+CONDITION_SUCCEEDED = "Succeeded"
+CONDITION_FAILED = "Failed"

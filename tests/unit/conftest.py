@@ -1,0 +1,39 @@
+"""Shared helpers for the unit tests: the example manifests and a minimal valid spec."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES_DIR = REPO_ROOT / "manifests" / "examples"
+
+MINIMAL_SPEC: dict[str, Any] = {
+    "image": "ghcr.io/acceltrain/trainer-cpu:0.1.0",
+    "workers": 2,
+    "devicesPerWorker": 0,
+    "procsPerWorker": 2,
+    "model": {"config": {"hiddenSize": 64, "numLayers": 2, "numHeads": 2}},
+    "data": {"synthetic": {"numSamples": 256}},
+    "training": {"maxSteps": 20},
+    "checkpoint": {"path": "/checkpoints"},
+    "volumes": [{"name": "ckpt", "mountPath": "/checkpoints", "hostPath": {"path": "/tmp/x"}}],
+}
+
+
+def example_files() -> list[Path]:
+    return sorted(EXAMPLES_DIR.glob("*.yaml"))
+
+
+def load_example(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    return document
+
+
+@pytest.fixture
+def minimal_spec() -> dict[str, Any]:
+    return copy.deepcopy(MINIMAL_SPEC)

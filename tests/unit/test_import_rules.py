@@ -1,0 +1,60 @@
+"""The layering rules of DESIGN.md hold: pure API and rendering, a one-way trainer contract."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OPERATOR = REPO_ROOT / "operator" / "accel_operator"
+TRAINER = REPO_ROOT / "trainer_image" / "accel_trainer"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _top(names: set[str]) -> set[str]:
+    return {name.split(".")[0] for name in names}
+
+
+@pytest.mark.parametrize("module", ["api.py", "render.py"])
+def test_api_and_render_do_no_io(module: str) -> None:
+    imported = _imports(OPERATOR / module)
+    forbidden = {"kopf", "kubernetes", "requests", "urllib3", "aiohttp", "socket", "subprocess"}
+    assert _top(imported) & forbidden == set()
+    assert not {
+        name
+        for name in imported
+        if name.startswith(("accel_operator.kube", "accel_operator.handlers"))
+    }
+
+
+def test_trainer_contract_imports_only_pydantic_and_the_standard_library() -> None:
+    imported = _top(_imports(TRAINER / "config.py"))
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party == {"pydantic"}
+
+
+def test_trainer_never_imports_the_operator() -> None:
+    for path in TRAINER.rglob("*.py"):
+        assert "accel_operator" not in _top(_imports(path)), path
+
+
+def test_import_linter_contracts_hold() -> None:
+    linter = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert linter, "import-linter is part of the dev extra"
+    result = subprocess.run([linter], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
