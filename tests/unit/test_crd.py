@@ -115,6 +115,7 @@ def test_check_mode_reports_drift(tmp_path: Any, monkeypatch: Any, capsys: Any) 
     stale = tmp_path / "crd.yaml"
     stale.write_text("old")
     monkeypatch.setattr(crdgen, "CRD_PATHS", (stale,))
+    monkeypatch.setattr(crdgen, "API_DOCS_PATH", tmp_path / "api.md")
     assert crdgen.main(["--check"]) == 1
     assert "run `make crd`" in capsys.readouterr().err
     assert crdgen.main(["--write"]) == 0
