@@ -55,10 +55,26 @@ tools:
 	bash hack/tools/build.sh
 
 cluster-up: venv tools
-	$(PY) hack/cluster.py up
+	PYTHONPATH=hack $(PY) -m localcluster up
 
 cluster-down:
-	$(PY) hack/cluster.py down
+	PYTHONPATH=hack $(PY) -m localcluster down
 
 clean:
 	rm -rf .cluster .demo build dist *.egg-info
+
+# --- images: names and tags live here and nowhere else -----------------------------------------
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REGISTRY ?= ghcr.io/acceltrain
+OPERATOR_IMAGE ?= $(REGISTRY)/operator:$(VERSION)
+TRAINER_IMAGE ?= $(REGISTRY)/trainer:$(VERSION)
+TRAINER_CPU_IMAGE ?= $(REGISTRY)/trainer-cpu:$(VERSION)
+
+.PHONY: images image-names
+images:
+	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
+	docker build -f trainer_image/Dockerfile -t $(TRAINER_IMAGE) .
+	docker build -f trainer_image/Dockerfile.cpu -t $(TRAINER_CPU_IMAGE) .
+
+image-names:
+	@echo $(OPERATOR_IMAGE) $(TRAINER_IMAGE) $(TRAINER_CPU_IMAGE)

@@ -37,3 +37,19 @@ def load_example(path: Path) -> dict[str, Any]:
 @pytest.fixture
 def minimal_spec() -> dict[str, Any]:
     return copy.deepcopy(MINIMAL_SPEC)
+
+
+TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
+
+
+def require_tool(name: str) -> Path:
+    """A Go-built tool from `make tools`; missing fails under CI and skips, loudly, elsewhere."""
+    import os
+
+    path = TOOLS_BIN / name
+    if path.exists():
+        return path
+    message = f"{path} is missing: run `make tools`"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

@@ -1,0 +1,244 @@
+"""The Helm chart lints clean, renders secure least-privilege objects, and rejects typos."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import REPO_ROOT, require_tool
+
+CHART = REPO_ROOT / "charts" / "acceltrain"
+ALL_FEATURES = {
+    "replicaCount": "2",
+    "metrics.serviceMonitor.enabled": "true",
+    "metrics.podMonitor.enabled": "true",
+    "grafanaDashboard.enabled": "true",
+}
+# Exactly what the operator does to each resource; anything more is a finding.
+EXPECTED_RULES = {
+    ("acceltrain.io", "acceltrainjobs"): {"get", "list", "watch", "patch", "delete"},
+    ("acceltrain.io", "acceltrainjobs/status"): {"get", "patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/log"): {"get"},
+    ("", "events"): {"get", "list", "watch", "create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+}
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    binary = require_tool("helm")
+    return subprocess.run(
+        [str(binary), *args], capture_output=True, text=True, check=check, cwd=REPO_ROOT
+    )
+
+
+def render(values: dict[str, str] | None = None, *extra: str) -> list[dict[str, Any]]:
+    sets = [f"--set={key}={value}" for key, value in (values or {}).items()]
+    result = helm(
+        "template", "acceltrain", str(CHART), "--namespace", "acceltrain-system", *sets, *extra
+    )
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, ALL_FEATURES, {"watchNamespaces": "{team-a,team-b}"}],
+    ids=["default", "all-features", "namespaced"],
+)
+def test_helm_lint_is_clean(values: dict[str, str]) -> None:
+    sets = [f"--set={key}={value}" for key, value in values.items()]
+    result = helm("lint", "--strict", str(CHART), *sets, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_operator_pod_runs_with_secure_defaults() -> None:
+    deployment = by_kind(render(), "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["requests"]
+    assert "--standalone" in container["args"]
+
+
+def test_selectors_match_the_pod_labels() -> None:
+    docs = render(ALL_FEATURES)
+    deployment = by_kind(docs, "Deployment")[0]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selectors = [deployment["spec"]["selector"]["matchLabels"]]
+    selectors += [service["spec"]["selector"] for service in by_kind(docs, "Service")]
+    selectors += [
+        monitor["spec"]["selector"]["matchLabels"] for monitor in by_kind(docs, "ServiceMonitor")
+    ]
+    for selector in selectors:
+        assert all(labels.get(key) == value for key, value in selector.items()), selector
+
+
+def test_replicas_elect_a_leader_through_peering() -> None:
+    docs = render(ALL_FEATURES)
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=acceltrain" in args
+    assert by_kind(docs, "ClusterKopfPeering")[0]["metadata"]["name"] == "acceltrain"
+
+
+def _rules(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    granted: dict[tuple[str, str], set[str]] = {}
+    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+@pytest.mark.parametrize(
+    "values", [{}, {"watchNamespaces": "{team-a}"}], ids=["cluster-wide", "namespaced"]
+)
+def test_rbac_grants_exactly_what_the_operator_uses(values: dict[str, str]) -> None:
+    granted = _rules(render(values))
+    assert granted == EXPECTED_RULES
+    for (group, resource), verbs in granted.items():
+        assert "*" not in verbs and resource != "*" and group != "*"
+        assert resource != "secrets"
+
+
+def test_namespaced_install_binds_roles_only_in_watched_namespaces() -> None:
+    docs = render({"watchNamespaces": "{team-a,team-b}"})
+    assert sorted(role["metadata"]["namespace"] for role in by_kind(docs, "Role")) == [
+        "team-a",
+        "team-b",
+    ]
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+
+
+def test_optional_monitoring_objects_are_off_by_default() -> None:
+    kinds = {doc["kind"] for doc in render()}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "ClusterKopfPeering"}
+    assert not [
+        cm for cm in by_kind(render(), "ConfigMap") if "dashboard" in cm["metadata"]["name"]
+    ]
+
+
+def test_grafana_dashboard_shows_throughput_mfu_step_time_loss_and_restarts() -> None:
+    configmap = next(
+        cm
+        for cm in by_kind(render(ALL_FEATURES), "ConfigMap")
+        if "dashboard" in cm["metadata"]["name"]
+    )
+    dashboard = yaml.safe_load(configmap["data"]["acceltrain.json"])
+    exprs = " ".join(target["expr"] for panel in dashboard["panels"] for target in panel["targets"])
+    for metric in (
+        "acceltrain_samples_per_second",
+        "acceltrain_tokens_per_second",
+        "acceltrain_mfu_ratio",
+        "acceltrain_step_seconds_bucket",
+        "acceltrain_loss",
+        "restarts_total",
+    ):
+        assert metric in exprs
+
+
+def test_values_schema_rejects_a_typo_with_the_key_named() -> None:
+    result = helm("template", "acceltrain", str(CHART), "--set", "imagee.tag=1.0", check=False)
+    assert result.returncode != 0
+    assert "imagee" in result.stderr
+    assert "Additional property" in result.stderr or "additional properties" in result.stderr
+
+
+def test_every_value_is_documented() -> None:
+    """Every value the chart defines (the schema's properties) has a comment above it."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    stack: list[tuple[int, str]] = []
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w]*):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [key for _, key in stack] + [match.group(2)]
+        stack.append((indent, match.group(2)))
+        node: dict[str, Any] | None = schema
+        for key in path:
+            node = (node or {}).get("properties", {}).get(key)
+        if node is None or "properties" in node:
+            continue  # a user's own map entry, or a section whose values are documented
+        previous = lines[number - 1].strip() if number else ""
+        assert previous.startswith("#"), f"values.yaml:{number + 1} {'.'.join(path)} has no comment"
+
+
+def test_chart_app_version_is_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    version = re.search(r'^version = "(.+)"$', pyproject, re.MULTILINE)
+    assert version and chart["appVersion"] == version.group(1)
+
+
+def _dockerfiles() -> list[Path]:
+    return [
+        REPO_ROOT / "operator" / "Dockerfile",
+        *sorted((REPO_ROOT / "trainer_image").glob("Dockerfile*")),
+    ]
+
+
+@pytest.mark.parametrize("path", _dockerfiles(), ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_dockerfile_pins_its_base_runs_as_non_root_and_enters_the_module(path: Path) -> None:
+    text = path.read_text()
+    bases = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
+    assert bases
+    for base in bases:
+        if base.islower() and ":" not in base and "@" not in base:
+            stage_names = re.findall(
+                r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.MULTILINE | re.IGNORECASE
+            )
+            assert base in stage_names, f"{base} is not pinned"
+            continue
+        tag = base.split("@")[0].split(":")[-1]
+        assert "@sha256:" in base or re.search(r"\d", tag), f"{base} is not pinned"
+        assert not tag.startswith("latest")
+    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert re.search(
+        r'^ENTRYPOINT \["python", "-m", "accel_(operator|trainer)"\]', text, re.MULTILINE
+    )
+
+
+def test_image_names_live_in_one_place() -> None:
+    names = subprocess.run(
+        ["make", "-s", "image-names"], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    ).stdout.split()
+    operator_image, trainer_image, trainer_cpu_image = names
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert f"{values['image']['repository']}:{chart['appVersion']}" == operator_image
+    assert values["trainer"]["image"] == trainer_image
+    examples = "\n".join(
+        path.read_text() for path in (REPO_ROOT / "manifests" / "examples").glob("*.yaml")
+    )
+    used = set(re.findall(r"image:\s*(\S+)", examples))
+    assert used <= {trainer_image, trainer_cpu_image}, used
