@@ -45,6 +45,7 @@ CONTRACT_FAMILIES = {
     "acceltrain_device_memory_bytes": "gauge",
     "acceltrain_step_seconds": "histogram",
     "acceltrain_checkpoint_seconds": "histogram",
+    "acceltrain_last_checkpoint_step": "gauge",
 }
 
 GPT2_SMALL = {"num_layers": 12, "hidden_size": 768, "seq_length": 1024}
@@ -139,8 +140,9 @@ def test_every_contract_metric_is_exported_with_its_type_and_labels() -> None:
 def test_counters_and_step_gauge_follow_the_recorded_steps() -> None:
     metrics = make_metrics()
     record_steps(metrics, [(0.5, 16, 1000), (0.5, 16, 1200), (0.5, 8, 600)])
-    metrics.record_checkpoint(2.0)
-    metrics.record_checkpoint(4.0)
+    assert sample_value(scrape(metrics), "acceltrain_last_checkpoint_step") == -1
+    metrics.record_checkpoint(2.0, step=2)
+    metrics.record_checkpoint(4.0, step=3)
 
     text = scrape(metrics)
 
@@ -156,6 +158,7 @@ def test_counters_and_step_gauge_follow_the_recorded_steps() -> None:
     assert sample_value(text, "acceltrain_step_seconds_bucket", le="0.25") == 0
     assert sample_value(text, "acceltrain_checkpoint_seconds_count") == 2
     assert sample_value(text, "acceltrain_checkpoint_seconds_sum") == pytest.approx(6.0)
+    assert sample_value(text, "acceltrain_last_checkpoint_step") == 3
 
 
 def test_loss_scale_and_sparsity_show_what_the_loop_reports() -> None:

@@ -432,6 +432,11 @@ class TrainerMetrics:
             "optimizer_steps", "Optimizer steps this rank has completed in this process."
         ).labels(**self.labels)
         self._step = gauge("step", "Current optimizer step of the run.").labels(**self.labels)
+        self._checkpoint_step = gauge(
+            "last_checkpoint_step",
+            "Optimizer step of the latest complete checkpoint (-1 before the first).",
+        ).labels(**self.labels)
+        self._checkpoint_step.set(-1)
         self._samples_per_second = gauge(
             "samples_per_second",
             "Samples per second of this rank over the last optimizer steps.",
@@ -633,11 +638,16 @@ class TrainerMetrics:
         self._window.append(_StepSample(step_seconds, samples, tokens))
         self._update_rates()
 
-    def record_checkpoint(self, seconds: float) -> None:
-        """Account for one checkpoint save that took ``seconds`` of wall-clock."""
+    def record_checkpoint(self, seconds: float, step: int | None = None) -> None:
+        """Account for one checkpoint save that took ``seconds`` and holds optimizer ``step``.
+
+        The operator reads the step back into ``status.lastCheckpoint``.
+        """
         if not (seconds >= 0 and math.isfinite(seconds)):
             raise ValueError(f"checkpoint seconds must be a duration >= 0, got {seconds}")
         self._checkpoint_seconds.observe(seconds)
+        if step is not None:
+            self._checkpoint_step.set(step)
 
     def record_device_memory(self) -> None:
         """Sample device memory: CUDA allocator figures on a GPU, process RSS on a CPU.
