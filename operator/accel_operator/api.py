@@ -14,6 +14,9 @@ import enum
 import re
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from accel_operator import constants
 from accel_trainer.config import (
     RESERVED_ENV_NAMES,
     RESERVED_ENV_PREFIX,
@@ -25,9 +28,6 @@ from accel_trainer.config import (
     PruningSpec,
     TrainingSpec,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from accel_operator import constants
 
 GROUP = "acceltrain.io"
 VERSION = "v1alpha1"

@@ -13,14 +13,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from accel_operator import api, constants
 from accel_trainer.config import (
     CheckpointConfig,
     JobIdentity,
     SchedulerType,
     TrainerConfig,
 )
-
-from accel_operator import api, constants
 
 TERMINATION_GRACE_SECONDS = 120
 SCRATCH_VOLUME = "scratch"

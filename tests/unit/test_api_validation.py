@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from accel_operator import api
 from accel_operator.api import SpecError, parse_spec
 

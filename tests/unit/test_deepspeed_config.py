@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from accel_operator import api, render
 
 from .conftest import MINIMAL_SPEC, example_files, load_example

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from accel_operator import api, constants, render
 from accel_trainer.config import TrainerConfig
 
