@@ -388,8 +388,8 @@ class RunPolicy(CamelModel):
 class AccelTrainJobSpec(CamelModel):
     """A DeepSpeed training run on a group of worker pods."""
 
-    image: Annotated[str, Field(min_length=1, max_length=1024)]
-    """Trainer container image, for example ghcr.io/acceltrain/trainer:0.1.0."""
+    image: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
+    """Trainer image; defaults to the operator's trainer image (Helm value trainer.image)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Kubernetes image pull policy of the trainer container."""
     workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from accel_operator import api, constants
@@ -25,6 +25,22 @@ TERMINATION_GRACE_SECONDS = 120
 SCRATCH_VOLUME = "scratch"
 SCRATCH_MOUNT_PATH = "/scratch"
 TRAINER_COMMAND = ("python", "-m", "accel_trainer", "run", "--config")
+
+
+@dataclass(frozen=True)
+class ClusterDefaults:
+    """What the operator's installation supplies when a spec leaves it out (Helm values)."""
+
+    trainer_image: str | None = None
+    """Image of jobs without spec.image."""
+    gpu_node_selector: dict[str, str] = field(default_factory=dict)
+    """Node selector of GPU workers whose spec.nodePool.nodeSelector is empty."""
+    gpu_tolerations: tuple[dict[str, Any], ...] = ()
+    """Tolerations added to every GPU worker."""
+
+
+class MissingImageError(ValueError):
+    """Neither the spec nor the operator's installation names a trainer image."""
 
 
 @dataclass(frozen=True)
@@ -294,7 +310,12 @@ def render_service(spec: api.AccelTrainJobSpec, ref: JobRef) -> dict[str, Any]:
     }
 
 
-def render_job(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> dict[str, Any]:
+def render_job(
+    spec: api.AccelTrainJobSpec,
+    ref: JobRef,
+    attempt: int,
+    defaults: ClusterDefaults = ClusterDefaults(),
+) -> dict[str, Any]:
     """The Indexed batch/v1 Job of one attempt: one pod per worker, all or nothing."""
     labels = attempt_labels(ref.name, attempt)
     job_labels = dict(labels)
@@ -332,22 +353,31 @@ def render_job(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> dict[s
                         "prometheus.io/port": str(spec.metrics.port),
                     },
                 },
-                "spec": _pod_spec(spec, ref, attempt),
+                "spec": _pod_spec(spec, ref, attempt, defaults),
             },
         },
     }
 
 
-def _pod_spec(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> dict[str, Any]:
+def _pod_spec(
+    spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int, defaults: ClusterDefaults
+) -> dict[str, Any]:
     node_pool = spec.node_pool
     tolerations = [
         toleration.model_dump(by_alias=True, exclude_none=True, mode="json")
         for toleration in node_pool.tolerations
     ]
+    node_selector = dict(node_pool.node_selector)
     if not spec.on_cpu:
         tolerations.append(
             {"key": constants.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
         )
+        tolerations.extend(
+            dict(toleration)
+            for toleration in defaults.gpu_tolerations
+            if toleration not in tolerations
+        )
+        node_selector = node_selector or dict(defaults.gpu_node_selector)
     pod: dict[str, Any] = {
         "subdomain": service_name(ref.name),
         "restartPolicy": "Never",
@@ -360,11 +390,11 @@ def _pod_spec(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> dict[st
             "fsGroup": 1000,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(spec, ref, attempt)],
+        "containers": [_container(spec, ref, attempt, defaults)],
         "volumes": _volumes(spec, ref, attempt),
     }
-    if node_pool.node_selector:
-        pod["nodeSelector"] = dict(node_pool.node_selector)
+    if node_selector:
+        pod["nodeSelector"] = node_selector
     if tolerations:
         pod["tolerations"] = tolerations
     if node_pool.affinity is not None:
@@ -378,7 +408,15 @@ def _pod_spec(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> dict[st
     return pod
 
 
-def _container(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> dict[str, Any]:
+def _container(
+    spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int, defaults: ClusterDefaults
+) -> dict[str, Any]:
+    image = spec.image or defaults.trainer_image
+    if not image:
+        raise MissingImageError(
+            "spec.image: no trainer image; set spec.image, or the operator's default trainer "
+            "image (Helm value trainer.image, env ACCELTRAIN_DEFAULT_TRAINER_IMAGE)"
+        )
     config_path = f"{constants.CONFIG_MOUNT_PATH}/{constants.TRAINER_CONFIG_FILE}"
     requests = {key: str(value) for key, value in spec.resources.requests.items()}
     limits = {key: str(value) for key, value in spec.resources.limits.items()}
@@ -407,7 +445,7 @@ def _container(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> dict[s
         mounts.append(mount)
     return {
         "name": constants.TRAINER_CONTAINER,
-        "image": spec.image,
+        "image": image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": [*TRAINER_COMMAND, config_path],
         "env": _env(spec, ref, attempt, config_path),
@@ -487,10 +525,15 @@ def _volumes(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> list[dic
     return volumes
 
 
-def render_attempt(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> list[dict[str, Any]]:
+def render_attempt(
+    spec: api.AccelTrainJobSpec,
+    ref: JobRef,
+    attempt: int,
+    defaults: ClusterDefaults = ClusterDefaults(),
+) -> list[dict[str, Any]]:
     """Every child of one attempt, in the order they should be applied."""
     return [
         render_config_map(spec, ref, attempt),
         render_service(spec, ref),
-        render_job(spec, ref, attempt),
+        render_job(spec, ref, attempt, defaults),
     ]

@@ -209,3 +209,39 @@ def test_queue_name_creates_a_suspended_job_for_kueue() -> None:
 def test_rendering_is_deterministic() -> None:
     for path in EXAMPLES:
         assert _render(path) == _render(path)
+
+
+def test_cluster_defaults_fill_the_image_and_gpu_pool_a_spec_leaves_out() -> None:
+    document = load_example(next(p for p in EXAMPLES if p.name.startswith("ner-pruning")))
+    del document["spec"]["image"]
+    spec = api.parse_spec(document["spec"])
+    defaults = render.ClusterDefaults(
+        trainer_image="registry.example/trainer:7",
+        gpu_node_selector={"pool": "a100"},
+        gpu_tolerations=({"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"},),
+    )
+    pod = render.render_job(spec, render.JobRef("j", "ns", "uid"), 1, defaults)["spec"]["template"][
+        "spec"
+    ]
+    assert pod["containers"][0]["image"] == "registry.example/trainer:7"
+    assert pod["nodeSelector"] == {"pool": "a100"}
+    assert {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_a_job_without_any_image_is_refused_with_the_fix() -> None:
+    document = load_example(EXAMPLES[0])
+    del document["spec"]["image"]
+    spec = api.parse_spec(document["spec"])
+    with pytest.raises(render.MissingImageError, match=r"spec\.image"):
+        render.render_attempt(spec, render.JobRef("j", "ns", "uid"), 1)
+
+
+def test_cpu_workers_do_not_get_the_gpu_pool_defaults() -> None:
+    spec = api.parse_spec(
+        load_example(next(p for p in EXAMPLES if p.name == "cpu-smoke.yaml"))["spec"]
+    )
+    defaults = render.ClusterDefaults(gpu_node_selector={"pool": "a100"})
+    pod = render.render_job(spec, render.JobRef("j", "ns", "uid"), 1, defaults)["spec"]["template"][
+        "spec"
+    ]
+    assert "nodeSelector" not in pod
