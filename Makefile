@@ -78,3 +78,7 @@ images:
 
 image-names:
 	@echo $(OPERATOR_IMAGE) $(TRAINER_IMAGE) $(TRAINER_CPU_IMAGE)
+
+.PHONY: manifests
+manifests: venv tools
+	$(PY) hack/render_manifests.py --write

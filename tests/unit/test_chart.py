@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,14 @@ import yaml
 from .conftest import REPO_ROOT, require_tool
 
 CHART = REPO_ROOT / "charts" / "acceltrain"
+# The version of the local control plane, so `kubeVersion` in Chart.yaml is checked against it.
+KUBE = (
+    "--kube-version",
+    (REPO_ROOT / "hack" / "tools" / "versions.env")
+    .read_text()
+    .split("KUBERNETES_VERSION=")[1]
+    .split()[0],
+)
 ALL_FEATURES = {
     "replicaCount": "2",
     "metrics.serviceMonitor.enabled": "true",
@@ -48,7 +57,14 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def render(values: dict[str, str] | None = None, *extra: str) -> list[dict[str, Any]]:
     sets = [f"--set={key}={value}" for key, value in (values or {}).items()]
     result = helm(
-        "template", "acceltrain", str(CHART), "--namespace", "acceltrain-system", *sets, *extra
+        "template",
+        "acceltrain",
+        str(CHART),
+        *KUBE,
+        "--namespace",
+        "acceltrain-system",
+        *sets,
+        *extra,
     )
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -64,7 +80,7 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 )
 def test_helm_lint_is_clean(values: dict[str, str]) -> None:
     sets = [f"--set={key}={value}" for key, value in values.items()]
-    result = helm("lint", "--strict", str(CHART), *sets, check=False)
+    result = helm("lint", "--strict", str(CHART), *KUBE, *sets, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -163,7 +179,9 @@ def test_grafana_dashboard_shows_throughput_mfu_step_time_loss_and_restarts() ->
 
 
 def test_values_schema_rejects_a_typo_with_the_key_named() -> None:
-    result = helm("template", "acceltrain", str(CHART), "--set", "imagee.tag=1.0", check=False)
+    result = helm(
+        "template", "acceltrain", str(CHART), *KUBE, "--set", "imagee.tag=1.0", check=False
+    )
     assert result.returncode != 0
     assert "imagee" in result.stderr
     assert "Additional property" in result.stderr or "additional properties" in result.stderr
@@ -242,3 +260,34 @@ def test_image_names_live_in_one_place() -> None:
     )
     used = set(re.findall(r"image:\s*(\S+)", examples))
     assert used <= {trainer_image, trainer_cpu_image}, used
+
+
+def test_plain_manifests_equal_the_charts_defaults() -> None:
+    helm_binary = require_tool("helm")
+    result = subprocess.run(
+        [sys.executable, "hack/render_manifests.py", "--check", "--helm", str(helm_binary)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_plain_manifests_build_with_kustomize() -> None:
+    kubectl = require_tool("kubectl")
+    built = subprocess.run(
+        [str(kubectl), "kustomize", "manifests/operator"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+    ).stdout
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(built) if doc}
+    assert {
+        "CustomResourceDefinition",
+        "Namespace",
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+    } <= kinds
