@@ -38,7 +38,17 @@ DROPPED_KEYS = {"title", "$defs", "additionalProperties", "prefixItems", "$schem
 
 
 class _CelAwareGenerator(GenerateJsonSchema):
-    """pydantic's generator, plus the CEL rules registered for each model class."""
+    """pydantic's generator, plus the CEL rules registered for each model class.
+
+    Defaults made by factories are written out in full: the API server checks every default
+    against the CEL rules without applying the nested defaults first.
+    """
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            return factory()  # type: ignore[call-arg]
+        return super().get_default_value(schema)
 
     def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
         json_schema = super().model_schema(schema)
@@ -98,6 +108,8 @@ def _structural(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, 
             }
         elif key == "items":
             result["items"] = _structural(value, definitions)
+        elif key == "default":
+            result["default"] = _without_nulls(value)
         else:
             result[key] = copy.deepcopy(value)
 
@@ -125,6 +137,15 @@ def _structural(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, 
             ):
                 child["default"] = {}
     return result
+
+
+def _without_nulls(value: Any) -> Any:
+    """A default with its null members dropped: absent, not null, is Kubernetes' 'unset'."""
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
 
 
 def _optional_sections(node: dict[str, Any]) -> set[str]:
