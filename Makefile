@@ -82,3 +82,8 @@ image-names:
 .PHONY: manifests
 manifests: venv tools
 	$(PY) hack/render_manifests.py --write
+
+.PHONY: e2e-kind
+# Needs a Docker engine: builds the images, runs them on kind with the chart and the CPU example.
+e2e-kind:
+	bash tests/e2e/kind-e2e.sh
