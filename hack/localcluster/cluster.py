@@ -1,0 +1,694 @@
+"""The :class:`Cluster`: starts, checks and stops one local cluster living in a state directory.
+
+State directory layout (``.cluster/`` for ``make cluster-up``, a temporary directory in pytest)::
+
+    kubeconfig               admin kubeconfig (system:masters)
+    state.json               ports, URLs and the pid + start time of every component
+    run/<component>.pid      pid files
+    logs/<component>.log     stdout/stderr of every component
+    pki/                     CA, serving and client certificates, service-account keys
+    etcd/  prometheus/  nodeagent/   component data (node agent: pods/<ns>_<pod>/<container>.log)
+
+A cluster is started by one process and can be inspected or stopped from any other through
+:meth:`Cluster.attach`, which reads ``state.json``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import controlplane, kwok, prometheus
+from .kubeapi import ApiError, KubeApi, health, tls_context
+from .pki import CertPair, ClientIdentity, Pki, create_pki
+from .processes import ProcessRecord, is_alive, spawn, stop
+from .tools import REPO_ROOT, TOOLS_DIR, kwok_stages_path, tool_path
+
+PROCESS_NODE_NAME = "acceltrain-cpu-0"
+GPU_NODE_PREFIX = "acceltrain-gpu-"
+# The node agent gives each pod an address in a /24 of this range; each cluster takes a free one.
+BRIDGE_SUPERNET = ipaddress.ip_network("10.77.0.0/16")
+STATE_FILE = "state.json"
+ADMIN_USER = "acceltrain-admin"
+PROMETHEUS_USER = "acceltrain:prometheus"
+# Order of start-up; they are stopped in the reverse order.
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "nodeagent",
+    "prometheus",
+)
+# The node agent stops its pods (each with its grace period) before it exits on SIGTERM.
+NODE_AGENT_STOP_SECONDS = 45.0
+COMPONENT_STOP_SECONDS = 10.0
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started, is not healthy, or did not stop cleanly."""
+
+
+class KubectlError(ClusterError):
+    """kubectl exited non-zero; the message carries its stderr."""
+
+    def __init__(self, args: Sequence[str], result: subprocess.CompletedProcess[str]) -> None:
+        super().__init__(
+            f"kubectl {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}"
+        )
+        self.result = result
+
+
+def free_port() -> int:
+    """A loopback TCP port that is free now (the kernel picks it, so parallel clusters differ)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _networks_in_use() -> list[ipaddress.IPv4Network]:
+    result = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=False
+    )
+    networks = []
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            address = fields[fields.index("inet") + 1]
+            networks.append(ipaddress.IPv4Interface(address).network)
+    return networks
+
+
+def free_bridge_cidr() -> str:
+    """The first /24 of 10.77.0.0/16 that no interface on this host uses yet."""
+    in_use = _networks_in_use()
+    for candidate in BRIDGE_SUPERNET.subnets(new_prefix=24):
+        if not any(candidate.overlaps(network) for network in in_use):
+            return str(candidate)
+    raise ClusterError(f"every /24 of {BRIDGE_SUPERNET} is in use; stop other local clusters")
+
+
+def _tail(path: Path, lines: int) -> str:
+    if not path.exists():
+        return f"({path} does not exist)"
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 64 * 1024))
+        text = handle.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Cluster:
+    """A local Kubernetes cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+    kwok with fake GPU nodes, optionally the process node agent and Prometheus.
+
+    Usage::
+
+        cluster = Cluster(Path("/tmp/c"), gpu_nodes=2)
+        cluster.start()                 # returns when every component is ready
+        cluster.kubectl("get", "nodes")
+        cluster.stop()                  # raises ClusterError if any process is left
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        gpu_nodes: int = 4,
+        gpus_per_node: int = 8,
+        process_node: bool = True,
+        prometheus: bool = True,
+        operator_metrics_port: int | None = None,
+        bridge_cidr: str | None = None,
+        tools_dir: Path = TOOLS_DIR,
+    ) -> None:
+        if gpu_nodes < 0:
+            raise ValueError(f"gpu_nodes must be >= 0, got {gpu_nodes}")
+        if gpus_per_node < 0:
+            raise ValueError(f"gpus_per_node must be >= 0, got {gpus_per_node}")
+        self.state_dir = Path(state_dir).resolve()
+        self.gpu_nodes = gpu_nodes
+        self.gpus_per_node = gpus_per_node
+        self.process_node = process_node
+        self.prometheus = prometheus
+        self.bridge_cidr = bridge_cidr
+        self.tools_dir = tools_dir
+        self._requested_operator_port = operator_metrics_port
+        self._ports: controlplane.Ports | None = None
+        self._records: dict[str, ProcessRecord] = {}
+        self._popens: dict[str, subprocess.Popen[bytes]] = {}
+        self._pki: Pki | None = None
+
+    # ---- paths and addresses -------------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def node_agent_state_dir(self) -> Path:
+        return self.state_dir / "nodeagent"
+
+    @property
+    def ports(self) -> controlplane.Ports:
+        if self._ports is None:
+            raise ClusterError(f"the cluster in {self.state_dir} has not been started")
+        return self._ports
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    @property
+    def prometheus_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.ports.prometheus}" if self.prometheus else None
+
+    @property
+    def operator_metrics_port(self) -> int:
+        """The loopback port Prometheus scrapes as job ``acceltrain-operator``."""
+        return self.ports.operator_metrics
+
+    @property
+    def process_node_name(self) -> str | None:
+        return PROCESS_NODE_NAME if self.process_node else None
+
+    @property
+    def gpu_node_names(self) -> list[str]:
+        return [f"{GPU_NODE_PREFIX}{index}" for index in range(self.gpu_nodes)]
+
+    def component_logs(self) -> dict[str, Path]:
+        """The log file of every component that was started, by component name."""
+        return {
+            name: self.logs_dir / f"{name}.log"
+            for name in COMPONENTS
+            if (self.logs_dir / f"{name}.log").exists()
+        }
+
+    def pod_log_path(self, namespace: str, pod: str, container: str) -> Path:
+        """Where the node agent writes the output of a container of a pod on the process node."""
+        from .nodeagent import pod_log_path
+
+        path: Path = pod_log_path(self.node_agent_state_dir, namespace, pod, container)
+        return path
+
+    def pids(self) -> dict[str, int]:
+        """The pid of every component process this cluster started."""
+        return {name: record.pid for name, record in self._records.items()}
+
+    # ---- clients -------------------------------------------------------------------------------
+
+    def _pki_or_fail(self) -> Pki:
+        if self._pki is None:
+            raise ClusterError(f"the cluster in {self.state_dir} has not been started")
+        return self._pki
+
+    def admin_api(self) -> KubeApi:
+        """A JSON client for the API server with the admin identity."""
+        pki = self._pki_or_fail()
+        admin = pki.clients["admin"]
+        return KubeApi(self.api_url, tls_context(pki.ca.cert, admin.cert, admin.key))
+
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs ``.tools/bin/kubectl`` (the pinned version) against this cluster."""
+        argv = [str(tool_path("kubectl", self.tools_dir)), f"--kubeconfig={self.kubeconfig}"]
+        result = subprocess.run(
+            [*argv, *args], input=input, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise KubectlError(args, result)
+        return result
+
+    # ---- start ---------------------------------------------------------------------------------
+
+    def start(self, *, timeout: float = 90.0) -> None:
+        """Starts every component and returns once all are ready (raises ClusterError if not).
+
+        Whatever was started is stopped again when start-up fails.
+        """
+        if self.running_components():
+            raise ClusterError(
+                f"a cluster is already running in {self.state_dir}: stop it first "
+                f"(PYTHONPATH=hack python -m localcluster down --state-dir {self.state_dir})"
+            )
+        try:
+            self._start(timeout)
+        except BaseException as error:
+            details = self._failure_details()
+            try:
+                self.stop()
+            except ClusterError as stop_error:
+                details += f"\nstopping after the failure also failed: {stop_error}"
+            if isinstance(error, ClusterError):
+                raise ClusterError(f"{error}\n{details}") from error
+            raise
+
+    def _start(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        binaries = {
+            name: tool_path(name, self.tools_dir)
+            for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+        }
+        binaries["kwok"] = tool_path("kwok", self.tools_dir)
+        stages = kwok_stages_path(self.tools_dir)
+        if self.prometheus:
+            binaries["prometheus"] = tool_path("prometheus", self.tools_dir)
+        if self.process_node:
+            agent_source = REPO_ROOT / "hack" / "localcluster" / "nodeagent.py"
+            if not agent_source.exists():
+                raise ClusterError(
+                    f"process_node=True needs the node agent {agent_source}, which does not "
+                    "exist; start the cluster with process_node=False (--no-process-node)"
+                )
+            if self.bridge_cidr is None:
+                self.bridge_cidr = free_bridge_cidr()
+
+        self._reset_state_dir()
+        self._ports = controlplane.Ports(
+            etcd_client=free_port(),
+            etcd_peer=free_port(),
+            apiserver=free_port(),
+            controller_manager=free_port(),
+            scheduler=free_port(),
+            kwok=free_port(),
+            prometheus=free_port(),
+            operator_metrics=self._requested_operator_port or free_port(),
+        )
+        pki_dir = self.state_dir / "pki"
+        self._pki = pki = create_pki(
+            pki_dir,
+            [
+                ClientIdentity("admin", ADMIN_USER, ("system:masters",)),
+                ClientIdentity("controller-manager", "system:kube-controller-manager"),
+                ClientIdentity("scheduler", "system:kube-scheduler"),
+                ClientIdentity("prometheus", PROMETHEUS_USER),
+            ],
+        )
+        for stem, user in (
+            ("admin", ADMIN_USER),
+            ("controller-manager", "system:kube-controller-manager"),
+            ("scheduler", "system:kube-scheduler"),
+            ("prometheus", PROMETHEUS_USER),
+        ):
+            target = self.kubeconfig if stem == "admin" else pki_dir / f"{stem}.kubeconfig"
+            controlplane.write_kubeconfig(
+                target,
+                server=self.api_url,
+                ca_file=pki.ca.cert,
+                client=pki.clients[stem],
+                user=user,
+            )
+        self._write_state()
+
+        ports = self._ports
+        self._spawn(
+            "etcd", controlplane.etcd_argv(binaries["etcd"], self.state_dir / "etcd", ports)
+        )
+        self._wait(deadline, "etcd", self._etcd_healthy)
+        self._spawn(
+            "kube-apiserver",
+            controlplane.apiserver_argv(
+                binaries["kube-apiserver"], pki, ports, self.state_dir / "pki" / "apiserver"
+            ),
+        )
+        self._wait(deadline, "kube-apiserver", self._apiserver_ready)
+
+        self._spawn(
+            "kube-controller-manager",
+            controlplane.controller_manager_argv(
+                binaries["kube-controller-manager"],
+                pki,
+                ports,
+                pki_dir / "controller-manager.kubeconfig",
+            ),
+        )
+        scheduler_config = pki_dir / "scheduler-config.yaml"
+        controlplane.write_scheduler_config(scheduler_config, pki_dir / "scheduler.kubeconfig")
+        self._spawn(
+            "kube-scheduler",
+            controlplane.scheduler_argv(
+                binaries["kube-scheduler"],
+                pki,
+                ports,
+                pki_dir / "scheduler.kubeconfig",
+                scheduler_config,
+            ),
+        )
+        self._spawn(
+            "kwok",
+            kwok.argv(
+                binaries["kwok"], kubeconfig=self.kubeconfig, stages=stages, server_port=ports.kwok
+            ),
+        )
+        if self.process_node:
+            self._spawn_node_agent()
+        if self.prometheus:
+            self._grant_prometheus_access()
+            config = self.state_dir / "prometheus" / "prometheus.yml"
+            prometheus.write_config(
+                config,
+                prometheus.PrometheusSettings(
+                    api_url=self.api_url,
+                    ca_file=pki.ca.cert,
+                    cert_file=pki.clients["prometheus"].cert,
+                    key_file=pki.clients["prometheus"].key,
+                    process_node=self.process_node_name,
+                    operator_metrics_port=ports.operator_metrics,
+                ),
+            )
+            self._spawn(
+                "prometheus",
+                prometheus.argv(
+                    binaries["prometheus"],
+                    config,
+                    self.state_dir / "prometheus" / "data",
+                    ports.prometheus,
+                ),
+            )
+        self.add_gpu_nodes(self.gpu_node_names, gpus=self.gpus_per_node, wait=False)
+        self.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
+
+    def _reset_state_dir(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("pki", "etcd", "logs", "run", "prometheus", "nodeagent"):
+            shutil.rmtree(self.state_dir / name, ignore_errors=True)
+        for name in ("kubeconfig", STATE_FILE):
+            (self.state_dir / name).unlink(missing_ok=True)
+        self._records = {}
+        self._popens = {}
+
+    def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        popen, record = spawn(
+            name, argv, log_path=self.logs_dir / f"{name}.log", env=env, cwd=self.state_dir
+        )
+        self._popens[name] = popen
+        self._records[name] = record
+        run_dir = self.state_dir / "run"
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / f"{name}.pid").write_text(f"{record.pid}\n")
+        self._write_state()
+
+    def _spawn_node_agent(self) -> None:
+        assert self.bridge_cidr is not None
+        env = dict(os.environ)
+        hack_dir = str(REPO_ROOT / "hack")
+        env["PYTHONPATH"] = os.pathsep.join([hack_dir, *filter(None, [env.get("PYTHONPATH")])])
+        self.node_agent_state_dir.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            "nodeagent",
+            [
+                sys.executable,
+                "-m",
+                "localcluster.nodeagent",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--node-name",
+                PROCESS_NODE_NAME,
+                "--state-dir",
+                str(self.node_agent_state_dir),
+                "--bridge-cidr",
+                self.bridge_cidr,
+                "--python",
+                sys.executable,
+            ],
+            env=env,
+        )
+
+    def _grant_prometheus_access(self) -> None:
+        """Prometheus authenticates as its own user, allowed only to discover scrape targets."""
+        api = self.admin_api()
+        role = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": PROMETHEUS_USER},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "services", "endpoints", "nodes"],
+                    "verbs": ["get", "list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["get", "list", "watch"],
+                },
+            ],
+        }
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": PROMETHEUS_USER},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": PROMETHEUS_USER,
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROMETHEUS_USER}
+            ],
+        }
+        api.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", role)
+        api.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+
+    # ---- fake GPU nodes ------------------------------------------------------------------------
+
+    def add_gpu_nodes(
+        self,
+        names: Iterable[str],
+        *,
+        gpus: int,
+        pool: str = kwok.GPU_POOL,
+        extra_labels: dict[str, str] | None = None,
+        taint_key: str = kwok.GPU_TAINT_KEY,
+        wait: bool = True,
+        timeout: float = 30.0,
+    ) -> list[str]:
+        """Creates kwok-managed nodes with ``gpus`` x ``nvidia.com/gpu`` each; waits until Ready."""
+        api = self.admin_api()
+        created = []
+        for name in names:
+            node = kwok.gpu_node(
+                name, gpus=gpus, pool=pool, extra_labels=extra_labels, taint_key=taint_key
+            )
+            api.create("/api/v1/nodes", node)
+            created.append(name)
+        if wait:
+            deadline = time.monotonic() + timeout
+            self._wait(deadline, f"nodes {', '.join(created)}", lambda: self._nodes_ready(created))
+        return created
+
+    def delete_nodes(self, names: Iterable[str]) -> None:
+        api = self.admin_api()
+        for name in names:
+            api.delete(f"/api/v1/nodes/{name}")
+
+    # ---- readiness -----------------------------------------------------------------------------
+
+    def _etcd_healthy(self) -> bool:
+        body = health(f"http://127.0.0.1:{self.ports.etcd_client}/health", None)
+        return body is not None and '"health":"true"' in body
+
+    def _apiserver_ready(self) -> bool:
+        pki = self._pki_or_fail()
+        admin = pki.clients["admin"]
+        context = tls_context(pki.ca.cert, admin.cert, admin.key)
+        return health(f"{self.api_url}/readyz", context) == "ok"
+
+    def _component_healthy(self, port: int) -> bool:
+        context = tls_context(self._pki_or_fail().ca.cert)
+        return health(f"https://127.0.0.1:{port}/healthz", context) == "ok"
+
+    def _nodes_ready(self, names: Sequence[str]) -> bool:
+        nodes = self.admin_api().get("/api/v1/nodes")["items"]
+        ready = set()
+        for node in nodes:
+            for condition in node.get("status", {}).get("conditions") or []:
+                if condition["type"] == "Ready" and condition["status"] == "True":
+                    ready.add(node["metadata"]["name"])
+        return set(names) <= ready
+
+    def _default_service_account_exists(self) -> bool:
+        try:
+            self.admin_api().get("/api/v1/namespaces/default/serviceaccounts/default")
+        except ApiError:
+            return False
+        return True
+
+    def readiness_checks(self) -> dict[str, Callable[[], bool]]:
+        """One check per component, each true when that component is up and doing its job."""
+        ports = self.ports
+        checks: dict[str, Callable[[], bool]] = {
+            "etcd": self._etcd_healthy,
+            "kube-apiserver": self._apiserver_ready,
+            "kube-controller-manager": lambda: self._component_healthy(ports.controller_manager),
+            "kube-scheduler": lambda: self._component_healthy(ports.scheduler),
+            "kwok": lambda: health(f"http://127.0.0.1:{ports.kwok}/healthz", None) is not None,
+            "serviceaccount controller": self._default_service_account_exists,
+            "kwok GPU nodes": lambda: self._nodes_ready(self.gpu_node_names),
+        }
+        if self.process_node:
+            checks["nodeagent"] = lambda: self._nodes_ready([PROCESS_NODE_NAME])
+        if self.prometheus:
+            checks["prometheus"] = lambda: (
+                health(f"http://127.0.0.1:{ports.prometheus}/-/ready", None) is not None
+            )
+        return checks
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Waits until every component is ready; raises ClusterError naming those that are not."""
+        deadline = time.monotonic() + timeout
+        for name, check in self.readiness_checks().items():
+            self._wait(deadline, name, check)
+
+    def _wait(self, deadline: float, what: str, check: Callable[[], bool]) -> None:
+        while True:
+            self._fail_if_a_component_exited()
+            try:
+                if check():
+                    return
+            except (ApiError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{what} did not become ready in time (state: {self.state_dir})")
+            time.sleep(0.2)
+
+    def _fail_if_a_component_exited(self) -> None:
+        for name, popen in self._popens.items():
+            code = popen.poll()
+            if code is not None:
+                raise ClusterError(
+                    f"{name} exited with code {code} during start-up; "
+                    f"see {self.logs_dir / f'{name}.log'}"
+                )
+
+    def _failure_details(self) -> str:
+        parts = []
+        for name, path in self.component_logs().items():
+            parts.append(f"--- last lines of {path} ({name}) ---\n{_tail(path, 15)}")
+        return "\n".join(parts)
+
+    # ---- state file ----------------------------------------------------------------------------
+
+    def _write_state(self) -> None:
+        state: dict[str, Any] = {
+            "gpu_nodes": self.gpu_nodes,
+            "gpus_per_node": self.gpus_per_node,
+            "process_node": self.process_node,
+            "prometheus": self.prometheus,
+            "bridge_cidr": self.bridge_cidr,
+            "ports": vars(self._ports) if self._ports else None,
+            "processes": [record.to_json() for record in self._records.values()],
+        }
+        if self._ports is not None:
+            state["api_url"] = self.api_url
+            state["prometheus_url"] = self.prometheus_url
+        path = self.state_dir / STATE_FILE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=2) + "\n")
+        temporary.replace(path)
+
+    @classmethod
+    def attach(cls, state_dir: Path | str, *, tools_dir: Path = TOOLS_DIR) -> Cluster:
+        """The cluster described by ``state_dir/state.json`` (started by another process)."""
+        state_path = Path(state_dir).resolve() / STATE_FILE
+        if not state_path.exists():
+            raise ClusterError(
+                f"{state_path} does not exist: no cluster was started in {state_dir} "
+                "(start one with `make cluster-up`)"
+            )
+        state = json.loads(state_path.read_text())
+        cluster = cls(
+            state_path.parent,
+            gpu_nodes=state["gpu_nodes"],
+            gpus_per_node=state["gpus_per_node"],
+            process_node=state["process_node"],
+            prometheus=state["prometheus"],
+            bridge_cidr=state["bridge_cidr"],
+            tools_dir=tools_dir,
+        )
+        if state["ports"] is not None:
+            cluster._ports = controlplane.Ports(**state["ports"])
+        cluster._records = {
+            record["name"]: ProcessRecord.from_json(record) for record in state["processes"]
+        }
+        cluster._pki = _pki_from_disk(state_path.parent / "pki")
+        return cluster
+
+    def running_components(self) -> list[str]:
+        """Names of the recorded components whose process is still alive."""
+        state_path = self.state_dir / STATE_FILE
+        records = dict(self._records)
+        if not records and state_path.exists():
+            for raw in json.loads(state_path.read_text()).get("processes", []):
+                record = ProcessRecord.from_json(raw)
+                records[record.name] = record
+        return [name for name, record in records.items() if is_alive(record)]
+
+    # ---- stop ----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stops every component (SIGTERM, then SIGKILL) and checks that no process is left.
+
+        Also stops what a crashed or interrupted start left behind, as recorded in state.json.
+        """
+        state_path = self.state_dir / STATE_FILE
+        if not self._records and state_path.exists():
+            for raw in json.loads(state_path.read_text()).get("processes", []):
+                recorded = ProcessRecord.from_json(raw)
+                self._records[recorded.name] = recorded
+        leftovers: dict[str, list[int]] = {}
+        for name in reversed(COMPONENTS):
+            record = self._records.get(name)
+            if record is None:
+                continue
+            if name == "nodeagent":
+                left = stop(record, grace_seconds=NODE_AGENT_STOP_SECONDS, group=False)
+            else:
+                left = stop(record, grace_seconds=COMPONENT_STOP_SECONDS)
+            if left:
+                leftovers[name] = left
+            popen = self._popens.pop(name, None)
+            if popen is not None and not left:
+                popen.wait(timeout=5)
+        self._records = {}
+        if state_path.exists() or self._ports is not None:
+            self._write_state()
+        for pid_file in (self.state_dir / "run").glob("*.pid"):
+            pid_file.unlink()
+        if leftovers:
+            raise ClusterError(f"processes still alive after stopping the cluster: {leftovers}")
+
+
+def _pki_from_disk(directory: Path) -> Pki:
+    clients = {
+        path.stem.removeprefix("client-"): CertPair(cert=path, key=path.with_suffix(".key"))
+        for path in directory.glob("client-*.crt")
+    }
+    return Pki(
+        ca=CertPair(directory / "ca.crt", directory / "ca.key"),
+        serving=CertPair(directory / "serving.crt", directory / "serving.key"),
+        service_account_private_key=directory / "service-account.key",
+        service_account_public_key=directory / "service-account.pub",
+        clients=clients,
+    )

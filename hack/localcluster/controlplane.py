@@ -1,0 +1,176 @@
+"""Command lines of the control plane (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler) and the kubeconfig files they and the users authenticate with.
+
+Everything listens on 127.0.0.1 only, on ports chosen per cluster, so that several clusters (a
+``make cluster-up`` one and a pytest one) can run side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .pki import CertPair, Pki
+
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+CLUSTER_NAME = "acceltrain-local"
+# The node agent's Lease can lapse while the machine is busy training; the node must not be marked
+# NotReady and its pods evicted for that. Nodes that really leave are removed by the harness.
+NODE_MONITOR_GRACE_PERIOD = "24h"
+# Health endpoints the controller-manager and scheduler serve without authentication.
+ALWAYS_ALLOWED_PATHS = "/healthz,/readyz,/livez,/metrics"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The loopback ports of one cluster."""
+
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+    prometheus: int
+    operator_metrics: int
+
+
+def write_kubeconfig(
+    path: Path, *, server: str, ca_file: Path, client: CertPair, user: str
+) -> None:
+    """A kubeconfig with one cluster, one user (certificate files by path) and one context."""
+    config: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": CLUSTER_NAME,
+                "cluster": {"server": server, "certificate-authority": str(ca_file)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate": str(client.cert),
+                    "client-key": str(client.key),
+                },
+            }
+        ],
+        "contexts": [
+            {
+                "name": CLUSTER_NAME,
+                "context": {"cluster": CLUSTER_NAME, "user": user, "namespace": "default"},
+            }
+        ],
+        "current-context": CLUSTER_NAME,
+        "preferences": {},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def etcd_argv(binary: Path, data_dir: Path, ports: Ports) -> list[str]:
+    client = f"http://127.0.0.1:{ports.etcd_client}"
+    peer = f"http://127.0.0.1:{ports.etcd_peer}"
+    return [
+        str(binary),
+        "--name=acceltrain",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=acceltrain={peer}",
+        # The data is thrown away with the cluster; fsync only slows the tests down.
+        "--unsafe-no-fsync=true",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_argv(binary: Path, pki: Pki, ports: Ports, cert_dir: Path) -> list[str]:
+    return [
+        str(binary),
+        f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={ports.apiserver}",
+        f"--cert-dir={cert_dir}",
+        f"--tls-cert-file={pki.serving.cert}",
+        f"--tls-private-key-file={pki.serving.key}",
+        f"--client-ca-file={pki.ca.cert}",
+        "--authorization-mode=Node,RBAC",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={pki.service_account_public_key}",
+        f"--service-account-signing-key-file={pki.service_account_private_key}",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        "--allow-privileged=true",
+        # The reconciler would publish 127.0.0.1 as the "kubernetes" Service endpoint, which the
+        # API rejects (loopback); nothing here routes Service IPs anyway (no kube-proxy).
+        "--endpoint-reconciler-type=none",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def _serving_flags(pki: Pki, port: int) -> list[str]:
+    return [
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--tls-cert-file={pki.serving.cert}",
+        f"--tls-private-key-file={pki.serving.key}",
+        f"--client-ca-file={pki.ca.cert}",
+        f"--authorization-always-allow-paths={ALWAYS_ALLOWED_PATHS}",
+        # The client CA is given above; without this the component also looks for a front-proxy
+        # CA in kube-system/extension-apiserver-authentication, which this cluster does not use.
+        "--authentication-skip-lookup=true",
+    ]
+
+
+def controller_manager_argv(binary: Path, pki: Pki, ports: Ports, kubeconfig: Path) -> list[str]:
+    return [
+        str(binary),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        *_serving_flags(pki, ports.controller_manager),
+        "--leader-elect=false",
+        "--controllers=*",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={pki.service_account_private_key}",
+        f"--root-ca-file={pki.ca.cert}",
+        f"--cluster-signing-cert-file={pki.ca.cert}",
+        f"--cluster-signing-key-file={pki.ca.key}",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        f"--node-monitor-grace-period={NODE_MONITOR_GRACE_PERIOD}",
+        # Scale tests create and delete hundreds of pods; the default 20 QPS makes GC crawl.
+        "--kube-api-qps=200",
+        "--kube-api-burst=400",
+        "--v=1",
+    ]
+
+
+def write_scheduler_config(path: Path, kubeconfig: Path) -> None:
+    config = {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig), "qps": 200, "burst": 400},
+        "leaderElection": {"leaderElect": False},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def scheduler_argv(
+    binary: Path, pki: Pki, ports: Ports, kubeconfig: Path, config: Path
+) -> list[str]:
+    return [
+        str(binary),
+        f"--config={config}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        *_serving_flags(pki, ports.scheduler),
+        "--v=1",
+    ]

@@ -1,0 +1,78 @@
+"""Fake GPU nodes: the kwok controller's command line and the Node objects it manages.
+
+kwok manages only nodes that carry the annotation ``kwok.x-k8s.io/node: fake``; the process node
+registered by the node agent does not, so kwok never touches it. The real kube-scheduler places
+pods on these nodes by their ``nvidia.com/gpu`` capacity, labels and taint, and kwok moves the
+bound pods through Pending -> Running (-> Succeeded for Job pods) with the stages of
+``.tools/share/kwok-stages.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+MANAGED_ANNOTATION = "kwok.x-k8s.io/node"
+MANAGED_VALUE = "fake"
+GPU_RESOURCE = "nvidia.com/gpu"
+POOL_LABEL = "acceltrain.io/pool"
+GPU_POOL = "gpu"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_TAINT_VALUE = "present"
+# kwok hands out pod IPs from this range. Nothing listens on them and nothing connects to them:
+# Prometheus only scrapes pods of the process node.
+POD_CIDR = "10.0.0.1/16"
+# kwok reports this as every fake node's address; loopback, so any stray connection stays local.
+NODE_IP = "127.0.0.1"
+# How long the Lease kwok keeps fresh for each node says it is alive (kwokctl's default).
+NODE_LEASE_SECONDS = 40
+
+
+def argv(binary: Path, *, kubeconfig: Path, stages: Path, server_port: int) -> list[str]:
+    return [
+        str(binary),
+        f"--kubeconfig={kubeconfig}",
+        f"--config={stages}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={MANAGED_ANNOTATION}={MANAGED_VALUE}",
+        f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
+        f"--cidr={POD_CIDR}",
+        f"--node-ip={NODE_IP}",
+        f"--server-address=127.0.0.1:{server_port}",
+    ]
+
+
+def gpu_node(
+    name: str,
+    *,
+    gpus: int,
+    pool: str = GPU_POOL,
+    cpu: str = "64",
+    memory: str = "512Gi",
+    pods: int = 110,
+    extra_labels: dict[str, str] | None = None,
+    taint_key: str = GPU_TAINT_KEY,
+) -> dict[str, Any]:
+    """A Node object for kwok to manage: ``gpus`` x ``nvidia.com/gpu`` in pool ``pool``, tainted."""
+    capacity = {"cpu": cpu, "memory": memory, "pods": str(pods), GPU_RESOURCE: str(gpus)}
+    labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "type": "kwok",
+        POOL_LABEL: pool,
+        **(extra_labels or {}),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {MANAGED_ANNOTATION: MANAGED_VALUE},
+        },
+        "spec": {
+            "taints": [{"key": taint_key, "value": GPU_TAINT_VALUE, "effect": "NoSchedule"}],
+        },
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }

@@ -1,0 +1,1573 @@
+"""The process node agent: runs the pods bound to one Node as local processes.
+
+Test infrastructure, not product. It stands in for a kubelet on a machine without a container
+runtime, so that CPU trainer pods of the local cluster really run::
+
+    PYTHONPATH=<repo>/hack python -m localcluster.nodeagent --kubeconfig KUBECONFIG \\
+        --node-name acceltrain-cpu-0 --state-dir DIR --bridge-cidr 10.77.0.0/24 \\
+        [--python /work/main/.venv/bin/python] [--cpu 2] [--memory 24Gi]
+
+What it does (needs root, ``ip`` and ``unshare``-capable kernel):
+
+* Registers its Node (labels ``acceltrain.io/pool=cpu`` and ``kubernetes.io/hostname``, no
+  taints, cpu/memory/pods capacity, Ready) and keeps its Lease in ``kube-node-lease`` and the
+  node's status heartbeats fresh.
+* Watches the pods with ``spec.nodeName`` = its node (resourceVersion resume, relist every
+  minute) and runs one thread per pod: a network namespace with its own address on the agent's
+  bridge (see :mod:`localcluster.netns`), the first container's ``command`` + ``args`` as a local
+  process in it, with the pod's env (values, ``$(VAR)`` references, downward-API ``fieldRef`` and
+  ``resourceFieldRef``, ConfigMap/Secret keys, ``envFrom``, ``JOB_COMPLETION_INDEX``) and
+  volumes (emptyDir, hostPath, configMap, secret, downwardAPI and projected, which covers the
+  service-account token volume) mounted where the pod asks, only inside the pod.
+* The image is not pulled: a command that starts with ``python``/``python3`` runs with
+  ``--python`` and the directory of ``--python`` is first on PATH.
+* Names: ``/etc/hosts`` of a pod holds its hostname and, for pods with ``spec.subdomain``, the
+  ``<hostname>.<subdomain>.<namespace>.svc[.cluster.local]`` names of all running pods of that
+  namespace and subdomain, rewritten whenever one of them gets an address. Nothing else resolves
+  (no cluster DNS, no Service names).
+* Reports phase, podIP/hostIP, conditions, and the container's state, exit code and restart
+  count; honours ``restartPolicy`` (restarts back off 1 s, 2 s, 4 s ... 10 s),
+  ``activeDeadlineSeconds`` and tcpSocket/httpGet readiness probes (other probes are not run).
+* On pod deletion it sends SIGTERM to the container's process group, waits the grace period
+  (at most 30 s), SIGKILLs every process in the pod's network namespace and deletes the pod
+  object with grace 0. On SIGTERM to the agent it stops all pods the same way, removes its
+  namespaces, veths and bridge, and exits 0. What a crashed run left behind is removed at start.
+
+Container output goes to :func:`pod_log_path`. Not supported: init and sidecar containers (only
+the first container runs), exec probes, image entrypoints (a container needs ``command``),
+ConfigMap updates after start, token refresh. Isolation is only what the tests need: pod
+processes run as root, see the host's filesystem (apart from their mount paths) and share the
+agent's cgroup; ``securityContext`` and resource limits are not enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.client
+import ipaddress
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.utils.quantity import parse_quantity as _untyped_parse_quantity
+from kubernetes.watch.watch import iter_resp_lines as _untyped_iter_resp_lines
+
+from .netns import (
+    LaunchPlan,
+    Mount,
+    Names,
+    NetworkSetupError,
+    PodNetwork,
+    PodNetworks,
+    launcher_argv,
+    signal_all,
+    write_netns_file,
+)
+
+log = logging.getLogger("localcluster.nodeagent")
+
+# The kubernetes client's helpers carry no annotations.
+parse_quantity: Callable[[str], Decimal] = _untyped_parse_quantity
+iter_resp_lines: Callable[[Any], Iterator[str]] = _untyped_iter_resp_lines
+load_kube_config: Callable[..., None] = config.load_kube_config
+
+POOL_LABEL = "acceltrain.io/pool"
+PROCESS_NODE_ANNOTATION = "acceltrain.io/process-node"
+JOB_COMPLETION_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+CLUSTER_DOMAIN = "cluster.local"
+
+LEASE_DURATION_SECONDS = 40
+HEARTBEAT_SECONDS = 10.0
+RELIST_SECONDS = 60.0
+WATCH_TIMEOUT_SECONDS = 30
+REQUEST_TIMEOUT = (5.0, 30.0)
+MAX_GRACE_SECONDS = 30
+DEFAULT_GRACE_SECONDS = 30
+BACKOFF_CAP_SECONDS = 10.0
+SETUP_RETRY_SECONDS = 2.0
+POLL_SECONDS = 0.2
+MAX_PODS = 110
+STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+def pod_log_path(state_dir: Path, namespace: str, pod: str, container: str) -> Path:
+    """Where the agent writes a container's stdout and stderr (appended across restarts)."""
+    return pod_dir(state_dir, namespace, pod) / f"{container}.log"
+
+
+def pod_dir(state_dir: Path, namespace: str, pod: str) -> Path:
+    return Path(state_dir) / "pods" / f"{namespace}_{pod}"
+
+
+class PodSetupError(Exception):
+    """The pod cannot start yet; reason and message go to the container's waiting state."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def config_error(message: str) -> PodSetupError:
+    return PodSetupError("CreateContainerConfigError", message)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_micro() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- pure pieces: env, command, names, volumes, status -----------------------------------------
+
+
+class ObjectSource(Protocol):
+    """The API objects a pod's env and volumes read. None means the object does not exist."""
+
+    def config_map(self, namespace: str, name: str) -> dict[str, bytes] | None: ...
+
+    def secret(self, namespace: str, name: str) -> dict[str, bytes] | None: ...
+
+    def service_account_token(
+        self, pod: Mapping[str, Any], audience: str | None, expiration_seconds: int
+    ) -> str: ...
+
+
+@dataclass(frozen=True)
+class PodAddresses:
+    """What the downward API knows about where the pod runs."""
+
+    pod_ip: str
+    host_ip: str
+    node_allocatable: Mapping[str, str] = field(default_factory=dict)
+
+
+_REFERENCE = re.compile(r"\$\$|\$\(([^)]*)\)")
+_SUBSCRIPTED_FIELD = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
+
+
+def expand_references(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes ``$(VAR)`` expansion: defined names are replaced, ``$$`` is a literal ``$``."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env[name] if name in env else match.group(0)
+
+    return _REFERENCE.sub(substitute, text)
+
+
+def field_value(pod: Mapping[str, Any], path: str, where: PodAddresses) -> str:
+    """The value of a downward-API ``fieldRef.fieldPath``."""
+    meta = pod.get("metadata", {})
+    spec = pod.get("spec", {})
+    simple = {
+        "metadata.name": meta.get("name", ""),
+        "metadata.namespace": meta.get("namespace", ""),
+        "metadata.uid": meta.get("uid", ""),
+        "spec.nodeName": spec.get("nodeName", ""),
+        "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+        "status.podIP": where.pod_ip,
+        "status.podIPs": where.pod_ip,
+        "status.hostIP": where.host_ip,
+        "status.hostIPs": where.host_ip,
+    }
+    if path in simple:
+        return str(simple[path])
+    subscripted = _SUBSCRIPTED_FIELD.match(path)
+    if subscripted:
+        return str((meta.get(subscripted.group(1)) or {}).get(subscripted.group(2), ""))
+    if path in ("metadata.labels", "metadata.annotations"):
+        values = meta.get(path.split(".")[1]) or {}
+        return "".join(f"{key}={json.dumps(values[key])}\n" for key in sorted(values))
+    raise config_error(
+        f"fieldRef {path!r} is not supported by the process node; use one of "
+        f"{', '.join(sorted(simple))}, metadata.labels['KEY'] or metadata.annotations['KEY']"
+    )
+
+
+def resource_value(
+    container: Mapping[str, Any], ref: Mapping[str, Any], where: PodAddresses
+) -> str:
+    """The value of a ``resourceFieldRef``, rounded up in units of its divisor like a kubelet.
+
+    A limit the container does not set is the node's allocatable amount; a missing request is 0.
+    """
+    kind, _, name = str(ref.get("resource", "")).partition(".")
+    if kind not in ("limits", "requests") or not name:
+        raise config_error(
+            f"resourceFieldRef {ref.get('resource')!r} must be limits.<name> or requests.<name>"
+        )
+    raw = ((container.get("resources") or {}).get(kind) or {}).get(name)
+    if raw is None:
+        raw = where.node_allocatable.get(name, "0") if kind == "limits" else "0"
+    divisor = parse_quantity(ref.get("divisor") or "1") or Decimal(1)
+    return str(math.ceil(parse_quantity(raw) / divisor))
+
+
+def _key_value(
+    objects: ObjectSource, namespace: str, ref: Mapping[str, Any], kind: str
+) -> bytes | None:
+    name = ref.get("name", "")
+    data = (
+        objects.config_map(namespace, name)
+        if kind == "ConfigMap"
+        else objects.secret(namespace, name)
+    )
+    if data is None or ref["key"] not in data:
+        if ref.get("optional"):
+            return None
+        missing = (
+            f"{kind} {namespace}/{name}"
+            if data is None
+            else f"key {ref['key']!r} of {kind} {namespace}/{name}"
+        )
+        raise config_error(f"{missing} does not exist (create it or mark the reference optional)")
+    return data[ref["key"]]
+
+
+def pod_hostname(pod: Mapping[str, Any]) -> str:
+    return str(pod["spec"].get("hostname") or pod["metadata"]["name"])
+
+
+def resolve_env(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    where: PodAddresses,
+    objects: ObjectSource,
+    python: str,
+) -> dict[str, str]:
+    """The container's environment, resolved the way a kubelet does, on top of a base env.
+
+    The base env is what an image would provide: PATH (the directory of ``python`` first, kept
+    first even when the pod sets PATH), HOME and HOSTNAME.
+    """
+    namespace = pod["metadata"]["namespace"]
+    defined: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        prefix = source.get("prefix", "")
+        if "configMapRef" in source:
+            ref, data = (
+                source["configMapRef"],
+                objects.config_map(namespace, source["configMapRef"]["name"]),
+            )
+            kind = "ConfigMap"
+        elif "secretRef" in source:
+            ref, data = source["secretRef"], objects.secret(namespace, source["secretRef"]["name"])
+            kind = "Secret"
+        else:
+            raise config_error(f"envFrom entry {source} is not supported by the process node")
+        if data is None:
+            if ref.get("optional"):
+                continue
+            raise config_error(f"{kind} {namespace}/{ref['name']} (envFrom) does not exist")
+        for key, raw in data.items():
+            defined[prefix + key] = raw.decode(errors="replace")
+
+    for var in container.get("env") or []:
+        name = var["name"]
+        source = var.get("valueFrom")
+        if source is None:
+            defined[name] = expand_references(var.get("value", ""), defined)
+        elif "fieldRef" in source:
+            defined[name] = field_value(pod, source["fieldRef"]["fieldPath"], where)
+        elif "resourceFieldRef" in source:
+            defined[name] = resource_value(container, source["resourceFieldRef"], where)
+        elif "configMapKeyRef" in source or "secretKeyRef" in source:
+            is_config_map = "configMapKeyRef" in source
+            ref = source["configMapKeyRef" if is_config_map else "secretKeyRef"]
+            value = _key_value(objects, namespace, ref, "ConfigMap" if is_config_map else "Secret")
+            if value is not None:
+                defined[name] = value.decode(errors="replace")
+        else:
+            raise config_error(f"env {name}: valueFrom {source} is not supported")
+
+    # The Job controller sets JOB_COMPLETION_INDEX through a fieldRef; pods copied from a Job's
+    # template without it still get the index the annotation or label carries.
+    meta = pod["metadata"]
+    index = (meta.get("annotations") or {}).get(JOB_COMPLETION_INDEX_KEY) or (
+        meta.get("labels") or {}
+    ).get(JOB_COMPLETION_INDEX_KEY)
+    if index is not None and JOB_COMPLETION_INDEX_ENV not in defined:
+        defined[JOB_COMPLETION_INDEX_ENV] = str(index)
+
+    python_bin = os.path.dirname(python)
+    env = {"PATH": f"{python_bin}:{STANDARD_PATH}", "HOME": "/root", "HOSTNAME": pod_hostname(pod)}
+    env.update(defined)
+    if not env["PATH"].startswith(python_bin + ":"):
+        env["PATH"] = f"{python_bin}:{env['PATH']}"
+    return env
+
+
+def container_argv(container: Mapping[str, Any], env: Mapping[str, str], python: str) -> list[str]:
+    """command + args with ``$(VAR)`` expanded; a leading python/python3 becomes ``python``."""
+    command = list(container.get("command") or [])
+    if not command:
+        raise config_error(
+            f"container {container.get('name')!r} has no command: the process node does not "
+            "pull images, so it cannot run an image's entrypoint; set command (and args)"
+        )
+    argv = [expand_references(part, env) for part in command + list(container.get("args") or [])]
+    if argv[0] in ("python", "python3"):
+        argv[0] = python
+    return argv
+
+
+@dataclass(frozen=True)
+class HostsEntry:
+    """One pod as the hosts files name it."""
+
+    ip: str
+    hostname: str
+    namespace: str
+    subdomain: str | None = None
+
+    def peer_names(self) -> list[str]:
+        """The names other pods of the subdomain resolve this pod by."""
+        if not self.subdomain:
+            return []
+        base = f"{self.hostname}.{self.subdomain}"
+        svc = f"{base}.{self.namespace}.svc"
+        return [f"{svc}.{CLUSTER_DOMAIN}", svc, f"{base}.{self.namespace}", base]
+
+
+def render_hosts(own: HostsEntry, peers: list[HostsEntry]) -> str:
+    """The pod's /etc/hosts: localhost, its own names, then its running subdomain peers."""
+    lines = [
+        "# Managed by the acceltrain process node agent (kubelet-style hosts file).",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "\t".join([own.ip, *own.peer_names(), own.hostname]),
+    ]
+    lines += ["\t".join([peer.ip, *peer.peer_names()]) for peer in peers if peer.subdomain]
+    return "\n".join(lines) + "\n"
+
+
+def keyed_files(
+    data: Mapping[str, bytes],
+    items: list[Mapping[str, Any]] | None,
+    default_mode: int,
+    what: str,
+    optional: bool = False,
+) -> dict[str, tuple[bytes, int]]:
+    """Files of a configMap/secret volume: every key, or only ``items`` at their paths."""
+    if not items:
+        return {key: (value, default_mode) for key, value in data.items()}
+    files = {}
+    for item in items:
+        if item["key"] not in data:
+            if optional:
+                continue
+            raise PodSetupError(
+                "ContainerCreating", f"{what} has no key {item['key']!r} (volume items)"
+            )
+        files[item["path"]] = (data[item["key"]], int(item.get("mode", default_mode)))
+    return files
+
+
+def downward_api_files(
+    items: list[Mapping[str, Any]],
+    pod: Mapping[str, Any],
+    where: PodAddresses,
+    default_mode: int,
+) -> dict[str, tuple[bytes, int]]:
+    files = {}
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    for item in items:
+        if "fieldRef" in item:
+            value = field_value(pod, item["fieldRef"]["fieldPath"], where)
+        else:
+            ref = item["resourceFieldRef"]
+            container = containers.get(
+                ref.get("containerName") or pod["spec"]["containers"][0]["name"]
+            )
+            value = resource_value(container or {}, ref, where)
+        files[item["path"]] = (value.encode(), int(item.get("mode", default_mode)))
+    return files
+
+
+def mounts_for(container: Mapping[str, Any], volume_dirs: Mapping[str, Path]) -> list[Mount]:
+    """The container's volumeMounts as bind mounts of the prepared host directories."""
+    mounts = []
+    for volume_mount in container.get("volumeMounts") or []:
+        name = volume_mount["name"]
+        if name not in volume_dirs:
+            raise PodSetupError(
+                "ContainerCreating",
+                f"volumeMount {volume_mount['mountPath']} uses volume {name!r}, "
+                "which the pod does not define",
+            )
+        source = volume_dirs[name]
+        sub_path = volume_mount.get("subPath")
+        if sub_path:
+            if os.path.isabs(sub_path) or ".." in Path(sub_path).parts:
+                raise PodSetupError(
+                    "ContainerCreating", f"subPath {sub_path!r} must stay inside the volume"
+                )
+            source = source / sub_path
+        mounts.append(
+            Mount(str(source), volume_mount["mountPath"], bool(volume_mount.get("readOnly")))
+        )
+    return mounts
+
+
+def waiting_state(reason: str, message: str | None = None) -> dict[str, Any]:
+    return {"waiting": {"reason": reason, "message": message}}
+
+
+def running_state(started_at: str) -> dict[str, Any]:
+    return {"running": {"startedAt": started_at}}
+
+
+def terminated_state(
+    exit_code: int, started_at: str | None, finished_at: str, reason: str | None = None
+) -> dict[str, Any]:
+    return {
+        "terminated": {
+            "exitCode": exit_code,
+            "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+            "startedAt": started_at,
+            "finishedAt": finished_at,
+        }
+    }
+
+
+def _explicit(state: Mapping[str, Any]) -> dict[str, Any]:
+    # A strategic merge patch merges maps: the states a container is not in must be sent as
+    # null, or a terminated container would still show its old "running" entry.
+    return {key: state.get(key) for key in ("waiting", "running", "terminated")}
+
+
+@dataclass
+class ContainerRecord:
+    """What the agent knows about the one container it runs for a pod."""
+
+    name: str
+    image: str
+    restart_count: int = 0
+    state: dict[str, Any] = field(default_factory=lambda: waiting_state("ContainerCreating"))
+    last_state: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False
+    container_id: str | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "image": self.image,
+            "imageID": "",
+            "containerID": self.container_id,
+            "ready": self.ready,
+            "started": "running" in self.state,
+            "restartCount": self.restart_count,
+            "state": _explicit(self.state),
+            "lastState": _explicit(self.last_state),
+        }
+
+
+def pod_status(
+    *,
+    phase: str,
+    host_ip: str,
+    pod_ip: str | None,
+    start_time: str,
+    container: ContainerRecord,
+    ready_since: str,
+    reason: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    """The pod's status as a kubelet reports it, ready for a strategic merge patch."""
+
+    def condition(kind: str, ok: bool, since: str, why: str | None = None) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "status": "True" if ok else "False",
+            "lastProbeTime": None,
+            "lastTransitionTime": since,
+            "reason": None if ok else why,
+            "message": None,
+        }
+
+    ready = container.ready and phase == "Running"
+    not_ready_reason = "PodCompleted" if phase in TERMINAL_PHASES else "ContainersNotReady"
+    status: dict[str, Any] = {
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
+        "startTime": start_time,
+        "conditions": [
+            condition("PodScheduled", True, start_time),
+            condition("Initialized", True, start_time),
+            condition("ContainersReady", ready, ready_since, not_ready_reason),
+            condition("Ready", ready, ready_since, not_ready_reason),
+        ],
+        "containerStatuses": [container.to_status()],
+    }
+    if pod_ip:
+        status["podIP"] = pod_ip
+        status["podIPs"] = [{"ip": pod_ip}]
+    return status
+
+
+def restart_wanted(restart_policy: str, exit_code: int) -> bool:
+    return restart_policy == "Always" or (restart_policy == "OnFailure" and exit_code != 0)
+
+
+def backoff_seconds(restart_count: int) -> float:
+    return float(min(BACKOFF_CAP_SECONDS, 2 ** min(restart_count, 10)))
+
+
+def exit_code_of(returncode: int) -> int:
+    """A process's exit status as a container runtime reports it (death by signal N: 128+N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _named_port(port: int | str, container: Mapping[str, Any]) -> int:
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    for declared in container.get("ports") or []:
+        if declared.get("name") == port:
+            return int(declared["containerPort"])
+    raise ValueError(f"probe port {port!r} is not a port name of the container")
+
+
+def probe_once(probe: Mapping[str, Any], pod_ip: str, container: Mapping[str, Any]) -> bool:
+    """Run a tcpSocket or httpGet probe against the pod's address; other kinds pass."""
+    timeout = float(probe.get("timeoutSeconds", 1))
+    try:
+        if "tcpSocket" in probe:
+            port = _named_port(probe["tcpSocket"]["port"], container)
+            with socket.create_connection((pod_ip, port), timeout=timeout):
+                return True
+        if "httpGet" in probe and probe["httpGet"].get("scheme", "HTTP") == "HTTP":
+            get = probe["httpGet"]
+            connection = http.client.HTTPConnection(
+                pod_ip, _named_port(get["port"], container), timeout=timeout
+            )
+            try:
+                headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
+                connection.request("GET", get.get("path", "/"), headers=headers)
+                return 200 <= connection.getresponse().status < 400
+            finally:
+                connection.close()
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+    return True
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+
+class Kube:
+    """The API calls of the agent, as JSON, over the kubernetes client's configured transport."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        configuration = client.Configuration()
+        load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        # One connection per pod thread plus the watch and the heartbeat.
+        configuration.connection_pool_maxsize = 64
+        self._api = client.ApiClient(configuration)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float | tuple[float, float] = REQUEST_TIMEOUT,
+        stream: bool = False,
+    ) -> Any:
+        method, url, headers, body, post = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(
+            method,
+            url,
+            header_params=headers,
+            body=body,
+            post_params=post,
+            _request_timeout=timeout,
+        )
+        if stream and 200 <= response.status <= 299:
+            return response.response
+        payload: bytes = response.response.data
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(
+                http_resp=response, body=payload.decode(errors="replace"), data=None
+            )
+        return json.loads(payload or b"null")
+
+    def get(self, path: str, **query: str) -> Any:
+        return self.call("GET", path, query=query)
+
+    def create(self, path: str, body: Mapping[str, Any]) -> Any:
+        return self.call("POST", path, body=body)
+
+    def patch(self, path: str, body: Mapping[str, Any], *, strategic: bool = True) -> Any:
+        kind = "strategic-merge-patch" if strategic else "merge-patch"
+        return self.call("PATCH", path, body=body, content_type=f"application/{kind}+json")
+
+    def delete(self, path: str, body: Mapping[str, Any]) -> Any:
+        return self.call("DELETE", path, body=body)
+
+
+class ApiObjects:
+    """:class:`ObjectSource` backed by the API server."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+
+    def _data(self, path: str, binary_data_is_base64: bool) -> dict[str, bytes] | None:
+        try:
+            obj = self.kube.get(path)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise PodSetupError("ContainerCreating", f"reading {path}: {error}") from error
+        if binary_data_is_base64:  # a Secret: every value is base64
+            return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+        data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+        data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+        return data
+
+    def config_map(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        return self._data(f"/api/v1/namespaces/{namespace}/configmaps/{name}", False)
+
+    def secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        return self._data(f"/api/v1/namespaces/{namespace}/secrets/{name}", True)
+
+    def service_account_token(
+        self, pod: Mapping[str, Any], audience: str | None, expiration_seconds: int
+    ) -> str:
+        meta = pod["metadata"]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": [audience] if audience else [],
+                "expirationSeconds": expiration_seconds,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+            },
+        }
+        path = f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token"
+        try:
+            return str(self.kube.create(path, request)["status"]["token"])
+        except ApiException as error:
+            raise PodSetupError(
+                "ContainerCreating", f"token for service account {account}: {error}"
+            ) from error
+
+
+def _write_files(directory: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    for relative, (content, mode) in files.items():
+        if os.path.isabs(relative) or ".." in Path(relative).parts:
+            raise PodSetupError("ContainerCreating", f"volume file path {relative!r} is invalid")
+        target = directory / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        target.chmod(mode)
+
+
+def prepare_volumes(
+    pod: Mapping[str, Any], volumes_dir: Path, where: PodAddresses, objects: ObjectSource
+) -> dict[str, Path]:
+    """Create every volume of the pod on the host; returns the host directory of each."""
+    namespace = pod["metadata"]["namespace"]
+    dirs: dict[str, Path] = {}
+    for volume in pod["spec"].get("volumes") or []:
+        name = volume["name"]
+        target = volumes_dir / name
+        if "emptyDir" in volume:
+            target.mkdir(parents=True, exist_ok=True)
+        elif "hostPath" in volume:
+            target = Path(volume["hostPath"]["path"])
+            kind = volume["hostPath"].get("type") or ""
+            if kind == "DirectoryOrCreate":
+                target.mkdir(parents=True, exist_ok=True)
+            elif kind == "FileOrCreate":
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch()
+            elif not target.exists():
+                raise PodSetupError(
+                    "ContainerCreating",
+                    f"hostPath {target} (volume {name}) does not exist; create it or use "
+                    "type: DirectoryOrCreate",
+                )
+        elif "configMap" in volume or "secret" in volume:
+            is_config_map = "configMap" in volume
+            source = volume["configMap" if is_config_map else "secret"]
+            source_name = source.get("name") or source.get("secretName", "")
+            data = (
+                objects.config_map(namespace, source_name)
+                if is_config_map
+                else objects.secret(namespace, source_name)
+            )
+            what = f"{'ConfigMap' if is_config_map else 'Secret'} {namespace}/{source_name}"
+            if data is None and not source.get("optional"):
+                raise PodSetupError("ContainerCreating", f"{what} (volume {name}) does not exist")
+            mode = int(source.get("defaultMode", 0o644))
+            _write_files(
+                target,
+                keyed_files(
+                    data or {}, source.get("items"), mode, what, bool(source.get("optional"))
+                ),
+            )
+        elif "downwardAPI" in volume:
+            source = volume["downwardAPI"]
+            mode = int(source.get("defaultMode", 0o644))
+            _write_files(target, downward_api_files(source.get("items") or [], pod, where, mode))
+        elif "projected" in volume:
+            _write_files(target, projected_files(volume["projected"], pod, where, objects))
+        else:
+            kinds = sorted(set(volume) - {"name"})
+            raise PodSetupError(
+                "ContainerCreating",
+                f"volume {name}: type {kinds} is not supported by the process node (supported: "
+                "emptyDir, hostPath, configMap, secret, downwardAPI, projected)",
+            )
+        dirs[name] = target
+    return dirs
+
+
+def projected_files(
+    projected: Mapping[str, Any],
+    pod: Mapping[str, Any],
+    where: PodAddresses,
+    objects: ObjectSource,
+) -> dict[str, tuple[bytes, int]]:
+    namespace = pod["metadata"]["namespace"]
+    mode = int(projected.get("defaultMode", 0o644))
+    files: dict[str, tuple[bytes, int]] = {}
+    for source in projected.get("sources") or []:
+        if "configMap" in source or "secret" in source:
+            is_config_map = "configMap" in source
+            ref = source["configMap" if is_config_map else "secret"]
+            data = (
+                objects.config_map(namespace, ref["name"])
+                if is_config_map
+                else objects.secret(namespace, ref["name"])
+            )
+            what = f"{'ConfigMap' if is_config_map else 'Secret'} {namespace}/{ref['name']}"
+            if data is None and not ref.get("optional"):
+                raise PodSetupError("ContainerCreating", f"{what} (projected) does not exist")
+            files.update(
+                keyed_files(data or {}, ref.get("items"), mode, what, bool(ref.get("optional")))
+            )
+        elif "downwardAPI" in source:
+            files.update(
+                downward_api_files(source["downwardAPI"].get("items") or [], pod, where, mode)
+            )
+        elif "serviceAccountToken" in source:
+            token_source = source["serviceAccountToken"]
+            token = objects.service_account_token(
+                pod, token_source.get("audience"), int(token_source.get("expirationSeconds", 3600))
+            )
+            files[token_source["path"]] = (token.encode(), mode)
+        else:
+            raise PodSetupError(
+                "ContainerCreating",
+                f"projected source {sorted(source)} is not supported by the process node",
+            )
+    return files
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+
+class HostsFiles:
+    """Keeps every running pod's hosts file in step with the pods of its subdomain."""
+
+    def __init__(self) -> None:
+        self._pods: dict[str, tuple[HostsEntry, str]] = {}  # uid -> (entry, netns)
+        self._lock = threading.Lock()
+
+    def add(self, uid: str, entry: HostsEntry, netns: str) -> None:
+        with self._lock:
+            self._pods[uid] = (entry, netns)
+            self._write(entry)
+
+    def remove(self, uid: str) -> None:
+        with self._lock:
+            removed = self._pods.pop(uid, None)
+            if removed is not None and removed[0].subdomain:
+                self._write(removed[0])
+
+    def _write(self, changed: HostsEntry) -> None:
+        """Rewrite the hosts file of changed's pod, or of every pod of its subdomain."""
+        if changed.subdomain:
+            group = [
+                (uid, entry, netns)
+                for uid, (entry, netns) in self._pods.items()
+                if (entry.namespace, entry.subdomain) == (changed.namespace, changed.subdomain)
+            ]
+        else:
+            group = [(uid, e, n) for uid, (e, n) in self._pods.items() if e is changed]
+        for uid, entry, netns in group:
+            peers = [other for other_uid, other, _ in group if other_uid != uid]
+            try:
+                write_netns_file(netns, "hosts", render_hosts(entry, peers))
+            except OSError as error:  # that pod is being torn down
+                log.debug("hosts file of %s not written: %s", netns, error)
+
+
+# --- one pod -------------------------------------------------------------------------------------
+
+
+class PodWorker:
+    """Runs one pod: its namespace, its container (with restarts), its status, its deletion."""
+
+    def __init__(self, agent: NodeAgent, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        self.agent = agent
+        self.pod = pod
+        self.uid: str = meta["uid"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        spec_container = pod["spec"]["containers"][0]
+        self.container = ContainerRecord(spec_container["name"], spec_container.get("image", ""))
+        self.lock = threading.Lock()
+        self.wake = threading.Event()  # set on deletion, object removal or agent shutdown
+        self.object_gone = False
+        self.shutting_down = False
+        self.finished = False
+        self.delete_sent = False
+        self.net: PodNetwork | None = None
+        self.phase = "Pending"
+        self.reason: str | None = None
+        self.message: str | None = None
+        self.start_time = (pod.get("status") or {}).get("startTime") or now_rfc3339()
+        self.ready_since = self.start_time
+        self._last_report: dict[str, Any] | None = None
+        self.thread = threading.Thread(
+            target=self._run, name=f"pod {self.namespace}/{self.name}", daemon=True
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def dir(self) -> Path:
+        return pod_dir(self.agent.state_dir, self.namespace, self.name)
+
+    def deletion_requested(self) -> bool:
+        return bool(self.pod["metadata"].get("deletionTimestamp")) or self.object_gone
+
+    # --- events from the watch (watch thread) ----------------------------------------------
+
+    def update(self, pod: dict[str, Any]) -> None:
+        with self.lock:
+            self.pod = pod
+            delete_now = self._take_deletion_if_finished()
+        if pod["metadata"].get("deletionTimestamp"):
+            self.wake.set()
+        if delete_now:
+            self.agent.delete_pod_object(self)
+
+    def gone(self) -> None:
+        self.object_gone = True
+        self.wake.set()
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+        self.wake.set()
+
+    def _take_deletion_if_finished(self) -> bool:
+        if self.finished and self.deletion_requested() and not self.delete_sent:
+            self.delete_sent = not self.object_gone
+            return self.delete_sent
+        return False
+
+    # --- the pod's thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            plan = self._prepare()
+            if plan is not None:
+                self._run_container(plan)
+        except Exception:
+            log.exception("pod %s: the agent failed to run it", self.key)
+        finally:
+            self._teardown()
+            with self.lock:
+                self.finished = True
+                delete_now = self._take_deletion_if_finished() and not self.shutting_down
+            if delete_now:
+                self.agent.delete_pod_object(self)
+
+    def _stop_wanted(self) -> bool:
+        return self.wake.is_set() and (self.deletion_requested() or self.shutting_down)
+
+    def _prepare(self) -> Path | None:
+        """Namespace, names, volumes, env and command; retried while the pod cannot start."""
+        previous = ((self.pod.get("status") or {}).get("containerStatuses") or [{}])[0]
+        if previous.get("state", {}).get("running") or previous.get("state", {}).get("terminated"):
+            # An earlier run of the agent started this container; its process is gone.
+            self.container.restart_count = int(previous.get("restartCount", 0))
+            self.container.last_state = terminated_state(
+                137,
+                previous["state"].get("running", {}).get("startedAt"),
+                now_rfc3339(),
+                "ContainerStatusUnknown",
+            )
+            if not restart_wanted(self.pod["spec"].get("restartPolicy", "Always"), 137):
+                self.container.state, self.container.last_state = self.container.last_state, {}
+                self._finish("Failed")
+                return None
+            self.container.restart_count += 1
+
+        shutil.rmtree(self.dir / "volumes", ignore_errors=True)
+        (self.dir / "root").mkdir(parents=True, exist_ok=True)
+        while self.net is None:
+            try:
+                self.net = self.agent.networks.create()
+            except NetworkSetupError as error:
+                self.container.state = waiting_state("ContainerCreating", str(error))
+                self._report()
+                if self.wake.wait(SETUP_RETRY_SECONDS) and self._stop_wanted():
+                    return None
+        hostname = pod_hostname(self.pod)
+        self.agent.hosts.add(
+            self.uid,
+            HostsEntry(self.net.ip, hostname, self.namespace, self.pod["spec"].get("subdomain")),
+            self.net.netns,
+        )
+        self._report()
+        where = PodAddresses(self.net.ip, self.agent.host_ip, self.agent.allocatable)
+        spec_container = self.pod["spec"]["containers"][0]
+        if len(self.pod["spec"]["containers"]) > 1 or self.pod["spec"].get("initContainers"):
+            log.warning("pod %s: only its first container %s runs", self.key, self.container.name)
+        while True:
+            try:
+                volume_dirs = prepare_volumes(
+                    self.pod, self.dir / "volumes", where, self.agent.objects
+                )
+                env = resolve_env(
+                    self.pod, spec_container, where, self.agent.objects, self.agent.python
+                )
+                mounts = mounts_for(spec_container, volume_dirs)
+                for mount in mounts:
+                    if not os.path.exists(mount.source):  # a subPath not created yet
+                        Path(mount.source).mkdir(parents=True)
+                plan = LaunchPlan(
+                    argv=container_argv(spec_container, env, self.agent.python),
+                    env=env,
+                    hostname=hostname,
+                    root=str(self.dir / "root"),
+                    working_dir=spec_container.get("workingDir") or None,
+                    mounts=mounts,
+                )
+                plan_path = self.dir / "plan.json"
+                plan.write(plan_path)
+                return plan_path
+            except PodSetupError as error:
+                log.warning("pod %s cannot start yet: %s", self.key, error.message)
+                self.container.state = waiting_state(error.reason, error.message)
+                self._report()
+            if self.wake.wait(SETUP_RETRY_SECONDS) and self._stop_wanted():
+                return None
+
+    def _run_container(self, plan_path: Path) -> None:
+        restart_policy = self.pod["spec"].get("restartPolicy", "Always")
+        deadline = self.pod["spec"].get("activeDeadlineSeconds")
+        deadline_at = (
+            _parse_time(self.start_time) + float(deadline) if deadline is not None else None
+        )
+        first_start = not self.container.last_state
+        while True:
+            exit_code, deadline_hit = self._run_once(plan_path, first_start, deadline_at)
+            first_start = False
+            if self.shutting_down:
+                return
+            if deadline_hit:
+                self._finish(
+                    "Failed",
+                    "DeadlineExceeded",
+                    f"Pod was active on the node longer than the specified deadline ({deadline}s)",
+                )
+                return
+            if self._stop_wanted() or not restart_wanted(restart_policy, exit_code):
+                self._finish("Succeeded" if exit_code == 0 else "Failed")
+                return
+            delay = backoff_seconds(self.container.restart_count)
+            self.container.last_state = self.container.state
+            self.container.state = waiting_state(
+                "CrashLoopBackOff",
+                f"back-off {delay:.0f}s restarting failed container={self.container.name}",
+            )
+            self.container.ready = False
+            self._report()
+            if self.wake.wait(delay) and self._stop_wanted():
+                self._finish("Succeeded" if exit_code == 0 else "Failed")
+                return
+            self.container.restart_count += 1
+
+    def _run_once(
+        self, plan_path: Path, truncate_log: bool, deadline_at: float | None
+    ) -> tuple[int, bool]:
+        assert self.net is not None
+        log_path = pod_log_path(
+            self.agent.state_dir, self.namespace, self.name, self.container.name
+        )
+        argv = launcher_argv(self.net.netns, plan_path)
+        with log_path.open("wb" if truncate_log else "ab") as output:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={"PATH": os.environ.get("PATH", STANDARD_PATH)},
+            )
+        started_at = now_rfc3339()
+        spec_container = self.pod["spec"]["containers"][0]
+        probe = spec_container.get("readinessProbe")
+        next_probe = time.monotonic() + float((probe or {}).get("initialDelaySeconds", 0))
+        self.container.container_id = f"process://{process.pid}"
+        self.container.state = running_state(started_at)
+        self._set_ready(probe is None)
+        self.phase = "Running"
+        self._report()
+        log.info("pod %s: started pid %d in %s", self.key, process.pid, self.net.netns)
+
+        deadline_hit = False
+        while True:
+            try:
+                returncode = process.wait(timeout=POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self._stop_wanted():
+                returncode = self._stop(process, self._grace_seconds())
+                break
+            if deadline_at is not None and time.time() >= deadline_at:
+                deadline_hit = True
+                returncode = self._stop(process, self._grace_seconds())
+                break
+            if probe is not None and time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + float(probe.get("periodSeconds", 10))
+                if self._set_ready(probe_once(probe, self.net.ip, spec_container)):
+                    self._report()
+        # The container's other processes (children that left its process group, too) die
+        # with it, as they would with the container's PID namespace.
+        signal_all(self.net.netns, signal.SIGKILL)
+        exit_code = exit_code_of(returncode)
+        log.info("pod %s: pid %d exited with %d", self.key, process.pid, exit_code)
+        self.container.state = terminated_state(exit_code, started_at, now_rfc3339())
+        self.container.ready = False
+        return exit_code, deadline_hit
+
+    def _grace_seconds(self) -> float:
+        meta, spec = self.pod["metadata"], self.pod["spec"]
+        grace = meta.get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+        return float(min(max(int(grace), 0), MAX_GRACE_SECONDS))
+
+    def _stop(self, process: subprocess.Popen[bytes], grace: float) -> int:
+        """SIGTERM the process group, wait the grace period, then SIGKILL the whole pod."""
+        assert self.net is not None
+        log.info("pod %s: stopping pid %d (grace %.0fs)", self.key, process.pid, grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            return process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            signal_all(self.net.netns, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            return process.wait()
+
+    def _set_ready(self, ready: bool) -> bool:
+        """Record readiness; True when it changed."""
+        if ready == self.container.ready:
+            return False
+        self.container.ready = ready
+        self.ready_since = now_rfc3339()
+        return True
+
+    def _finish(self, phase: str, reason: str | None = None, message: str | None = None) -> None:
+        self.phase, self.reason, self.message = phase, reason, message
+        self._set_ready(False)
+        self._report(final=True)
+
+    def _report(self, final: bool = False) -> None:
+        """Patch the pod's status when it changed; the final status is retried."""
+        if self.object_gone or self.shutting_down:
+            return
+        status = pod_status(
+            phase=self.phase,
+            host_ip=self.agent.host_ip,
+            pod_ip=self.net.ip if self.net else None,
+            start_time=self.start_time,
+            container=self.container,
+            ready_since=self.ready_since,
+            reason=self.reason,
+            message=self.message,
+        )
+        if status == self._last_report:
+            return
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status"
+        for attempt in range(5 if final else 1):
+            try:
+                self.agent.kube.patch(path, {"status": status})
+                self._last_report = status
+                return
+            except ApiException as error:
+                if error.status == 404:
+                    self.object_gone = True
+                    return
+                log.warning("pod %s: status update failed: %s", self.key, error)
+            except OSError as error:  # connection trouble; the next report carries everything
+                log.warning("pod %s: status update failed: %s", self.key, error)
+            if attempt < 4 and final:
+                time.sleep(0.5 * (attempt + 1))
+
+    def _teardown(self) -> None:
+        self.agent.hosts.remove(self.uid)
+        if self.net is not None:
+            self.agent.networks.release(self.net)
+        shutil.rmtree(self.dir / "volumes", ignore_errors=True)
+
+
+def _parse_time(value: str) -> float:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+# --- the node ------------------------------------------------------------------------------------
+
+
+def _machine_architecture() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _read_first_line(path: str, default: str) -> str:
+    try:
+        return Path(path).read_text().strip().splitlines()[0]
+    except (OSError, IndexError):
+        return default
+
+
+def _os_image() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    kubeconfig: Path
+    node_name: str
+    state_dir: Path
+    bridge_cidr: str
+    python: str
+    cpu: str
+    memory: str
+
+
+class NodeAgent:
+    """Registers the node, keeps it alive, and runs a :class:`PodWorker` per bound pod."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.node_name = settings.node_name
+        self.state_dir = settings.state_dir
+        self.python = settings.python
+        self.kube = Kube(settings.kubeconfig)
+        self.objects = ApiObjects(self.kube)
+        self.networks = PodNetworks(
+            Names.for_node(settings.node_name), ipaddress.IPv4Network(settings.bridge_cidr)
+        )
+        self.host_ip = self.networks.gateway
+        pods = min(MAX_PODS, self.networks.capacity)
+        self.allocatable = {"cpu": settings.cpu, "memory": settings.memory, "pods": str(pods)}
+        self.hosts = HostsFiles()
+        self.workers: dict[str, PodWorker] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.node_uid: str | None = None
+        self.registered_at = now_rfc3339()
+        self.kubelet_version = "v0.0.0"
+
+    # --- node registration and heartbeats ----------------------------------------------------
+
+    def node_status(self) -> dict[str, Any]:
+        now = now_rfc3339()
+
+        def condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+            return {
+                "type": kind,
+                "status": "True" if ok else "False",
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": self.registered_at,
+            }
+
+        return {
+            "capacity": dict(self.allocatable),
+            "allocatable": dict(self.allocatable),
+            "conditions": [
+                condition("MemoryPressure", False, "KubeletHasSufficientMemory", "no pressure"),
+                condition("DiskPressure", False, "KubeletHasNoDiskPressure", "no pressure"),
+                condition("PIDPressure", False, "KubeletHasSufficientPID", "no pressure"),
+                condition("Ready", True, "KubeletReady", "process node agent is posting status"),
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": self.host_ip},
+                {"type": "Hostname", "address": self.node_name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "nodeInfo": {
+                "machineID": _read_first_line("/etc/machine-id", self.node_name),
+                "systemUUID": _read_first_line("/sys/class/dmi/id/product_uuid", self.node_name),
+                "bootID": _read_first_line("/proc/sys/kernel/random/boot_id", ""),
+                "kernelVersion": platform.release(),
+                "osImage": _os_image(),
+                "containerRuntimeVersion": "process://acceltrain-nodeagent",
+                "kubeletVersion": self.kubelet_version,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": _machine_architecture(),
+            },
+        }
+
+    def node_labels(self) -> dict[str, str]:
+        return {
+            POOL_LABEL: "cpu",
+            "kubernetes.io/hostname": self.node_name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": _machine_architecture(),
+        }
+
+    def register(self) -> None:
+        self.registered_at = now_rfc3339()
+        try:
+            self.kubelet_version = str(self.kube.get("/version")["gitVersion"])
+        except (ApiException, KeyError) as error:
+            log.warning("could not read the API server version: %s", error)
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.node_name,
+                "labels": self.node_labels(),
+                "annotations": {PROCESS_NODE_ANNOTATION: "true"},
+            },
+            "spec": {},
+            "status": self.node_status(),
+        }
+        try:
+            created = self.kube.create("/api/v1/nodes", node)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            path = f"/api/v1/nodes/{self.node_name}"
+            created = self.kube.patch(path, {"metadata": node["metadata"]})
+            self.kube.patch(f"{path}/status", {"status": node["status"]})
+        self.node_uid = created["metadata"]["uid"]
+        self.renew_lease()
+        log.info("node %s registered (InternalIP %s)", self.node_name, self.host_ip)
+
+    def renew_lease(self) -> None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases"
+        spec = {
+            "holderIdentity": self.node_name,
+            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "renewTime": now_micro(),
+        }
+        try:
+            self.kube.patch(f"{path}/{self.node_name}", {"spec": spec}, strategic=False)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            owner = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "name": self.node_name,
+                "uid": self.node_uid,
+            }
+            lease = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.node_name, "ownerReferences": [owner]},
+                "spec": spec,
+            }
+            self.kube.create(path, lease)
+
+    def _heartbeats(self) -> None:
+        while not self.stopping.wait(HEARTBEAT_SECONDS):
+            try:
+                self.renew_lease()
+                self.kube.patch(
+                    f"/api/v1/nodes/{self.node_name}/status", {"status": self.node_status()}
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    log.warning("node %s was deleted; registering it again", self.node_name)
+                    self._try(self.register)
+                else:
+                    log.warning("heartbeat failed: %s", error)
+            except OSError as error:
+                log.warning("heartbeat failed: %s", error)
+
+    def _try(self, action: Any) -> None:
+        try:
+            action()
+        except (ApiException, OSError) as error:
+            log.warning("%s failed: %s", getattr(action, "__name__", action), error)
+
+    # --- pods ----------------------------------------------------------------------------------
+
+    def _pod_query(self) -> dict[str, str]:
+        return {"fieldSelector": f"spec.nodeName={self.node_name}"}
+
+    def _watch_pods(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                listing = self.kube.get("/api/v1/pods", **self._pod_query())
+                version = listing["metadata"]["resourceVersion"]
+                self._reconcile(listing["items"])
+                relist_at = time.monotonic() + RELIST_SECONDS
+                while not self.stopping.is_set() and time.monotonic() < relist_at:
+                    version = self._watch_once(version)
+                    if version is None:
+                        break  # expired: relist
+            except (ApiException, OSError, ValueError) as error:
+                if not self.stopping.is_set():
+                    log.warning("pod watch failed, relisting: %s", error)
+                    self.stopping.wait(1.0)
+            except Exception:  # keep watching whatever one bad event did
+                log.exception("pod watch failed, relisting")
+                self.stopping.wait(1.0)
+
+    def _watch_once(self, version: str) -> str | None:
+        """Follow the watch from version; the last version seen, or None when it expired."""
+        query = {
+            **self._pod_query(),
+            "watch": "true",
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS),
+        }
+        response = self.kube.call(
+            "GET",
+            "/api/v1/pods",
+            query=query,
+            stream=True,
+            timeout=(5.0, WATCH_TIMEOUT_SECONDS + 15.0),
+        )
+        try:
+            for line in iter_resp_lines(response):
+                if not line or self.stopping.is_set():
+                    continue
+                event = json.loads(line)
+                kind, obj = event["type"], event["object"]
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        return None
+                    raise ValueError(f"watch error: {obj.get('message')}")
+                version = obj["metadata"]["resourceVersion"]
+                if kind == "DELETED":
+                    self._pod_deleted(obj["metadata"]["uid"])
+                elif kind in ("ADDED", "MODIFIED"):
+                    self._pod_seen(obj)
+        finally:
+            response.release_conn()
+        return version
+
+    def _reconcile(self, pods: list[dict[str, Any]]) -> None:
+        present = {pod["metadata"]["uid"] for pod in pods}
+        with self.lock:
+            missing = [uid for uid in self.workers if uid not in present]
+        for uid in missing:
+            self._pod_deleted(uid)
+        for pod in pods:
+            self._pod_seen(pod)
+
+    def _pod_seen(self, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        with self.lock:
+            if self.stopping.is_set():
+                return
+            worker = self.workers.get(uid)
+            if worker is None:
+                worker = PodWorker(self, pod)
+                self.workers[uid] = worker
+                if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                    worker.finished = True  # finished before this agent started: nothing to run
+                else:
+                    worker.thread.start()
+                    return
+        worker.update(pod)
+
+    def _pod_deleted(self, uid: str) -> None:
+        with self.lock:
+            worker = self.workers.pop(uid, None)
+        if worker is not None:
+            worker.gone()
+
+    def delete_pod_object(self, worker: PodWorker) -> None:
+        """What a kubelet does once a deleted pod's containers are gone: delete with grace 0."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": worker.uid},
+        }
+        try:
+            self.kube.delete(f"/api/v1/namespaces/{worker.namespace}/pods/{worker.name}", body)
+            log.info("pod %s: deleted", worker.key)
+        except ApiException as error:
+            if error.status not in (404, 409):
+                log.warning("pod %s: delete failed: %s", worker.key, error)
+        except OSError as error:
+            log.warning("pod %s: delete failed: %s", worker.key, error)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; then stop every pod, remove the network, return 0."""
+        self.networks.setup()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.register()
+                    break
+                except (ApiException, OSError) as error:
+                    log.warning("registering node %s failed, retrying: %s", self.node_name, error)
+                    self.stopping.wait(2.0)
+            threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True).start()
+            threading.Thread(target=self._watch_pods, name="pod watch", daemon=True).start()
+            self.stopping.wait()
+            self._stop_pods()
+        finally:
+            self.networks.teardown()
+        log.info("node agent stopped")
+        return 0
+
+    def _stop_pods(self) -> None:
+        with self.lock:
+            workers = [w for w in self.workers.values() if w.thread.is_alive()]
+        for worker in workers:
+            worker.shutdown()
+        for worker in workers:
+            worker.thread.join(timeout=MAX_GRACE_SECONDS + 5)
+
+
+def _default_memory() -> str:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return f"{line.split()[1]}Ki"
+    return "1Gi"
+
+
+def _parse_args(argv: list[str] | None) -> AgentSettings:
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster.nodeagent",
+        description="Process node agent of the local cluster (test infrastructure).",
+    )
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--node-name", required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--bridge-cidr", required=True, help="IPv4 network for pod addresses")
+    parser.add_argument("--python", default=sys.executable, help="replaces python/python3")
+    parser.add_argument("--cpu", default=str(os.cpu_count() or 1), help="cpu capacity")
+    parser.add_argument("--memory", default=_default_memory(), help="memory capacity, e.g. 24Gi")
+    args = parser.parse_args(argv)
+    try:
+        network = ipaddress.IPv4Network(args.bridge_cidr)
+    except ValueError as error:
+        parser.error(f"--bridge-cidr {args.bridge_cidr!r} is not an IPv4 network: {error}")
+    if network.num_addresses < 4:
+        parser.error(f"--bridge-cidr {network} is too small: use a /30 or larger")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", args.node_name):
+        parser.error(f"--node-name {args.node_name!r} is not a valid node name (DNS subdomain)")
+    if not args.kubeconfig.is_file():
+        parser.error(f"--kubeconfig {args.kubeconfig} does not exist")
+    if not (os.path.isfile(args.python) and os.access(args.python, os.X_OK)):
+        parser.error(f"--python {args.python} is not an executable file")
+    for flag, value in (("--cpu", args.cpu), ("--memory", args.memory)):
+        try:
+            parse_quantity(value)
+        except ValueError:
+            parser.error(f"{flag} {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 24Gi)")
+    if os.geteuid() != 0:
+        parser.error("the node agent creates network namespaces and mounts: run it as root")
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    return AgentSettings(
+        kubeconfig=args.kubeconfig,
+        node_name=args.node_name,
+        state_dir=args.state_dir.resolve(),
+        bridge_cidr=str(network),
+        python=os.path.abspath(args.python),
+        cpu=args.cpu,
+        memory=args.memory,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [%(threadName)s] %(message)s"
+    )
+    settings = _parse_args(argv)
+    agent = NodeAgent(settings)
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        agent.stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return agent.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

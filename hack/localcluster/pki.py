@@ -1,0 +1,211 @@
+"""Certificates and keys of the local cluster: one CA, one serving certificate, client certificates.
+
+Every component serves TLS with the same serving certificate (valid for 127.0.0.1, localhost and the
+in-cluster names of the ``kubernetes`` Service) and authenticates to the API server with a client
+certificate whose Common Name is the user and whose Organizations are the groups, which is how the
+API server's x509 authenticator maps certificates to identities. ECDSA P-256 keys keep generation
+in the milliseconds, so a fresh PKI is made on every start.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# The first address of the service range is the ClusterIP of the "kubernetes" Service.
+SERVING_IPS = ("127.0.0.1", "10.96.0.1")
+SERVING_NAMES = (
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
+_VALIDITY = datetime.timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class CertPair:
+    """A PEM certificate and its PEM private key on disk."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """Who a client certificate authenticates as: user name and groups."""
+
+    file_stem: str
+    user: str
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pki:
+    """All files the components need; see :func:`create_pki`."""
+
+    ca: CertPair
+    serving: CertPair
+    service_account_private_key: Path
+    service_account_public_key: Path
+    clients: dict[str, CertPair]
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def _write_cert(cert: x509.Certificate, path: Path) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
+    # Backdated by a minute so that a certificate is valid for a process that checks it at once.
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + _VALIDITY)
+    )
+
+
+def _issue(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    subject: x509.Name,
+    *,
+    usages: list[x509.ObjectIdentifier],
+    san: x509.SubjectAlternativeName | None,
+    directory: Path,
+    stem: str,
+) -> CertPair:
+    key = _new_key()
+    builder = (
+        _builder(subject, ca_name, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    )
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
+    pair = CertPair(cert=directory / f"{stem}.crt", key=directory / f"{stem}.key")
+    _write_cert(builder.sign(ca_key, hashes.SHA256()), pair.cert)
+    _write_key(key, pair.key)
+    return pair
+
+
+def create_pki(directory: Path, clients: list[ClientIdentity]) -> Pki:
+    """Writes a new CA, serving certificate, service-account key pair and client certificates."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = _new_key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acceltrain-local-ca")])
+    ca_cert = (
+        _builder(ca_name, ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca = CertPair(cert=directory / "ca.crt", key=directory / "ca.key")
+    _write_cert(ca_cert, ca.cert)
+    _write_key(ca_key, ca.key)
+
+    san = x509.SubjectAlternativeName(
+        [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVING_IPS]
+        + [x509.DNSName(name) for name in SERVING_NAMES]
+    )
+    serving = _issue(
+        ca_key,
+        ca_name,
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        san=san,
+        directory=directory,
+        stem="serving",
+    )
+
+    client_pairs: dict[str, CertPair] = {}
+    for identity in clients:
+        subject = x509.Name(
+            [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in identity.groups]
+            + [x509.NameAttribute(NameOID.COMMON_NAME, identity.user)]
+        )
+        client_pairs[identity.file_stem] = _issue(
+            ca_key,
+            ca_name,
+            subject,
+            usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
+            san=None,
+            directory=directory,
+            stem=f"client-{identity.file_stem}",
+        )
+
+    sa_key = _new_key()
+    sa_private = directory / "service-account.key"
+    sa_public = directory / "service-account.pub"
+    _write_key(sa_key, sa_private)
+    sa_public.write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return Pki(
+        ca=ca,
+        serving=serving,
+        service_account_private_key=sa_private,
+        service_account_public_key=sa_public,
+        clients=client_pairs,
+    )

@@ -1,0 +1,42 @@
+"""Where the harness finds its binaries (``.tools/bin``, from ``make tools``) and their versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOOLS_DIR = REPO_ROOT / ".tools"
+VERSIONS_FILE = REPO_ROOT / "hack" / "tools" / "versions.env"
+
+
+class MissingToolError(RuntimeError):
+    """A binary the cluster needs is not installed."""
+
+
+def pinned_versions() -> dict[str, str]:
+    """The pins of ``hack/tools/versions.env`` (e.g. ``KUBERNETES_VERSION`` -> ``v1.35.4``)."""
+    versions = {}
+    for line in VERSIONS_FILE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            versions[key.strip()] = value.strip()
+    return versions
+
+
+def tool_path(name: str, tools_dir: Path = TOOLS_DIR) -> Path:
+    """The path of a Go-built tool in ``.tools/bin``; a clear error when it was not built."""
+    path = tools_dir / "bin" / name
+    if not path.exists():
+        raise MissingToolError(
+            f"{path} does not exist (or is a link to a removed cache entry): run `make tools` "
+            "in the repository root to build it"
+        )
+    return path
+
+
+def kwok_stages_path(tools_dir: Path = TOOLS_DIR) -> Path:
+    path = tools_dir / "share" / "kwok-stages.yaml"
+    if not path.exists():
+        raise MissingToolError(f"{path} does not exist: run `make tools` to install kwok")
+    return path
