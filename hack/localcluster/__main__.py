@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--bridge-cidr",
         default=None,
-        help="/24 for the process node's pod IPs (default: the first free one in 10.77.0.0/16)",
+        help="/24 for the process node's pod IPs (default: a free one in 10.77.0.0/16)",
     )
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for readiness")
     commands.add_parser("down", help="stop every component and check that none is left")

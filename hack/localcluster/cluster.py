@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -91,12 +92,20 @@ def _networks_in_use() -> list[ipaddress.IPv4Network]:
 
 
 def free_bridge_cidr() -> str:
-    """The first /24 of 10.77.0.0/16 that no interface on this host uses yet."""
+    """A /24 of 10.77.0.0/16 that no interface on this host uses yet.
+
+    Chosen at random among the free ones, so that two clusters starting at the same moment
+    (before either bridge exists) are unlikely to pick the same.
+    """
     in_use = _networks_in_use()
-    for candidate in BRIDGE_SUPERNET.subnets(new_prefix=24):
-        if not any(candidate.overlaps(network) for network in in_use):
-            return str(candidate)
-    raise ClusterError(f"every /24 of {BRIDGE_SUPERNET} is in use; stop other local clusters")
+    free = [
+        candidate
+        for candidate in BRIDGE_SUPERNET.subnets(new_prefix=24)
+        if not any(candidate.overlaps(network) for network in in_use)
+    ]
+    if not free:
+        raise ClusterError(f"every /24 of {BRIDGE_SUPERNET} is in use; stop other local clusters")
+    return str(random.choice(free))
 
 
 def _tail(path: Path, lines: int) -> str:
