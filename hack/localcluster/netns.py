@@ -66,8 +66,10 @@ class Names:
     prefix: str
 
     @classmethod
-    def for_node(cls, node_name: str) -> Names:
-        return cls("acn" + hashlib.sha1(node_name.encode()).hexdigest()[:4])
+    def for_node(cls, node_name: str, bridge_cidr: str) -> Names:
+        """Names of one agent; two clusters' agents of the same node name never share them."""
+        key = f"{node_name}/{bridge_cidr}".encode()
+        return cls("acn" + hashlib.sha1(key).hexdigest()[:4])
 
     @property
     def bridge(self) -> str:

@@ -1223,7 +1223,8 @@ class NodeAgent:
         self.kube = Kube(settings.kubeconfig)
         self.objects = ApiObjects(self.kube)
         self.networks = PodNetworks(
-            Names.for_node(settings.node_name), ipaddress.IPv4Network(settings.bridge_cidr)
+            Names.for_node(settings.node_name, settings.bridge_cidr),
+            ipaddress.IPv4Network(settings.bridge_cidr),
         )
         self.host_ip = self.networks.gateway
         pods = min(MAX_PODS, self.networks.capacity)

@@ -22,7 +22,7 @@ def _docker_engine() -> bool:
 @pytest.mark.e2e
 @pytest.mark.skipif(
     not _docker_engine(),
-    reason="no Docker engine here, and kind needs one: run `make e2e-kind` on a machine with Docker",
+    reason="no Docker engine here, and kind needs one: run `make e2e-kind` where Docker runs",
 )
 def test_cpu_example_succeeds_on_kind() -> None:
     result = subprocess.run(["bash", str(SCRIPT)], cwd=REPO_ROOT, check=False, timeout=1800)

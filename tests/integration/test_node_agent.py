@@ -384,8 +384,8 @@ def spare_node(cluster: Cluster, kube_api: k8s.ApiClient) -> Iterator[str]:
             raise
 
 
-def leftovers_of(node_name: str) -> list[str]:
-    prefix = Names.for_node(node_name).prefix
+def leftovers_of(node_name: str, bridge_cidr: str) -> list[str]:
+    prefix = Names.for_node(node_name, bridge_cidr).prefix
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     found = [line.split(":")[1].strip() for line in links.splitlines() if f": {prefix}" in line]
     for directory in (NETNS_RUN_DIR, NETNS_ETC_DIR):
@@ -403,12 +403,13 @@ def test_a_restarted_agent_cleans_up_after_a_crash_and_sigterm_leaves_nothing(
 ) -> None:
     core = k8s.CoreV1Api(kube_api)
     state_dir = tmp_path / "agent"
+    bridge_cidr = free_bridge_cidr()
     argv = [
         sys.executable, "-m", "localcluster.nodeagent",
         "--kubeconfig", str(cluster.kubeconfig),
         "--node-name", spare_node,
         "--state-dir", str(state_dir),
-        "--bridge-cidr", free_bridge_cidr(),
+        "--bridge-cidr", bridge_cidr,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "hack")}
     log = (tmp_path / "agent.log").open("ab")
@@ -436,7 +437,8 @@ def test_a_restarted_agent_cleans_up_after_a_crash_and_sigterm_leaves_nothing(
 
         agent.send_signal(signal.SIGKILL)  # a crash: nothing is cleaned up
         agent.wait(timeout=10)
-        assert leftovers_of(spare_node), "a killed agent should leave its namespaces behind"
+        left = leftovers_of(spare_node, bridge_cidr)
+        assert left, "a killed agent should leave its namespaces behind"
         assert all(start_ticks_of(pid) == ticks for pid, ticks in orphan_ticks.items())
 
         agent = start_agent()
@@ -457,7 +459,7 @@ def test_a_restarted_agent_cleans_up_after_a_crash_and_sigterm_leaves_nothing(
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=30) == 0
         assert [pid for pid, ticks in worker_ticks.items() if start_ticks_of(pid) == ticks] == []
-        assert leftovers_of(spare_node) == []
+        assert leftovers_of(spare_node, bridge_cidr) == []
     finally:
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)

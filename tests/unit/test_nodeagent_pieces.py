@@ -285,10 +285,13 @@ def test_a_pod_without_subdomain_resolves_only_its_own_hostname() -> None:
     assert lines[-1] == "10.77.0.9\tsolo"
 
 
-def test_interface_names_fit_the_kernel_limit_and_differ_per_node() -> None:
-    first, second = Names.for_node("acceltrain-cpu-0"), Names.for_node("acceltrain-cpu-1")
+def test_interface_names_fit_the_kernel_limit_and_differ_per_node_and_cluster() -> None:
+    first = Names.for_node("acceltrain-cpu-0", "10.77.0.0/24")
+    second = Names.for_node("acceltrain-cpu-1", "10.77.0.0/24")
+    same_node_other_cluster = Names.for_node("acceltrain-cpu-0", "10.77.1.0/24")
 
     assert first.prefix != second.prefix
+    assert first.prefix != same_node_other_cluster.prefix
     assert len(first.host_veth(65534)) <= MAX_INTERFACE_NAME
     assert len(first.bridge) <= MAX_INTERFACE_NAME
     assert first.netns(3).startswith(first.prefix)
