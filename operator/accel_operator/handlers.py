@@ -1,0 +1,155 @@
+"""kopf handlers: thin adapters from kopf's callbacks to the reconciler.
+
+Registered on a registry of their own by :func:`build_registry` (the CLI passes it to
+``kopf.run``):
+
+- ``on.create`` / ``on.resume`` / ``on.update(field="spec")`` of AccelTrainJobs: reconcile; a spec
+  that cannot work becomes ``kopf.PermanentError`` after the status says Failed/InvalidSpec.
+- a timer on every AccelTrainJob (``--resync-interval``): reconciles when a time-based step is
+  due (progress scrape, backoff, gang timeout, deadlines, TTL) and skips otherwise, so finished
+  jobs cost nothing.
+- ``on.event`` of the attempt Jobs and worker pods (label ``acceltrain.io/job-name``): reconcile
+  the owning AccelTrainJob, so pod and Job changes are acted on at once.
+
+Handlers are sync; kopf runs them in its thread pool. No ``on.delete`` handler: owner references
+and the garbage collector remove the children. kopf itself adds the finalizer
+``acceltrain.io/finalizer`` because of the timer, and removes it when the timer stops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from accel_operator import api, constants, observe
+from accel_operator.reconcile import InvalidSpecError, Reconciler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorOptions:
+    """Settings of the handlers and of kopf (see ``python -m accel_operator run --help``)."""
+
+    resync_interval: float = 2.0
+    """Seconds between timer ticks of every job (the progress scrape interval)."""
+    server_timeout: int = 300
+    """How long the API server keeps a watch open before closing it."""
+    client_timeout: float = 330.0
+    """How long the client waits on a watch request before giving up."""
+    inactivity_timeout: float = 600.0
+    """Restart a watch stream that has been silent this long (lost without an error)."""
+    max_workers: int = 32
+    """Threads for sync handlers: the jobs reconciled at the same time."""
+    retry_delay: float = 5.0
+    """Seconds before kopf retries a create/update/resume handler that failed."""
+
+
+def configure_settings(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
+    """kopf's settings: our prefixes for its bookkeeping, watch timeouts, quiet event posting."""
+    settings.persistence.finalizer = constants.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=constants.DOMAIN, v1=False
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=constants.DOMAIN, key="last-handled-configuration", v1=False
+    )
+    settings.watching.server_timeout = options.server_timeout
+    settings.watching.client_timeout = options.client_timeout
+    settings.watching.inactivity_timeout = options.inactivity_timeout
+    # The reconciler posts the events users need; kopf's own only when something is wrong.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = constants.FIELD_MANAGER
+    settings.execution.max_workers = options.max_workers
+
+
+def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.OperatorRegistry:
+    """A kopf registry with the operator's handlers bound to ``reconciler``."""
+    registry = kopf.OperatorRegistry()
+    resource = (api.GROUP, api.VERSION, api.PLURAL)
+    children = {constants.LABEL_JOB_NAME: kopf.PRESENT}
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_settings(settings, options)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same in-cluster or kubeconfig credentials as accel_operator.kube uses.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.update(*resource, field="spec", registry=registry)
+    def job_changed(namespace: str | None, name: str, **_: Any) -> None:
+        if namespace is None:
+            return
+        try:
+            reconciler.reconcile(namespace, name)
+        except InvalidSpecError as error:
+            raise kopf.PermanentError(str(error)) from None
+        except Exception as error:
+            raise kopf.TemporaryError(str(error), delay=options.retry_delay) from error
+
+    @kopf.timer(*resource, interval=options.resync_interval, registry=registry)
+    def job_due(namespace: str | None, name: str, **_: Any) -> None:
+        if namespace is not None and reconciler.due(namespace, name):
+            _quietly(reconciler, namespace, name)
+
+    @kopf.on.event(*resource, registry=registry)
+    def job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+        if type == "DELETED" and namespace is not None:
+            reconciler.forget(namespace, name)
+
+    seen = _Fingerprints()
+
+    @kopf.on.event("batch", "v1", "jobs", labels=children, registry=registry)
+    @kopf.on.event("v1", "pods", labels=children, registry=registry)
+    def child_event(
+        type: str,
+        uid: str,
+        namespace: str | None,
+        labels: Mapping[str, str],
+        body: kopf.Body,
+        **_: Any,
+    ) -> None:
+        owner = labels.get(constants.LABEL_JOB_NAME)
+        if namespace is None or not owner:
+            return
+        if seen.changed(uid, None if type == "DELETED" else observe.fingerprint(body)):
+            _quietly(reconciler, namespace, owner)
+
+    return registry
+
+
+class _Fingerprints:
+    """The last relevant state of each child, so that irrelevant updates cause no reconcile."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[Any, ...]] = {}
+        self._lock = threading.Lock()
+
+    def changed(self, uid: str, fingerprint: tuple[Any, ...] | None) -> bool:
+        with self._lock:
+            if fingerprint is None:
+                self._seen.pop(uid, None)
+                return True
+            if self._seen.get(uid) == fingerprint:
+                return False
+            self._seen[uid] = fingerprint
+            return True
+
+
+def _quietly(reconciler: Reconciler, namespace: str, name: str) -> None:
+    """Reconcile from a timer or a child's event: failures are logged and retried by the timer."""
+    try:
+        reconciler.reconcile(namespace, name)
+    except InvalidSpecError:
+        pass  # reported on the job's status and events when it was created
+    except Exception:
+        logger.exception("reconcile of %s/%s failed; it is retried", namespace, name)

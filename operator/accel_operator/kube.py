@@ -1,0 +1,304 @@
+"""The only module that talks to the Kubernetes API server.
+
+Requests go through the ``kubernetes`` package's :class:`~kubernetes.client.ApiClient` (its
+kubeconfig and in-cluster loading, authentication and connection pool) and carry plain dicts both
+ways, since the renderers build plain dicts. Children are written with server-side apply under
+the field manager ``acceltrain-operator`` with ``force``; the AccelTrainJob status with a JSON
+merge patch of the whole status; Events as core/v1 Events. Every request is counted in
+:class:`~accel_operator.metrics.OperatorMetrics` by verb and resource.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import kubernetes
+
+from accel_operator import api, constants, render
+from accel_operator.metrics import OperatorMetrics
+
+logger = logging.getLogger(__name__)
+
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
+REQUEST_TIMEOUT_SECONDS = 30.0
+EVENT_MESSAGE_LIMIT = 1024
+
+# kind -> (API path prefix, plural) of the kinds the operator writes.
+_KINDS: dict[str, tuple[str, str]] = {
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    "Pod": ("/api/v1", "pods"),
+    "Event": ("/api/v1", "events"),
+    api.KIND: (f"/apis/{api.API_VERSION}", api.PLURAL),
+}
+
+
+class ApiError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        message = body
+        with contextlib.suppress(ValueError, AttributeError):
+            message = json.loads(body).get("message", body)
+        super().__init__(f"{method} {path} -> HTTP {status}: {str(message)[:500]}")
+        self.status = status
+
+
+def _path(kind: str, namespace: str, name: str | None = None, subresource: str = "") -> str:
+    prefix, plural = _KINDS[kind]
+    path = f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}"
+    if name is not None:
+        path += f"/{quote(name, safe='')}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+def load_api_client(kubeconfig: str | None = None, pool_size: int = 32) -> Any:
+    """An ApiClient for the cluster: in-cluster credentials, else the kubeconfig."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig or os.environ.get("KUBECONFIG") or None,
+            client_configuration=configuration,
+        )
+    # One connection per concurrent reconcile thread instead of urllib3's default of 4.
+    configuration.connection_pool_maxsize = pool_size
+    return kubernetes.client.ApiClient(configuration)
+
+
+class KubeClient:
+    """Typed-enough access to the objects an AccelTrainJob owns."""
+
+    def __init__(self, api_client: Any, metrics: OperatorMetrics | None = None) -> None:
+        self._client = api_client
+        self._metrics = metrics or OperatorMetrics()
+        self._instance = socket.gethostname()
+
+    # --- transport ---------------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        verb: str,
+        resource: str,
+        query: Mapping[str, str] | None = None,
+        body: object | None = None,
+        content_type: str | None = None,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+    ) -> Any:
+        """Send one request; returns the decoded JSON body, or raises :class:`ApiError`."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        serialized = self._client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        self._metrics.count_request(verb, resource)
+        try:
+            response = self._client.call_api(*serialized, _request_timeout=timeout)
+        except kubernetes.client.ApiException as error:
+            raise ApiError(method, path, int(error.status or 0), str(error.body or "")) from None
+        data = response.read()
+        text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+        if response.status >= 400:
+            raise ApiError(method, path, response.status, text)
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+    # --- the AccelTrainJob ---------------------------------------------------------------------
+    def get_accel_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.request(
+                "GET", _path(api.KIND, namespace, name), verb="get", resource=api.PLURAL
+            )
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Replace the status (a merge patch of all of it; None values remove fields)."""
+        self.request(
+            "PATCH",
+            _path(api.KIND, namespace, name, "status"),
+            verb="patch",
+            resource=f"{api.PLURAL}/status",
+            body={"status": dict(status)},
+            content_type=MERGE_PATCH_CONTENT_TYPE,
+        )
+
+    def delete_accel_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete the AccelTrainJob (only the one with this uid); children go by GC."""
+        self._delete(
+            api.KIND,
+            namespace,
+            name,
+            resource=api.PLURAL,
+            body={"propagationPolicy": "Background", "preconditions": {"uid": uid}},
+        )
+
+    # --- children ----------------------------------------------------------------------------
+    def _list(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        answer = self.request(
+            "GET",
+            _path(kind, namespace),
+            verb="list",
+            resource=_KINDS[kind][1],
+            query={"labelSelector": label_selector},
+        )
+        items: list[dict[str, Any]] = (answer or {}).get("items") or []
+        return items
+
+    def list_attempt_jobs(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return self._list("Job", namespace, f"{constants.LABEL_JOB_NAME}={job}")
+
+    def list_worker_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return self._list(
+            "Pod",
+            namespace,
+            f"{constants.LABEL_JOB_NAME}={job},{constants.LABEL_ROLE}={constants.ROLE_WORKER}",
+        )
+
+    def list_scheduling_events(self, namespace: str) -> list[dict[str, Any]]:
+        answer = self.request(
+            "GET",
+            _path("Event", namespace),
+            verb="list",
+            resource="events",
+            query={"fieldSelector": "involvedObject.kind=Pod,reason=FailedScheduling"},
+        )
+        items: list[dict[str, Any]] = (answer or {}).get("items") or []
+        return items
+
+    def pod_log_tail(self, namespace: str, pod: str, lines: int = 20) -> str:
+        """The trainer container's last log lines; empty when the node cannot serve logs."""
+        try:
+            text = self.request(
+                "GET",
+                _path("Pod", namespace, pod, "log"),
+                verb="get",
+                resource="pods/log",
+                query={"container": constants.TRAINER_CONTAINER, "tailLines": str(lines)},
+                timeout=10.0,
+            )
+        except ApiError as error:
+            logger.debug("no log of pod %s/%s: %s", namespace, pod, error)
+            return ""
+        except Exception as error:  # the node may not answer at all
+            logger.debug("no log of pod %s/%s: %s", namespace, pod, error)
+            return ""
+        return text if isinstance(text, str) else json.dumps(text)
+
+    def apply(self, obj: Mapping[str, Any]) -> None:
+        """Server-side apply one rendered object under the operator's field manager."""
+        metadata = obj["metadata"]
+        kind = str(obj["kind"])
+        self.request(
+            "PATCH",
+            _path(kind, metadata["namespace"], metadata["name"]),
+            verb="apply",
+            resource=_KINDS[kind][1],
+            query={"fieldManager": constants.FIELD_MANAGER, "force": "true"},
+            body=dict(obj),
+            content_type=APPLY_CONTENT_TYPE,
+        )
+
+    def _delete(
+        self, kind: str, namespace: str, name: str, *, resource: str, body: Mapping[str, Any]
+    ) -> bool:
+        """Delete an object; False when it was already gone."""
+        try:
+            self.request(
+                "DELETE",
+                _path(kind, namespace, name),
+                verb="delete",
+                resource=resource,
+                body=dict(body),
+            )
+        except ApiError as error:
+            if error.status in (404, 409):
+                # 409: the uid precondition failed, i.e. a new object took the name.
+                return False
+            raise
+        return True
+
+    def delete_attempt(self, namespace: str, job: str, attempt: int) -> None:
+        """Delete an attempt's Job in the foreground (it goes after its pods) and its ConfigMap."""
+        self._delete(
+            "Job",
+            namespace,
+            render.attempt_job_name(job, attempt),
+            resource="jobs",
+            body={"propagationPolicy": "Foreground"},
+        )
+        self._delete(
+            "ConfigMap",
+            namespace,
+            render.config_map_name(job, attempt),
+            resource="configmaps",
+            body={"propagationPolicy": "Background"},
+        )
+
+    def delete_pod(self, namespace: str, pod: str) -> None:
+        """Delete a worker pod whose Job is already gone (a leftover of a torn-down attempt)."""
+        self._delete("Pod", namespace, pod, resource="pods", body={})
+
+    # --- events ------------------------------------------------------------------------------
+    def post_event(
+        self, accel_job: Mapping[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        """Post a core/v1 Event about the AccelTrainJob (what `kubectl describe atj` shows)."""
+        metadata = accel_job["metadata"]
+        namespace = metadata["namespace"]
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if len(message) > EVENT_MESSAGE_LIMIT:
+            message = message[: EVENT_MESSAGE_LIMIT - 3] + "..."
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{metadata['name']}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": metadata["name"],
+                "namespace": namespace,
+                "uid": metadata.get("uid"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": event_type,
+            "source": {"component": constants.FIELD_MANAGER},
+            "reportingComponent": constants.FIELD_MANAGER,
+            "reportingInstance": self._instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        path = _path("Event", namespace)
+        self.request("POST", path, verb="create", resource="events", body=event)

@@ -1,0 +1,103 @@
+"""The operator's own Prometheus metrics, served on their own port (``--metrics-port``).
+
+- ``acceltrain_operator_jobs{phase}``: AccelTrainJobs this operator reconciles, by phase.
+- ``acceltrain_operator_launch_seconds``: histogram of CR created -> every worker pod running,
+  for first attempts.
+- ``acceltrain_operator_restarts_total{reason}``: whole-group restarts (WorkerFailed,
+  GangTimeout, Stalled, AttemptDeleted).
+- ``acceltrain_operator_reconcile_errors_total`` and ``acceltrain_operator_reconcile_seconds``.
+- ``acceltrain_operator_api_requests_total{verb,resource}``: every request
+  :mod:`accel_operator.kube` sends (writes are apply/create/patch/delete), which is how the
+  launch benchmark counts API writes.
+
+Each :class:`OperatorMetrics` has its own registry, so tests can create several.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Final
+
+import prometheus_client
+
+from accel_operator import api
+
+LAUNCH_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+WRITE_VERBS: Final = frozenset({"apply", "create", "patch", "delete"})
+
+
+class OperatorMetrics:
+    """The operator's metrics and the job-phase bookkeeping behind the phase gauge."""
+
+    def __init__(self, registry: prometheus_client.CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else prometheus_client.CollectorRegistry()
+        self.jobs = prometheus_client.Gauge(
+            "acceltrain_operator_jobs",
+            "AccelTrainJobs reconciled by this operator, by phase.",
+            ["phase"],
+            registry=self.registry,
+        )
+        self.launch_seconds = prometheus_client.Histogram(
+            "acceltrain_operator_launch_seconds",
+            "Seconds from AccelTrainJob creation until every worker pod of the first attempt ran.",
+            buckets=LAUNCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.restarts = prometheus_client.Counter(
+            "acceltrain_operator_restarts",
+            "Whole-group restarts of AccelTrainJobs, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.reconcile_errors = prometheus_client.Counter(
+            "acceltrain_operator_reconcile_errors",
+            "Reconciles that ended in an error (they are retried).",
+            registry=self.registry,
+        )
+        self.reconcile_seconds = prometheus_client.Histogram(
+            "acceltrain_operator_reconcile_seconds",
+            "Wall-clock seconds of one reconcile of one AccelTrainJob.",
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self.api_requests = prometheus_client.Counter(
+            "acceltrain_operator_api_requests",
+            "Requests the operator sent to the API server, by verb and resource.",
+            ["verb", "resource"],
+            registry=self.registry,
+        )
+        for phase in api.Phase:
+            self.jobs.labels(phase=phase.value).set(0)
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def record_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        """Remember a job's phase (None: the job is gone) and refresh the gauge."""
+        key = (namespace, name)
+        with self._lock:
+            if phase is None:
+                self._phases.pop(key, None)
+            else:
+                self._phases[key] = phase
+            counts = {p.value: 0 for p in api.Phase}
+            for value in self._phases.values():
+                counts[value] = counts.get(value, 0) + 1
+        for value, count in counts.items():
+            self.jobs.labels(phase=value).set(count)
+
+    def count_request(self, verb: str, resource: str) -> None:
+        self.api_requests.labels(verb=verb, resource=resource).inc()
+
+    def writes(self) -> float:
+        """API writes sent so far (apply, create, patch, delete)."""
+        total = 0.0
+        for metric in self.api_requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels.get("verb") in WRITE_VERBS:
+                    total += sample.value
+        return total
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Serve the registry in the Prometheus text format (daemon thread)."""
+        prometheus_client.start_http_server(port, addr=addr, registry=self.registry)

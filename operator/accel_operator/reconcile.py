@@ -1,0 +1,323 @@
+"""One reconcile of one AccelTrainJob: observe, decide, act, write status, post events.
+
+The JobSet-style loop of DESIGN.md section 1:
+
+1. observe: the AccelTrainJob (a fresh GET), its attempt Jobs and worker pods (LISTs by label),
+   the scheduler's FailedScheduling events when a pod cannot be placed, the failed worker's log
+   tail when an attempt failed, and rank 0's metrics while the attempt runs;
+2. :func:`accel_operator.lifecycle.decide` (pure) computes the new status and the actions;
+3. act in the order the lifecycle relies on: create the new attempt's children (server-side
+   apply), then patch the status (only when it changed), then delete torn-down attempts or the
+   job itself (TTL), then post the Events of the transitions.
+
+Reconciles of one job are serialised in-process: a trigger that arrives while the job is being
+reconciled (a pod event, the timer) marks it dirty and the running reconcile goes round once
+more, so bursts of pod events coalesce into a few reconciles. Everything is idempotent anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from accel_operator import api, lifecycle, observe, render
+from accel_operator.kube import KubeClient
+from accel_operator.metrics import OperatorMetrics
+from accel_operator.scrape import ProgressScraper
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class InvalidSpecError(Exception):
+    """The spec cannot work; the message names the field and the fix."""
+
+
+@dataclasses.dataclass
+class _Gate:
+    mutex: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    running: bool = False
+    dirty: bool = False
+    next_due: float = 0.0
+    """Monotonic time when the job needs looking at again without any cluster change."""
+
+
+class Reconciler:
+    """Reconciles AccelTrainJobs; thread-safe, one reconcile per job at a time."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        *,
+        scraper: ProgressScraper | None = None,
+        metrics: OperatorMetrics | None = None,
+        progress_interval: float = 3.0,
+        read_pod_logs: bool = True,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.kube = kube
+        self.read_pod_logs = read_pod_logs
+        self.scraper = scraper or ProgressScraper()
+        self.metrics = metrics or OperatorMetrics()
+        self.progress_interval = progress_interval
+        self.clock = clock
+        self._gates: dict[tuple[str, str], _Gate] = {}
+        self._gates_lock = threading.Lock()
+        self._last_status_write: dict[tuple[str, str], float] = {}
+
+    # --- triggering --------------------------------------------------------------------------
+    def _gate(self, namespace: str, name: str) -> _Gate:
+        with self._gates_lock:
+            return self._gates.setdefault((namespace, name), _Gate())
+
+    def due(self, namespace: str, name: str) -> bool:
+        """Whether a time-based step (scrape, backoff, deadline, TTL) of this job is due."""
+        return time.monotonic() >= self._gate(namespace, name).next_due
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what is remembered about a deleted job."""
+        with self._gates_lock:
+            self._gates.pop((namespace, name), None)
+            self._last_status_write.pop((namespace, name), None)
+        self.metrics.record_phase(namespace, name, None)
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        """Reconcile now, or make the reconcile already running for this job go round again."""
+        gate = self._gate(namespace, name)
+        with gate.mutex:
+            if gate.running:
+                gate.dirty = True
+                return
+            gate.running = True
+        try:
+            while True:
+                with gate.mutex:
+                    gate.dirty = False
+                self._timed(namespace, name, gate)
+                with gate.mutex:
+                    if not gate.dirty:
+                        gate.running = False
+                        return
+        except BaseException:
+            with gate.mutex:
+                gate.running = False
+            raise
+
+    def _timed(self, namespace: str, name: str, gate: _Gate) -> None:
+        started = time.monotonic()
+        try:
+            requeue = self.reconcile_once(namespace, name)
+        except InvalidSpecError:
+            gate.next_due = math.inf
+            raise
+        except Exception:
+            self.metrics.reconcile_errors.inc()
+            # Let the timer retry soon rather than wait for the next cluster change.
+            gate.next_due = time.monotonic() + self.progress_interval
+            raise
+        finally:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        gate.next_due = math.inf if requeue is None else time.monotonic() + requeue
+
+    # --- one pass ----------------------------------------------------------------------------
+    def reconcile_once(self, namespace: str, name: str) -> float | None:
+        """Observe, decide, act; returns seconds until a time-based step is due (None: never)."""
+        body = self.kube.get_accel_job(namespace, name)
+        if body is None:
+            # Deleted: a late event of one of its pods brought us here.
+            self.forget(namespace, name)
+            return None
+        if body["metadata"].get("deletionTimestamp"):
+            # Being deleted: the garbage collector takes the children.
+            self.metrics.record_phase(namespace, name, None)
+            return None
+        metadata = body["metadata"]
+        status = _status_of(body)
+        now = self.clock()
+        try:
+            spec = api.parse_spec(body.get("spec") or {}, name=name)
+        except api.SpecError as error:
+            decision = lifecycle.invalid_spec(
+                status, str(error), now, int(metadata.get("generation") or 0)
+            )
+            self._write(body, status, decision, force=True)
+            self.metrics.record_phase(namespace, name, decision.status.phase.value)
+            raise InvalidSpecError(str(error)) from None
+
+        observed = self.observe(body, spec, status)
+        decision = lifecycle.decide(
+            spec, status, observed, now, progress_interval=self.progress_interval
+        )
+        ref = render.JobRef(name=name, namespace=namespace, uid=str(metadata.get("uid", "")))
+        for create in decision.creates:
+            for child in render.render_attempt(spec, ref, create.attempt):
+                self.kube.apply(child)
+        deferred = self._write(body, status, decision)
+        for action in decision.deletes:
+            if isinstance(action, lifecycle.DeleteJob):
+                logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", namespace, name)
+                self.kube.delete_accel_job(namespace, name, ref.uid)
+                self.forget(namespace, name)
+                return None
+            self._delete_attempt(namespace, name, action.attempt, observed)
+        if decision.restart_reason:
+            self.metrics.restarts.labels(reason=decision.restart_reason).inc()
+        if decision.launch_seconds is not None:
+            self.metrics.launch_seconds.observe(decision.launch_seconds)
+        self.metrics.record_phase(namespace, name, decision.status.phase.value)
+        if deferred is not None:
+            return min(deferred, decision.requeue_after or deferred)
+        return decision.requeue_after
+
+    def _delete_attempt(
+        self, namespace: str, name: str, attempt: int, observed: lifecycle.Observed
+    ) -> None:
+        self.kube.delete_attempt(namespace, name, attempt)
+        if observed.attempt(attempt) is None:
+            # The Job is gone already, so its garbage collection will not take these pods.
+            for pod in observed.pods_of(attempt):
+                if not pod.deleting:
+                    self.kube.delete_pod(namespace, pod.name)
+
+    def _write(
+        self,
+        body: dict[str, Any],
+        before: api.AccelTrainJobStatus,
+        decision: lifecycle.Decision,
+        *,
+        force: bool = False,
+    ) -> float | None:
+        """Patch the status if it changed and post the events; returns the seconds after which
+        a withheld minor change is due to be written, or None."""
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        new = _dump(decision.status)
+        deferred = None
+        # Both sides went through the model, so defaults and formatting compare equal.
+        if new != _dump(before):
+            after = decision.status
+            transition = (
+                force
+                or bool(decision.events or decision.actions)
+                or (after.phase, after.attempt, after.restarts)
+                != (before.phase, before.attempt, before.restarts)
+            )
+            since = time.monotonic() - self._last_status_write.get(key, -math.inf)
+            # Worker counts, scheduling messages and progress numbers change in bursts; they
+            # are written at most once per progress interval, transitions at once.
+            if transition or since >= self.progress_interval:
+                self.kube.patch_status(key[0], key[1], new)
+                self._last_status_write[key] = time.monotonic()
+            else:
+                deferred = self.progress_interval - since
+        for event in decision.events:
+            first_line = event.message.splitlines()[0] if event.message else ""
+            logger.info(
+                "%s/%s: %s: %s", metadata["namespace"], metadata["name"], event.reason, first_line
+            )
+            try:
+                self.kube.post_event(body, event.type, event.reason, event.message)
+            except Exception as error:
+                # An event is worth less than the reconcile that produced it.
+                logger.warning("could not post event %s: %s", event.reason, error)
+        return deferred
+
+    # --- observing ---------------------------------------------------------------------------
+    def observe(
+        self, body: dict[str, Any], spec: api.AccelTrainJobSpec, status: api.AccelTrainJobStatus
+    ) -> lifecycle.Observed:
+        metadata = body["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        attempts = tuple(
+            view
+            for view in (
+                observe.attempt_view(job) for job in self.kube.list_attempt_jobs(namespace, name)
+            )
+            if view is not None
+        )
+        raw_pods = self.kube.list_worker_pods(namespace, name)
+        pods = [observe.pod_view(pod) for pod in raw_pods]
+        if observe.needs_scheduler_events(pods):
+            messages = observe.scheduler_messages(self.kube.list_scheduling_events(namespace))
+            pods = [observe.pod_view(pod, messages) for pod in raw_pods]
+        current = max([status.attempt, *(view.attempt for view in attempts)])
+        current_job = next((view for view in attempts if view.attempt == current), None)
+        failure = None
+        if (
+            current_job is not None
+            and current_job.failed
+            and status.phase not in lifecycle.FINISHED_PHASES
+        ):
+            failure = self._failure(namespace, [pod for pod in pods if pod.attempt == current])
+        progress, visible = None, True
+        if status.phase not in lifecycle.FINISHED_PHASES and current_job is not None:
+            progress, visible = self._progress(spec, pods, current)
+        return lifecycle.Observed(
+            created=lifecycle.parse_time(metadata.get("creationTimestamp")) or self.clock(),
+            generation=int(metadata.get("generation") or 0),
+            attempts=attempts,
+            pods=tuple(pods),
+            failure=failure,
+            progress=progress,
+            progress_visible=visible,
+        )
+
+    def _failure(
+        self, namespace: str, pods: list[lifecycle.PodView]
+    ) -> lifecycle.FailureView | None:
+        worker = observe.failed_worker(pods)
+        if worker is None:
+            return None
+        # The termination message is the log tail the kubelet kept (FallbackToLogsOnError);
+        # reading the log goes through the API server to the node's kubelet.
+        tail = worker.termination_message
+        if not tail and self.read_pod_logs:
+            tail = self.kube.pod_log_tail(namespace, worker.name)
+        return lifecycle.FailureView(pod=worker.name, exit_code=worker.exit_code, log_tail=tail)
+
+    def _progress(
+        self, spec: api.AccelTrainJobSpec, pods: list[lifecycle.PodView], attempt: int
+    ) -> tuple[lifecycle.ProgressSample | None, bool]:
+        rank0 = next(
+            (pod for pod in pods if pod.attempt == attempt and pod.index == 0 and not pod.deleting),
+            None,
+        )
+        if rank0 is None or not rank0.pod_ip:
+            return None, True
+        if not self.scraper.allowed(rank0.pod_ip):
+            return None, False
+        if rank0.phase != "Running":
+            return None, True
+        return self.scraper.scrape(rank0.pod_ip, spec.metrics.port), True
+
+
+def _status_of(body: dict[str, Any]) -> api.AccelTrainJobStatus:
+    try:
+        return api.AccelTrainJobStatus.model_validate(body.get("status") or {})
+    except ValidationError as error:
+        # A status this operator cannot read is rebuilt from the observed children.
+        logger.warning(
+            "status of %s/%s is unreadable, rebuilding it: %s",
+            body["metadata"]["namespace"],
+            body["metadata"]["name"],
+            error,
+        )
+        return api.AccelTrainJobStatus()
+
+
+def _dump(status: api.AccelTrainJobStatus) -> dict[str, Any]:
+    dumped: dict[str, Any] = status.model_dump(mode="json", by_alias=True)
+    return dumped

@@ -1,0 +1,137 @@
+"""Reading rank 0's Prometheus exporter for ``status.progress``.
+
+:func:`parse_metrics` is pure: the Prometheus text format in, a
+:class:`~accel_operator.lifecycle.ProgressSample` out. :class:`ProgressScraper` does the plain
+HTTP GET of ``http://<pod IP>:<metrics port>/metrics``, with a short timeout so that a trainer
+that does not answer yet never holds up a reconcile, and only for pod addresses inside the
+networks the operator was told it may reach (``--scrape-network``; everything by default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from accel_operator.lifecycle import ProgressSample
+
+logger = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Series of the trainer's metrics contract (DESIGN.md section 4) that status.progress uses.
+STEP = "acceltrain_step"
+STEPS_THIS_PROCESS = "acceltrain_optimizer_steps_total"
+SAMPLES_PER_SECOND = "acceltrain_samples_per_second"
+TOKENS_PER_SECOND = "acceltrain_tokens_per_second"
+TFLOPS_PER_DEVICE = "acceltrain_tflops_per_device"
+MFU = "acceltrain_mfu_ratio"
+LOSS = "acceltrain_loss"
+SPARSITY = "acceltrain_sparsity_ratio"
+CHECKPOINT_STEP = "acceltrain_last_checkpoint_step"
+
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
+def _rank_values(text: str, rank: str) -> dict[str, float]:
+    """Sample name -> value for the samples of ``rank`` (or without a rank label)."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels: Mapping[str, str] = sample.labels
+            if "rank" in labels and labels["rank"] != rank:
+                continue
+            # One value per name: the rank's own series, not the per-kind breakdowns.
+            if sample.name in values and "kind" in labels:
+                continue
+            values[sample.name] = float(sample.value)
+    return values
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def parse_metrics(text: str, *, rank: str = "0") -> ProgressSample | None:
+    """The progress in one scrape of the exporter; None when it has no step gauge yet.
+
+    Raises ValueError for text that is not the Prometheus exposition format.
+    """
+    values = _rank_values(text, rank)
+    step = _finite(values.get(STEP))
+    if step is None:
+        return None
+
+    def optional_int(name: str) -> int | None:
+        value = _finite(values.get(name))
+        return int(value) if value is not None and value >= 0 else None
+
+    return ProgressSample(
+        step=max(0, int(step)),
+        steps_this_process=optional_int(STEPS_THIS_PROCESS),
+        samples_per_second=_finite(values.get(SAMPLES_PER_SECOND)) or 0.0,
+        tokens_per_second=_finite(values.get(TOKENS_PER_SECOND)) or 0.0,
+        tflops_per_device=_finite(values.get(TFLOPS_PER_DEVICE)) or 0.0,
+        mfu=_finite(values.get(MFU)) or 0.0,
+        loss=_finite(values.get(LOSS)),
+        sparsity=_finite(values.get(SPARSITY)),
+        # -1 before the first checkpoint of the run.
+        checkpoint_step=optional_int(CHECKPOINT_STEP),
+    )
+
+
+def parse_networks(values: Iterable[str]) -> list[Network]:
+    """CIDRs of ``--scrape-network``; ValueError names the bad value."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"--scrape-network {value!r} is not a network in CIDR notation such as "
+                "10.244.0.0/16"
+            ) from None
+    return networks
+
+
+class ProgressScraper:
+    """Fetches and parses rank 0's metrics; only from addresses in ``networks`` when given."""
+
+    def __init__(self, networks: Sequence[Network] = (), *, timeout: float = 2.0) -> None:
+        self.networks = list(networks)
+        self.timeout = timeout
+
+    def allowed(self, address: str) -> bool:
+        """Whether the operator may connect to this pod address."""
+        if not self.networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def scrape(self, address: str, port: int) -> ProgressSample | None:
+        """Rank 0's progress, or None when the exporter does not answer (yet) or has no step."""
+        if not self.allowed(address):
+            return None
+        host = f"[{address}]" if ":" in address else address
+        url = f"http://{host}:{port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:
+                text = response.read(MAX_RESPONSE_BYTES).decode("utf-8", errors="replace")
+        except (urllib.error.URLError, OSError, TimeoutError) as error:
+            logger.debug("metrics of %s not available: %s", url, error)
+            return None
+        try:
+            return parse_metrics(text)
+        except ValueError as error:
+            logger.warning("metrics of %s are not in the Prometheus text format: %s", url, error)
+            return None

@@ -1,0 +1,393 @@
+"""What the operator's integration tests share: the operator as a subprocess, API access, specs.
+
+The tests run ``python -m accel_operator run --standalone --namespace <test namespace>`` against
+the local cluster, exactly as a user would, and read the cluster through the same small client
+the operator uses (:class:`accel_operator.kube.KubeClient`, plain dicts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from accel_operator import api, constants
+from accel_operator.kube import ApiError, KubeClient, load_api_client
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
+GPU_POOL = {"acceltrain.io/pool": "gpu"}
+CPU_POOL = {"acceltrain.io/pool": "cpu"}
+# DeepSpeed compiles a communication op on a trainer's first start (~30 s). Pods of these tests
+# share one build directory on the host, kept between runs, so only the very first run pays.
+TORCH_EXTENSIONS_DIR = Path(tempfile.gettempdir()) / "acceltrain-test-torch-extensions"
+OPERATOR_LOG_TAIL = 80
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def install_crd(cluster: Any) -> None:
+    """Install the CRD and wait until the garbage collector collects children of AccelTrainJobs.
+
+    The garbage collector learns new resource types from discovery every 30 s; before that,
+    children of a deleted AccelTrainJob wait in its retry queue with a growing backoff. A probe
+    (an AccelTrainJob in ``default`` with one owned ConfigMap, deleted) shows when it is ready.
+    """
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/acceltrainjobs.acceltrain.io", "--timeout=60s"
+    )
+    kube = Api(cluster.kubeconfig)
+    probe = f"gc-probe-{os.getpid()}"
+    owner = kube.create_job("default", probe, gpu_spec())
+    config_maps = "/api/v1/namespaces/default/configmaps"
+    kube.client.request(
+        "POST",
+        config_maps,
+        verb="create",
+        resource="configmaps",
+        body={
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": probe,
+                "ownerReferences": [
+                    {
+                        "apiVersion": api.API_VERSION,
+                        "kind": api.KIND,
+                        "name": probe,
+                        "uid": owner["metadata"]["uid"],
+                    }
+                ],
+            },
+        },
+    )
+    kube.delete_job("default", probe)
+
+    def collected() -> bool:
+        return not any(cm["metadata"]["name"] == probe for cm in kube.items(config_maps))
+
+    wait_for("the garbage collector to know AccelTrainJobs", collected, timeout=120)
+
+
+class Api:
+    """The reads and writes the tests make, as plain dicts."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.client = KubeClient(load_api_client(str(kubeconfig)))
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.client.request(method, path, verb="test", resource="test", **kwargs)
+
+    def create_job(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        created: dict[str, Any] = self._request(
+            "POST", f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}", body=body
+        )
+        return created
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.client.get_accel_job(namespace, name)
+
+    def status(self, namespace: str, name: str) -> dict[str, Any]:
+        found = self.job(namespace, name)
+        assert found is not None, f"AccelTrainJob {namespace}/{name} does not exist"
+        status: dict[str, Any] = found.get("status") or {}
+        return status
+
+    def patch_spec(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self._request(
+            "PATCH",
+            f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}/{name}",
+            body={"spec": patch},
+            content_type="application/merge-patch+json",
+        )
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(ApiError):
+            self._request(
+                "DELETE",
+                f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}/{name}",
+                body={"propagationPolicy": "Foreground"},
+            )
+
+    def items(self, path: str, selector: str = "") -> list[dict[str, Any]]:
+        query = {"labelSelector": selector} if selector else None
+        answer = self._request("GET", path, query=query)
+        found: list[dict[str, Any]] = answer.get("items") or []
+        return found
+
+    def children(self, namespace: str, job: str) -> dict[str, list[dict[str, Any]]]:
+        """Jobs, pods, ConfigMaps and Services labelled as the job's."""
+        selector = f"{constants.LABEL_JOB_NAME}={job}"
+        return {
+            "jobs": self.items(f"/apis/batch/v1/namespaces/{namespace}/jobs", selector),
+            "pods": self.items(f"/api/v1/namespaces/{namespace}/pods", selector),
+            "configmaps": self.items(f"/api/v1/namespaces/{namespace}/configmaps", selector),
+            "services": self.items(f"/api/v1/namespaces/{namespace}/services", selector),
+        }
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return [
+            event
+            for event in self.items(f"/api/v1/namespaces/{namespace}/events")
+            if (event.get("involvedObject") or {}).get("name") == name
+            and (event.get("involvedObject") or {}).get("kind") == api.KIND
+        ]
+
+    def event_reasons(self, namespace: str, name: str) -> list[str]:
+        return [str(event.get("reason")) for event in self.events(namespace, name)]
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    for found in status.get("conditions") or []:
+        if found.get("type") == kind:
+            item: dict[str, Any] = found
+            return item
+    return {}
+
+
+class OperatorProcess:
+    """``python -m accel_operator run`` for one namespace, with its log in a file."""
+
+    def __init__(self, cluster: Any, namespace: str, log_dir: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.log_path = log_dir / "operator.log"
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        argv = [
+            sys.executable,
+            "-m",
+            "accel_operator",
+            "run",
+            "--standalone",
+            "--namespace",
+            self.namespace,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--liveness-port",
+            str(self.liveness_port),
+            "--resync-interval",
+            "1",
+            # Only the process node's pod addresses are reachable; kwok's are made up.
+            "--scrape-network",
+            str(self.cluster.bridge_cidr),
+            # The process node has no kubelet log endpoint (the API server would look its
+            # name up in DNS); failed workers are explained by termination messages.
+            "--no-pod-logs",
+        ]
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"----- operator start {self.starts} -----\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+            )
+        wait_for("the operator's liveness endpoint", self._alive, timeout=60, interval=0.2)
+
+    def _alive(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"the operator exited with {self.process.returncode}:\n{self.log_tail()}"
+            )
+        try:
+            url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the operator gets no chance to finish what it was doing."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text: str = response.read().decode()
+            return text
+
+    def log_tail(self, lines: int = OPERATOR_LOG_TAIL) -> str:
+        if not self.log_path.exists():
+            return "(no operator log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def running_operator(cluster: Any, namespace: str, log_dir: Path) -> Iterator[OperatorProcess]:
+    """The operator for one test; its log tail is printed when the test fails (pytest shows
+    a failing test's captured teardown output)."""
+    operator = OperatorProcess(cluster, namespace, log_dir)
+    operator.start()
+    try:
+        yield operator
+    finally:
+        operator.stop()
+        print(f"----- operator log {operator.log_path} (last {OPERATOR_LOG_TAIL} lines) -----")
+        print(operator.log_tail())
+
+
+# --- specs --------------------------------------------------------------------------------------
+def gpu_spec(workers: int = 2, devices: int = 2, **run_policy: Any) -> dict[str, Any]:
+    """A job for the kwok GPU nodes: nothing really trains, kwok runs and completes the pods."""
+    return {
+        "image": "ghcr.io/acceltrain/trainer:0.1.0",
+        "workers": workers,
+        "devicesPerWorker": devices,
+        "nodePool": {"nodeSelector": dict(GPU_POOL)},
+        "model": {"config": {"hiddenSize": 64, "numLayers": 2, "numHeads": 2}},
+        "data": {"synthetic": {"numSamples": 256}},
+        "training": {"maxSteps": 20},
+        "checkpoint": {"resume": False},
+        "runPolicy": {"backoffSeconds": 1, "gangTimeoutSeconds": 60, **run_policy},
+    }
+
+
+def cpu_spec(
+    checkpoint_dir: Path,
+    *,
+    workers: int = 2,
+    procs: int = 1,
+    steps: int = 60,
+    every: int = 10,
+    **run_policy: Any,
+) -> dict[str, Any]:
+    """A tiny BERT that really trains on the process node, checkpointing to a host directory."""
+    TORCH_EXTENSIONS_DIR.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "image": "ghcr.io/acceltrain/trainer-cpu:0.1.0",
+        "workers": workers,
+        "devicesPerWorker": 0,
+        "procsPerWorker": procs,
+        "nodePool": {"nodeSelector": dict(CPU_POOL)},
+        "model": {
+            "config": {
+                "architecture": "bert",
+                "hiddenSize": 32,
+                "numLayers": 1,
+                "numHeads": 2,
+                "maxPositionEmbeddings": 32,
+            }
+        },
+        "data": {"synthetic": {"numSamples": 1024, "numLabels": 2}, "maxLength": 16},
+        "training": {
+            "maxSteps": steps,
+            "microBatchSize": 8,
+            "logEvery": 5,
+            "scheduler": {"type": "linear", "warmupSteps": 2},
+        },
+        "deepspeed": {"zero": {"stage": 1}, "precision": "fp32"},
+        "checkpoint": {"path": "/checkpoints", "everySteps": every, "keep": 2},
+        "env": [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}],
+        "volumes": [
+            {
+                "name": "checkpoints",
+                "mountPath": "/checkpoints",
+                "hostPath": {"path": str(checkpoint_dir)},
+            },
+            {
+                "name": "torch-extensions",
+                "mountPath": "/torch-extensions",
+                "hostPath": {"path": str(TORCH_EXTENSIONS_DIR)},
+            },
+        ],
+        "runPolicy": {"backoffSeconds": 1, "gangTimeoutSeconds": 120, **run_policy},
+    }
+
+
+def with_changes(spec: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    updated = copy.deepcopy(spec)
+    updated.update(changes)
+    return updated
+
+
+# --- processes of pods on the process node ----------------------------------------------------
+def pod_processes(pod: str) -> list[int]:
+    """Pids of the processes a pod on the process node runs (found by the pod-name env var)."""
+    marker = f"{constants.ENV_POD_NAME}={pod}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def rank_processes(pod: str) -> list[int]:
+    """Pids of the training ranks (``accel_trainer worker``) of a pod."""
+    ranks = []
+    for pid in pod_processes(pod):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"accel_trainer" in cmdline and b"worker" in cmdline:
+            ranks.append(pid)
+    return ranks
+
+
+def signal_processes(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)

@@ -1,0 +1,352 @@
+"""The operator against the real control plane, with pods on kwok's fake GPU nodes.
+
+Nothing trains here: kwok moves bound pods to Running and Job pods on to Succeeded, which is
+enough to check children, scheduling, the gang guard, deadlines, TTL, queueing, bad specs and
+crash safety quickly. Real training is in test_operator_training.py.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from accel_operator import api, constants
+
+from .operator_harness import (
+    REPO_ROOT,
+    Api,
+    OperatorProcess,
+    condition,
+    gpu_spec,
+    install_crd,
+    running_operator,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Any) -> Any:
+    install_crd(cluster)
+    return cluster
+
+
+@pytest.fixture
+def kube(crd: Any) -> Api:
+    return Api(crd.kubeconfig)
+
+
+@pytest.fixture
+def operator(crd: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    with running_operator(crd, namespace, tmp_path) as running:
+        yield running
+
+
+def _phase(kube: Api, namespace: str, name: str) -> str:
+    return str(kube.status(namespace, name).get("phase", ""))
+
+
+class PhaseWatch:
+    """Every phase the job's status goes through, from a `kubectl get -w` stream started before
+    the job exists (so that no early phase is missed)."""
+
+    def __init__(self, cluster: Any, namespace: str, name: str) -> None:
+        self.name = name
+        self.phases: list[str] = []
+        self._process = subprocess.Popen(
+            [
+                str(REPO_ROOT / ".tools" / "bin" / "kubectl"),
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "get",
+                "atj",
+                "-n",
+                namespace,
+                "--watch",
+                "-o",
+                "jsonpath={.metadata.name} {.status.phase}{'\\n'}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            name, _, phase = line.strip().partition(" ")
+            if name == self.name and phase and (not self.phases or self.phases[-1] != phase):
+                self.phases.append(phase)
+
+    def stop(self) -> list[str]:
+        self._process.terminate()
+        self._process.wait(timeout=10)
+        self._reader.join(timeout=5)
+        return self.phases
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(
+        ref.get("uid") == uid and ref.get("controller") and ref.get("kind") == api.KIND
+        for ref in obj["metadata"].get("ownerReferences") or []
+    )
+
+
+def test_a_job_gets_owned_children_runs_on_gpu_nodes_and_deletion_removes_them(
+    crd: Any, kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    name = "gpu-smoke"
+    watch = PhaseWatch(crd, namespace, name)
+    time.sleep(1)  # the watch is established
+    job = kube.create_job(namespace, name, gpu_spec(workers=2, devices=4))
+    uid = job["metadata"]["uid"]
+    try:
+        wait_for(
+            "phase Succeeded", lambda: _phase(kube, namespace, name) == "Succeeded", timeout=60
+        )
+    finally:
+        phases = watch.stop()
+    assert "Running" in phases, f"phases seen: {phases}"
+    assert phases[-1] == "Succeeded"
+
+    children = kube.children(namespace, name)
+    [batch_job] = children["jobs"]
+    assert batch_job["metadata"]["name"] == f"{name}-a1"
+    assert batch_job["spec"]["completionMode"] == "Indexed"
+    assert batch_job["spec"]["completions"] == batch_job["spec"]["parallelism"] == 2
+    assert [cm["metadata"]["name"] for cm in children["configmaps"]] == [f"{name}-a1-config"]
+    assert [svc["metadata"]["name"] for svc in children["services"]] == [name]
+    for obj in (batch_job, *children["configmaps"], *children["services"]):
+        assert _owned_by(obj, uid), f"{obj['metadata']['name']} is not owned by the job"
+    pods = children["pods"]
+    assert len(pods) == 2
+    assert all(pod["spec"]["nodeName"].startswith("acceltrain-gpu-") for pod in pods)
+
+    status = kube.status(namespace, name)
+    assert status["attempt"] == 1
+    assert status["restarts"] == 0
+    assert condition(status, constants.CONDITION_SUCCEEDED)["status"] == "True"
+    assert {"AttemptCreated", "AllWorkersRunning", "Completed"} <= set(
+        kube.event_reasons(namespace, name)
+    )
+
+    table = crd.kubectl("get", "atj", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == [
+        "NAME",
+        "PHASE",
+        "WORKERS",
+        "STEP",
+        "SAMPLES/S",
+        "TOKENS/S",
+        "RESTARTS",
+        "AGE",
+    ]
+    assert table[1].split()[:2] == [name, "Succeeded"]
+
+    metrics = operator.metrics()
+    assert 'acceltrain_operator_jobs{phase="Succeeded"} 1.0' in metrics
+    assert "acceltrain_operator_launch_seconds_count 1.0" in metrics
+
+    kube.delete_job(namespace, name)
+    wait_for(
+        "the job and every child to be gone",
+        lambda: (
+            kube.job(namespace, name) is None and not any(kube.children(namespace, name).values())
+        ),
+        timeout=60,
+    )
+
+
+def test_the_gang_guard_tears_down_an_attempt_that_cannot_be_placed_and_retries(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    name = "too-big"
+    # Every GPU node has 8 GPUs: no node can take a 16-GPU worker.
+    kube.create_job(
+        namespace,
+        name,
+        gpu_spec(workers=2, devices=16, gangTimeoutSeconds=3, backoffSeconds=2, maxRestarts=5),
+    )
+    status = wait_for(
+        "a gang timeout",
+        lambda: (s := kube.status(namespace, name)).get("restarts", 0) >= 1 and s,
+        timeout=60,
+    )
+    scheduled = condition(status, constants.CONDITION_SCHEDULED)
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "GangTimeout")
+    assert f"{name}-a1-0" in scheduled["message"]
+    assert f"{name}-a1-1" in scheduled["message"]
+    assert "Insufficient nvidia.com/gpu" in scheduled["message"]
+    assert status["nextAttemptTime"]
+
+    def attempt_one_gone() -> bool:
+        children = kube.children(namespace, name)
+        return not [
+            obj
+            for obj in (*children["pods"], *children["jobs"])
+            if obj["metadata"]["labels"].get(constants.LABEL_ATTEMPT) == "1"
+        ]
+
+    wait_for("no pod or Job of attempt 1", attempt_one_gone, timeout=30)
+    wait_for(
+        "attempt 2 after the backoff",
+        lambda: any(
+            job["metadata"]["name"] == f"{name}-a2"
+            for job in kube.children(namespace, name)["jobs"]
+        ),
+        timeout=30,
+    )
+    events = kube.events(namespace, name)
+    assert any(e["reason"] == "GangTimeout" and e["type"] == "Warning" for e in events)
+    assert 'acceltrain_operator_restarts_total{reason="GangTimeout"}' in operator.metrics()
+
+
+def test_the_active_deadline_fails_the_job_and_removes_its_pods(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    name = "deadline"
+    kube.create_job(
+        namespace, name, gpu_spec(devices=16, activeDeadlineSeconds=3, gangTimeoutSeconds=300)
+    )
+    wait_for("phase Failed", lambda: _phase(kube, namespace, name) == "Failed", timeout=60)
+    failed = condition(kube.status(namespace, name), constants.CONDITION_FAILED)
+    assert failed["reason"] == "DeadlineExceeded"
+    assert "activeDeadlineSeconds (3 s)" in failed["message"]
+    wait_for(
+        "the attempt's Job and pods to be gone",
+        lambda: not (c := kube.children(namespace, name))["jobs"] and not c["pods"],
+        timeout=30,
+    )
+
+
+def test_a_finished_job_is_deleted_with_its_children_after_its_ttl(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    name = "short-lived"
+    kube.create_job(namespace, name, gpu_spec(ttlSecondsAfterFinished=2))
+    wait_for(
+        "phase Succeeded",
+        lambda: (kube.job(namespace, name) or {}).get("status", {}).get("phase") == "Succeeded",
+        timeout=60,
+    )
+    finished = time.monotonic()
+    wait_for(
+        "the job and its children to be deleted",
+        lambda: (
+            kube.job(namespace, name) is None and not any(kube.children(namespace, name).values())
+        ),
+        timeout=60,
+    )
+    assert time.monotonic() - finished >= 1.0
+
+
+def test_a_queued_job_waits_suspended_for_admission_without_a_gang_timeout(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    name = "queued"
+    kube.create_job(namespace, name, gpu_spec(queueName="team-queue", gangTimeoutSeconds=2))
+    job_path = f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}-a1"
+    batch_job = wait_for(
+        "the suspended Job",
+        lambda: next(iter(kube.children(namespace, name)["jobs"]), None),
+        timeout=30,
+    )
+    assert batch_job["spec"]["suspend"] is True
+    assert batch_job["metadata"]["labels"][constants.LABEL_KUEUE_QUEUE] == "team-queue"
+    wait_for("phase Pending", lambda: _phase(kube, namespace, name) == "Pending", timeout=30)
+    time.sleep(4)  # twice the gang timeout: it must not run while the Job is suspended
+    status = kube.status(namespace, name)
+    assert status["phase"] == "Pending"
+    assert status["restarts"] == 0
+    assert condition(status, constants.CONDITION_SCHEDULED)["reason"] == "WaitingForAdmission"
+
+    # What Kueue does when it admits the workload.
+    kube.client.request(
+        "PATCH",
+        job_path,
+        verb="patch",
+        resource="jobs",
+        body={"spec": {"suspend": False}},
+        content_type="application/merge-patch+json",
+    )
+    wait_for("phase Succeeded", lambda: _phase(kube, namespace, name) == "Succeeded", timeout=60)
+
+
+def test_a_spec_the_operator_cannot_run_fails_with_the_field_named(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    name = "no-volume"
+    spec = gpu_spec()
+    # Resuming needs a checkpoint directory on a persistent volume; there is none.
+    spec["checkpoint"] = {"path": "/checkpoints", "resume": True}
+    kube.create_job(namespace, name, spec)
+    wait_for("phase Failed", lambda: _phase(kube, namespace, name) == "Failed", timeout=30)
+    failed = condition(kube.status(namespace, name), constants.CONDITION_FAILED)
+    assert failed["reason"] == "InvalidSpec"
+    assert "checkpoint.path (/checkpoints)" in failed["message"]
+    assert "InvalidSpec" in kube.event_reasons(namespace, name)
+    assert not any(kube.children(namespace, name).values())
+
+
+def test_killing_the_operator_at_random_moments_of_five_launches_leaves_exactly_their_children(
+    crd: Any, kube: Api, namespace: str, tmp_path: Path
+) -> None:
+    seed = random.randrange(1 << 30)
+    print(f"random seed {seed}")
+    chance = random.Random(seed)
+    names = [f"launch-{index}" for index in range(5)]
+    workers = {name: chance.randint(1, 4) for name in names}
+    operator = OperatorProcess(crd, namespace, tmp_path)
+    operator.start()
+    try:
+        pending = list(names)
+        for _ in range(10):
+            if pending:
+                name = pending.pop(0)
+                kube.create_job(namespace, name, gpu_spec(workers=workers[name], devices=1))
+            time.sleep(chance.uniform(0.0, 1.2))
+            operator.kill()
+            operator.start()
+        for name in names:
+            wait_for(
+                f"{name} to succeed",
+                lambda name=name: _phase(kube, namespace, name) == "Succeeded",
+                timeout=90,
+            )
+    except BaseException:
+        print(operator.log_tail(200))
+        raise
+    finally:
+        operator.stop()
+
+    for name in names:
+        status = kube.status(namespace, name)
+        assert (status["attempt"], status["restarts"]) == (1, 0), name
+        children = kube.children(namespace, name)
+        assert [job["metadata"]["name"] for job in children["jobs"]] == [f"{name}-a1"]
+        assert [cm["metadata"]["name"] for cm in children["configmaps"]] == [f"{name}-a1-config"]
+        assert [svc["metadata"]["name"] for svc in children["services"]] == [name]
+        assert len(children["pods"]) == workers[name], name
+        uid = kube.job(namespace, name)["metadata"]["uid"]  # type: ignore[index]
+        assert all(
+            _owned_by(obj, uid)
+            for obj in (*children["jobs"], *children["configmaps"], *children["services"])
+        )
+    # Nothing of ours without an owner: every Job and ConfigMap belongs to one of the five.
+    all_jobs = kube.items(f"/apis/batch/v1/namespaces/{namespace}/jobs")
+    all_maps = [
+        cm
+        for cm in kube.items(f"/api/v1/namespaces/{namespace}/configmaps")
+        if cm["metadata"]["name"] != "kube-root-ca.crt"
+    ]
+    assert len(all_jobs) == len(all_maps) == 5

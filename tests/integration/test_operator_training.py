@@ -1,0 +1,277 @@
+"""The operator with trainers that really train: pods on the process node run DeepSpeed on CPU.
+
+Each test starts a tiny BERT on two worker pods (or one) and drives the operator's whole-group
+behaviours through real processes: live progress from rank 0's exporter, a killed rank, a
+permanent trainer error, suspend/resume with the SIGTERM checkpoint, and a frozen trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from accel_operator import constants
+
+from .operator_harness import (
+    REPO_ROOT,
+    TORCH_EXTENSIONS_DIR,
+    Api,
+    OperatorProcess,
+    condition,
+    cpu_spec,
+    install_crd,
+    pod_processes,
+    rank_processes,
+    running_operator,
+    signal_processes,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.trainer]
+
+CPU_SMOKE = REPO_ROOT / "manifests" / "examples" / "cpu-smoke.yaml"
+TRAINING_TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Any) -> Any:
+    install_crd(cluster)
+    return cluster
+
+
+@pytest.fixture
+def kube(crd: Any) -> Api:
+    return Api(crd.kubeconfig)
+
+
+@pytest.fixture
+def operator(crd: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    with running_operator(crd, namespace, tmp_path) as running:
+        yield running
+
+
+def _status(kube: Api, namespace: str, name: str) -> dict[str, Any]:
+    return kube.status(namespace, name)
+
+
+def _wait_phase(kube: Api, namespace: str, name: str, phase: str, timeout: float) -> None:
+    def reached() -> bool:
+        current = _status(kube, namespace, name).get("phase")
+        if current == "Failed" and phase != "Failed":
+            raise AssertionError(f"{name} failed: {_status(kube, namespace, name)['message']}")
+        return current == phase
+
+    wait_for(f"{name} to be {phase}", reached, timeout=timeout)
+
+
+def _worker_pod(kube: Api, namespace: str, name: str, attempt: int, index: int) -> str:
+    for pod in kube.children(namespace, name)["pods"]:
+        labels = pod["metadata"]["labels"]
+        annotations = pod["metadata"].get("annotations") or {}
+        if labels.get(constants.LABEL_ATTEMPT) == str(attempt) and annotations.get(
+            constants.LABEL_JOB_COMPLETION_INDEX
+        ) == str(index):
+            return str(pod["metadata"]["name"])
+    raise AssertionError(f"no pod {index} of attempt {attempt} of {name}")
+
+
+def _logged_steps(log: str) -> list[int]:
+    return [int(step) for step in re.findall(r"accel-trainer: step (\d+)/", log)]
+
+
+def test_the_cpu_smoke_example_trains_to_succeeded_with_live_progress(
+    kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    document = yaml.safe_load(CPU_SMOKE.read_text())
+    spec = copy.deepcopy(document["spec"])
+    spec["volumes"][0]["hostPath"]["path"] = str(tmp_path / "checkpoints")
+    TORCH_EXTENSIONS_DIR.mkdir(parents=True, exist_ok=True)
+    spec["volumes"].append(
+        {
+            "name": "torch-extensions",
+            "mountPath": "/torch-extensions",
+            "hostPath": {"path": str(TORCH_EXTENSIONS_DIR)},
+        }
+    )
+    spec["env"] = [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}]
+    name = document["metadata"]["name"]
+    kube.create_job(namespace, name, spec)
+
+    seen_rates: list[float] = []
+    seen_phases: set[str] = set()
+
+    def finished() -> bool:
+        status = _status(kube, namespace, name)
+        seen_phases.add(str(status.get("phase")))
+        if status.get("phase") == "Running":
+            seen_rates.append(float(status.get("progress", {}).get("samplesPerSecond", 0)))
+        if status.get("phase") == "Failed":
+            raise AssertionError(f"the smoke job failed: {status.get('message')}")
+        return status.get("phase") == "Succeeded"
+
+    wait_for("the smoke job to succeed", finished, timeout=TRAINING_TIMEOUT, interval=0.5)
+    status = _status(kube, namespace, name)
+    assert "Running" in seen_phases
+    assert max(seen_rates, default=0.0) > 0, f"samples/s seen while Running: {seen_rates}"
+    assert status["progress"]["step"] == spec["training"]["maxSteps"]
+    assert status["restarts"] == 0
+    assert condition(status, constants.CONDITION_PROGRESSING)["reason"] == "Completed"
+    assert status["lastCheckpoint"]["path"].startswith("/checkpoints/step-")
+
+
+def test_a_killed_worker_restarts_the_group_which_resumes_from_its_checkpoint(
+    crd: Any, kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    name = "killed"
+    kube.create_job(
+        namespace,
+        name,
+        cpu_spec(tmp_path / "checkpoints", steps=80, every=10, maxRestarts=2, backoffSeconds=1),
+    )
+    status = wait_for(
+        "a checkpoint while training",
+        lambda: (s := _status(kube, namespace, name)).get("lastCheckpoint") and s,
+        timeout=TRAINING_TIMEOUT,
+    )
+    checkpoint = status["lastCheckpoint"]["step"]
+    victim = _worker_pod(kube, namespace, name, attempt=1, index=1)
+    ranks = wait_for(f"the ranks of {victim}", lambda: rank_processes(victim), timeout=10)
+    signal_processes(ranks, signal.SIGKILL)
+
+    _wait_phase(kube, namespace, name, "Succeeded", TRAINING_TIMEOUT)
+    status = _status(kube, namespace, name)
+    assert (status["attempt"], status["restarts"]) == (2, 1)
+    assert status["progress"]["step"] == 80
+    assert "WorkerFailed" in kube.event_reasons(namespace, name)
+
+    log = crd.pod_log_path(
+        namespace, _worker_pod(kube, namespace, name, attempt=2, index=0), "trainer"
+    ).read_text()
+    resumed = re.search(r"resumed from step-(\d{8})", log)
+    assert resumed, f"attempt 2 did not resume:\n{log[-2000:]}"
+    resumed_step = int(resumed.group(1))
+    assert resumed_step >= checkpoint
+    # Steps are logged every 5 and checkpoints are every 10: continuing at resumed_step + 1,
+    # the first line attempt 2 logs is resumed_step + 5.
+    assert _logged_steps(log)[0] == resumed_step + 5
+
+
+def test_a_permanent_trainer_error_fails_the_job_after_one_attempt(
+    kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    name = "bad-data"
+    spec = cpu_spec(tmp_path / "checkpoints", workers=1, maxRestarts=3)
+    spec["data"] = {"path": "/checkpoints/missing/train.jsonl", "maxLength": 16}
+    kube.create_job(namespace, name, spec)
+    _wait_phase(kube, namespace, name, "Failed", TRAINING_TIMEOUT)
+    status = _status(kube, namespace, name)
+    assert (status["attempt"], status["restarts"]) == (1, 0)
+    assert status["lastExitCode"] == 66
+    failed = condition(status, constants.CONDITION_FAILED)
+    assert failed["reason"] == "MissingInput"
+    assert "exit code 66" in failed["message"]
+    assert "MissingInput" in kube.event_reasons(namespace, name)
+    time.sleep(2)
+    assert [job["metadata"]["name"] for job in kube.children(namespace, name)["jobs"]] == [
+        f"{name}-a1"
+    ]
+    if "missing/train.jsonl" not in failed["message"]:
+        # The trainer's own line reaches the status through the container's termination
+        # message (terminationMessagePolicy: FallbackToLogsOnError) or the kubelet's log
+        # endpoint; the local cluster's process node offers neither yet.
+        pytest.xfail(f"no trainer log tail in the failure message: {failed['message']!r}")
+
+
+def test_suspend_stops_the_pods_after_a_checkpoint_and_resume_continues_from_it(
+    crd: Any, kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    name = "pausable"
+    checkpoints = tmp_path / "checkpoints"
+    # No periodic checkpoint before the end: the only one to resume from is the SIGTERM one.
+    kube.create_job(namespace, name, cpu_spec(checkpoints, steps=80, every=1000))
+    wait_for(
+        "a few training steps",
+        lambda: _status(kube, namespace, name).get("progress", {}).get("step", 0) >= 5,
+        timeout=TRAINING_TIMEOUT,
+    )
+    kube.patch_spec(namespace, name, {"runPolicy": {"suspend": True}})
+    _wait_phase(kube, namespace, name, "Suspended", 60)
+    wait_for("the pods to stop", lambda: not kube.children(namespace, name)["pods"], timeout=60)
+    saved = sorted(path.name for path in checkpoints.glob("step-*") if path.is_dir())
+    assert saved, "no checkpoint was written on SIGTERM"
+    sigterm_step = int(saved[-1].removeprefix("step-"))
+    status = _status(kube, namespace, name)
+    assert status["restarts"] == 0
+    assert condition(status, constants.CONDITION_SUSPENDED)["status"] == "True"
+
+    kube.patch_spec(namespace, name, {"runPolicy": {"suspend": False}})
+    _wait_phase(kube, namespace, name, "Succeeded", TRAINING_TIMEOUT)
+    status = _status(kube, namespace, name)
+    assert (status["attempt"], status["restarts"]) == (2, 0)
+    assert {"Suspended", "Resumed"} <= set(kube.event_reasons(namespace, name))
+    log = crd.pod_log_path(
+        namespace, _worker_pod(kube, namespace, name, attempt=2, index=0), "trainer"
+    ).read_text()
+    assert f"resumed from step-{sigterm_step:08d}" in log
+
+
+def test_a_frozen_trainer_is_reported_stalled_and_recovers_when_it_steps_again(
+    kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    name = "frozen"
+    spec = cpu_spec(
+        tmp_path / "checkpoints",
+        workers=1,
+        steps=2000,
+        every=1000,
+        progressDeadlineSeconds=10,
+        restartOnStall=False,
+    )
+    kube.create_job(namespace, name, spec)
+    wait_for(
+        "training steps",
+        lambda: _status(kube, namespace, name).get("progress", {}).get("step", 0) >= 3,
+        timeout=TRAINING_TIMEOUT,
+    )
+    pod = _worker_pod(kube, namespace, name, attempt=1, index=0)
+    frozen = pod_processes(pod)
+    assert frozen
+    signal_processes(frozen, signal.SIGSTOP)
+    try:
+        stalled = wait_for(
+            "Progressing=False with reason Stalled",
+            lambda: (
+                (
+                    c := condition(_status(kube, namespace, name), constants.CONDITION_PROGRESSING)
+                ).get("reason")
+                == "Stalled"
+                and c
+            ),
+            timeout=40,
+        )
+    finally:
+        signal_processes(frozen, signal.SIGCONT)
+    assert stalled["status"] == "False"
+    assert "progressDeadlineSeconds (10 s)" in stalled["message"]
+    events = kube.events(namespace, name)
+    assert any(e["reason"] == "Stalled" and e["type"] == "Warning" for e in events)
+    status = _status(kube, namespace, name)
+    assert (status["phase"], status["restarts"]) == ("Running", 0)
+
+    wait_for(
+        "Progressing=True once the steps advance again",
+        lambda: (
+            condition(_status(kube, namespace, name), constants.CONDITION_PROGRESSING).get("status")
+            == "True"
+        ),
+        timeout=60,
+    )
+    kube.delete_job(namespace, name)

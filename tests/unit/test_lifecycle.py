@@ -1,0 +1,828 @@
+"""The AccelTrainJob state machine, table-driven over observed cluster states.
+
+Each case gives the spec (as overrides of a minimal one), the status the job had, what the
+reconciler observed, and asserts what a user would then see: phase, restarts, conditions and
+their reasons, the actions on the cluster and the events posted.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from accel_operator import api, constants, lifecycle, observe
+from accel_operator.lifecycle import (
+    AttemptView,
+    CreateAttempt,
+    DeleteAttempt,
+    DeleteJob,
+    FailureView,
+    Observed,
+    PodView,
+    ProgressSample,
+)
+
+from .conftest import MINIMAL_SPEC
+
+CREATED = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def at(seconds: float) -> dt.datetime:
+    return CREATED + dt.timedelta(seconds=seconds)
+
+
+def ts(seconds: float) -> str:
+    return lifecycle.format_time(at(seconds))
+
+
+def make_spec(**run_policy: Any) -> api.AccelTrainJobSpec:
+    document = copy.deepcopy(MINIMAL_SPEC)
+    document["runPolicy"] = {"backoffSeconds": 10, "gangTimeoutSeconds": 60, **run_policy}
+    return api.parse_spec(document, name="bert")
+
+
+def job(attempt: int = 1, created: float = 1, **fields: Any) -> AttemptView:
+    fields.setdefault("started", at(created))
+    return AttemptView(attempt=attempt, name=f"bert-a{attempt}", created=at(created), **fields)
+
+
+def pod(index: int, phase: str = "Running", attempt: int = 1, **fields: Any) -> PodView:
+    defaults: dict[str, Any] = {
+        "node_name": "acceltrain-cpu-0" if phase != "Pending" else None,
+        "ready": phase == "Running",
+        "pod_ip": f"10.77.0.{10 + index}" if phase == "Running" else None,
+        "running_since": at(5) if phase in ("Running", "Succeeded") else None,
+    }
+    defaults.update(fields)
+    return PodView(
+        name=f"bert-a{attempt}-{index}-x{index}",
+        attempt=attempt,
+        index=index,
+        phase=phase,
+        **defaults,
+    )
+
+
+def running_pods(attempt: int = 1) -> tuple[PodView, ...]:
+    return (pod(0, attempt=attempt), pod(1, attempt=attempt))
+
+
+def status_after(
+    phase: api.Phase, attempt: int = 1, restarts: int = 0, **fields: Any
+) -> api.AccelTrainJobStatus:
+    conditions = fields.pop("conditions", [])
+    status = api.AccelTrainJobStatus(
+        phase=phase,
+        attempt=attempt,
+        restarts=restarts,
+        start_time=ts(1),
+        conditions=[
+            api.Condition(
+                type=kind, status=value, reason=reason, message="", last_transition_time=ts(t)
+            )
+            for kind, value, reason, t in conditions
+        ],
+        **fields,
+    )
+    return status
+
+
+def sample(step: int, **fields: Any) -> ProgressSample:
+    fields.setdefault("steps_this_process", step)
+    fields.setdefault("samples_per_second", 100.0)
+    return ProgressSample(step=step, **fields)
+
+
+def condition(decision: lifecycle.Decision, kind: str) -> api.Condition:
+    found = next((c for c in decision.status.conditions if c.type == kind), None)
+    assert found is not None, f"no {kind} condition in {decision.status.conditions}"
+    return found
+
+
+def reasons(decision: lifecycle.Decision) -> list[str]:
+    return [event.reason for event in decision.events]
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    spec: api.AccelTrainJobSpec
+    status: api.AccelTrainJobStatus
+    observed: Observed
+    now: dt.datetime
+    check: Callable[[lifecycle.Decision], None]
+
+
+def _new_job(d: lifecycle.Decision) -> None:
+    assert d.actions == (CreateAttempt(1),)
+    assert d.status.phase is api.Phase.STARTING
+    assert d.status.attempt == 1
+    assert d.status.start_time == ts(0.5)
+    assert condition(d, constants.CONDITION_CREATED).status == "True"
+    assert reasons(d) == ["AttemptCreated"]
+
+
+def _queued_job_waits(d: lifecycle.Decision) -> None:
+    assert d.actions == ()
+    assert d.status.phase is api.Phase.PENDING
+    scheduled = condition(d, constants.CONDITION_SCHEDULED)
+    assert (scheduled.status, scheduled.reason) == ("False", "WaitingForAdmission")
+    assert "queue team-queue" in scheduled.message
+    assert d.status.restarts == 0
+
+
+def _admitted_job_waits(d: lifecycle.Decision) -> None:
+    assert d.actions == ()
+    assert d.status.phase is api.Phase.STARTING
+    assert d.status.restarts == 0
+
+
+def _pending_within_gang_timeout(d: lifecycle.Decision) -> None:
+    assert d.actions == ()
+    assert d.status.phase is api.Phase.STARTING
+    assert d.requeue_after == pytest.approx(31.0)
+    scheduled = condition(d, constants.CONDITION_SCHEDULED)
+    assert scheduled.reason == "WaitingForPods"
+    assert "Insufficient nvidia.com/gpu" in scheduled.message
+
+
+def _gang_timeout_tears_down(d: lifecycle.Decision) -> None:
+    assert d.actions == (DeleteAttempt(1),)
+    assert d.status.phase is api.Phase.RESTARTING
+    assert d.status.restarts == 1
+    assert d.status.next_attempt_time == ts(61 + 10)
+    scheduled = condition(d, constants.CONDITION_SCHEDULED)
+    assert (scheduled.status, scheduled.reason) == ("False", "GangTimeout")
+    assert "bert-a1-1-x1 (0/3 nodes are available: 3 Insufficient nvidia.com/gpu.)" in (
+        scheduled.message
+    )
+    assert condition(d, constants.CONDITION_RESTARTING).reason == "GangTimeout"
+    assert d.restart_reason == "GangTimeout"
+    assert "GangTimeout" in reasons(d)
+    assert all(e.type == "Warning" for e in d.events if e.reason == "GangTimeout")
+
+
+def _backoff_not_over(d: lifecycle.Decision) -> None:
+    assert d.actions == ()
+    assert d.status.phase is api.Phase.RESTARTING
+    assert d.requeue_after == pytest.approx(5.0)
+
+
+def _backoff_over_but_pods_remain(d: lifecycle.Decision) -> None:
+    assert d.creates == []
+    assert d.status.phase is api.Phase.RESTARTING
+
+
+def _leftover_pod_deleted(d: lifecycle.Decision) -> None:
+    assert d.actions == (DeleteAttempt(1),)
+    assert d.status.phase is api.Phase.RESTARTING
+
+
+def _backoff_over_next_attempt(d: lifecycle.Decision) -> None:
+    assert d.actions == (CreateAttempt(2),)
+    assert d.status.attempt == 2
+    assert d.status.restarts == 1
+    assert d.status.phase is api.Phase.STARTING
+    assert d.status.next_attempt_time is None
+    restarting = condition(d, constants.CONDITION_RESTARTING)
+    assert (restarting.status, restarting.reason) == ("False", "AttemptStarted")
+
+
+def _pods_only_running(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.RUNNING
+    assert d.status.workers.summary == "2/2"
+    running = condition(d, constants.CONDITION_RUNNING)
+    assert (running.status, running.reason) == ("True", "AllWorkersRunning")
+    assert d.launch_seconds == pytest.approx(5.0)
+    assert reasons(d) == ["AllWorkersRunning"]
+
+
+def _waiting_for_first_step(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.STARTING
+    assert condition(d, constants.CONDITION_RUNNING).status == "True"
+    assert d.requeue_after == pytest.approx(3.0)
+
+
+def _first_step_makes_running(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.RUNNING
+    progress = d.status.progress
+    # Rank 0's 100 samples/s times world size 4 (2 workers x 2 procs).
+    assert progress.samples_per_second == 400.0
+    assert progress.step == 5
+    assert progress.total_steps == 20
+    # 15 steps left at 100 / (8 x 1) steps per second.
+    assert progress.eta == "2s"
+    assert progress.last_step_time == ts(20)
+    assert condition(d, constants.CONDITION_PROGRESSING).reason == "StepAdvancing"
+
+
+def _complete(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.SUCCEEDED
+    assert d.status.completion_time == ts(100)
+    assert d.status.progress.step == 20
+    assert condition(d, constants.CONDITION_SUCCEEDED).status == "True"
+    assert "Completed" in reasons(d)
+    assert d.actions == ()
+    assert d.requeue_after is None
+
+
+def _permanent_failure(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.FAILED
+    assert d.status.restarts == 0
+    assert d.status.last_exit_code == 66
+    failed = condition(d, constants.CONDITION_FAILED)
+    assert failed.reason == "MissingInput"
+    assert "exit code 66" in failed.message
+    assert "data.path /data/missing.jsonl does not exist" in failed.message
+    assert d.actions == ()
+    assert [e.type for e in d.events if e.reason == "MissingInput"] == ["Warning"]
+
+
+def _retryable_failure(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.RESTARTING
+    assert d.status.restarts == 1
+    assert d.status.last_exit_code == 137
+    assert d.actions == (DeleteAttempt(1),)
+    restarting = condition(d, constants.CONDITION_RESTARTING)
+    assert restarting.reason == "WorkerFailed"
+    assert "exit code 137 (killed by signal 9, retryable)" in restarting.message
+    assert d.restart_reason == "WorkerFailed"
+
+
+def _budget_exhausted(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.FAILED
+    failed = condition(d, constants.CONDITION_FAILED)
+    assert failed.reason == "RestartLimitExceeded"
+    assert "exit code 75" in failed.message
+    assert "maxRestarts: 2" in failed.message
+    assert d.creates == []
+
+
+def _backoff_doubles(d: lifecycle.Decision) -> None:
+    assert d.status.restarts == 3
+    assert d.status.next_attempt_time == ts(100 + 40)
+
+
+def _suspend(d: lifecycle.Decision) -> None:
+    assert d.actions == (DeleteAttempt(1),)
+    assert d.status.phase is api.Phase.SUSPENDED
+    assert d.status.restarts == 0
+    assert condition(d, constants.CONDITION_SUSPENDED).status == "True"
+    assert condition(d, constants.CONDITION_RUNNING).status == "False"
+    assert "Suspended" in reasons(d)
+
+
+def _resume(d: lifecycle.Decision) -> None:
+    assert d.actions == (CreateAttempt(2),)
+    assert d.status.restarts == 0
+    assert d.status.attempt == 2
+    suspended = condition(d, constants.CONDITION_SUSPENDED)
+    assert (suspended.status, suspended.reason) == ("False", "Resumed")
+    assert "Resumed" in reasons(d)
+
+
+def _resume_waits_for_pods(d: lifecycle.Decision) -> None:
+    assert d.creates == []
+    assert d.status.phase is api.Phase.SUSPENDED
+
+
+def _deadline(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.FAILED
+    assert condition(d, constants.CONDITION_FAILED).reason == "DeadlineExceeded"
+    assert d.actions == (DeleteAttempt(1),)
+
+
+def _ttl_due(d: lifecycle.Decision) -> None:
+    assert d.actions == (DeleteJob(),)
+
+
+def _ttl_not_due(d: lifecycle.Decision) -> None:
+    assert d.actions == ()
+    assert d.requeue_after == pytest.approx(20.0)
+
+
+def _stall_restarts(d: lifecycle.Decision) -> None:
+    progressing = condition(d, constants.CONDITION_PROGRESSING)
+    assert (progressing.status, progressing.reason) == ("False", "Stalled")
+    assert d.status.phase is api.Phase.RESTARTING
+    assert d.actions == (DeleteAttempt(1),)
+    assert d.restart_reason == "Stalled"
+    assert "Stalled" in reasons(d)
+
+
+def _stall_reported_only(d: lifecycle.Decision) -> None:
+    assert condition(d, constants.CONDITION_PROGRESSING).reason == "Stalled"
+    assert d.status.phase is api.Phase.RUNNING
+    assert d.actions == ()
+
+
+def _adopts_attempt_created_before_a_crash(d: lifecycle.Decision) -> None:
+    assert d.creates == []
+    assert d.status.attempt == 2
+    assert d.status.phase is api.Phase.STARTING
+    assert d.status.restarts == 1
+
+
+def _deleted_job_restarts(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.RESTARTING
+    assert condition(d, constants.CONDITION_RESTARTING).reason == "AttemptDeleted"
+
+
+CASES = [
+    Case(
+        "a new job creates attempt 1",
+        make_spec(),
+        api.AccelTrainJobStatus(),
+        Observed(created=CREATED),
+        at(0.5),
+        _new_job,
+    ),
+    Case(
+        "a queued Job waits for admission without a gang timer",
+        make_spec(queueName="team-queue"),
+        status_after(api.Phase.PENDING),
+        Observed(created=CREATED, attempts=(job(suspended=True, started=None),)),
+        at(3600),
+        _queued_job_waits,
+    ),
+    Case(
+        "a just-admitted Job without a start time yet gets its full gang timeout",
+        make_spec(queueName="team-queue"),
+        status_after(api.Phase.PENDING),
+        Observed(created=CREATED, attempts=(job(started=None),), pods=(pod(0, "Pending"),)),
+        at(3600),
+        _admitted_job_waits,
+    ),
+    Case(
+        "pending pods within the gang timeout wait",
+        make_spec(),
+        status_after(api.Phase.STARTING),
+        Observed(
+            created=CREATED,
+            attempts=(job(),),
+            pods=(
+                pod(0),
+                pod(1, "Pending", unschedulable_message="0/3 nodes: Insufficient nvidia.com/gpu"),
+            ),
+        ),
+        at(30),
+        _pending_within_gang_timeout,
+    ),
+    Case(
+        "the gang timeout tears the attempt down and names the pending pods",
+        make_spec(),
+        status_after(api.Phase.STARTING),
+        Observed(
+            created=CREATED,
+            attempts=(job(),),
+            pods=(
+                pod(0),
+                pod(
+                    1,
+                    "Pending",
+                    unschedulable_message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                ),
+            ),
+        ),
+        at(61),
+        _gang_timeout_tears_down,
+    ),
+    Case(
+        "restarting waits for the backoff",
+        make_spec(),
+        status_after(api.Phase.RESTARTING, restarts=1, next_attempt_time=ts(40)),
+        Observed(created=CREATED),
+        at(35),
+        _backoff_not_over,
+    ),
+    Case(
+        "restarting waits until no pod of the old attempt remains",
+        make_spec(),
+        status_after(api.Phase.RESTARTING, restarts=1, next_attempt_time=ts(40)),
+        Observed(created=CREATED, pods=(pod(0, deleting=True),)),
+        at(50),
+        _backoff_over_but_pods_remain,
+    ),
+    Case(
+        "a leftover pod whose Job is gone is deleted before the next attempt",
+        make_spec(),
+        status_after(api.Phase.RESTARTING, restarts=1, next_attempt_time=ts(40)),
+        Observed(created=CREATED, pods=(pod(1, "Failed", exit_code=137),)),
+        at(50),
+        _leftover_pod_deleted,
+    ),
+    Case(
+        "after the backoff the next attempt is created",
+        make_spec(),
+        status_after(
+            api.Phase.RESTARTING,
+            restarts=1,
+            next_attempt_time=ts(40),
+            conditions=[("Restarting", "True", "WorkerFailed", 30)],
+        ),
+        Observed(created=CREATED),
+        at(50),
+        _backoff_over_next_attempt,
+    ),
+    Case(
+        "pods running and metrics out of reach: Running on pod state",
+        make_spec(),
+        status_after(api.Phase.STARTING),
+        Observed(created=CREATED, attempts=(job(),), pods=running_pods(), progress_visible=False),
+        at(10),
+        _pods_only_running,
+    ),
+    Case(
+        "pods running without a reported step: still Starting",
+        make_spec(),
+        status_after(api.Phase.STARTING),
+        Observed(created=CREATED, attempts=(job(),), pods=running_pods()),
+        at(10),
+        _waiting_for_first_step,
+    ),
+    Case(
+        "the first step makes the job Running with job-wide throughput",
+        make_spec(),
+        status_after(api.Phase.STARTING, conditions=[("Running", "True", "AllWorkersRunning", 8)]),
+        Observed(created=CREATED, attempts=(job(),), pods=running_pods(), progress=sample(5)),
+        at(20),
+        _first_step_makes_running,
+    ),
+    Case(
+        "a complete Job makes the job Succeeded",
+        make_spec(),
+        status_after(api.Phase.RUNNING),
+        Observed(
+            created=CREATED,
+            attempts=(job(complete=True),),
+            pods=(pod(0, "Succeeded"), pod(1, "Succeeded")),
+        ),
+        at(100),
+        _complete,
+    ),
+    Case(
+        "a permanent exit code fails the job after one attempt with the trainer's message",
+        make_spec(),
+        status_after(api.Phase.STARTING),
+        Observed(
+            created=CREATED,
+            attempts=(job(failed=True, failure_reason="PodFailurePolicy"),),
+            pods=(pod(0, "Failed", exit_code=66), pod(1, "Failed", exit_code=143)),
+            failure=FailureView(
+                "bert-a1-0-x0",
+                66,
+                "MissingInputError: data.path /data/missing.jsonl does not exist; mount it",
+            ),
+        ),
+        at(12),
+        _permanent_failure,
+    ),
+    Case(
+        "a retryable failure restarts the group",
+        make_spec(),
+        status_after(api.Phase.RUNNING),
+        Observed(
+            created=CREATED,
+            attempts=(job(failed=True, failure_reason="BackoffLimitExceeded"),),
+            pods=(pod(0, "Failed", exit_code=137), pod(1, "Failed", exit_code=75)),
+            failure=FailureView("bert-a1-0-x0", 137, ""),
+        ),
+        at(30),
+        _retryable_failure,
+    ),
+    Case(
+        "a retryable failure without restarts left fails the job",
+        make_spec(maxRestarts=2),
+        status_after(api.Phase.RUNNING, attempt=3, restarts=2),
+        Observed(
+            created=CREATED,
+            attempts=(job(3, failed=True, failure_reason="BackoffLimitExceeded"),),
+            failure=FailureView("bert-a3-1-x1", 75, "lost peer"),
+        ),
+        at(30),
+        _budget_exhausted,
+    ),
+    Case(
+        "the backoff doubles with every restart",
+        make_spec(),
+        status_after(api.Phase.RUNNING, attempt=3, restarts=2),
+        Observed(
+            created=CREATED,
+            attempts=(job(3, failed=True, failure_reason="BackoffLimitExceeded"),),
+            failure=FailureView("bert-a3-1-x1", 75, ""),
+        ),
+        at(100),
+        _backoff_doubles,
+    ),
+    Case(
+        "suspending deletes the attempt and is not a restart",
+        make_spec(suspend=True),
+        status_after(api.Phase.RUNNING, conditions=[("Running", "True", "AllWorkersRunning", 8)]),
+        Observed(created=CREATED, attempts=(job(),), pods=running_pods()),
+        at(40),
+        _suspend,
+    ),
+    Case(
+        "resuming creates a new attempt once the old one is gone",
+        make_spec(),
+        status_after(api.Phase.SUSPENDED, conditions=[("Suspended", "True", "Suspended", 40)]),
+        Observed(created=CREATED),
+        at(60),
+        _resume,
+    ),
+    Case(
+        "resuming waits for the suspended attempt's pods to stop",
+        make_spec(),
+        status_after(api.Phase.SUSPENDED, conditions=[("Suspended", "True", "Suspended", 40)]),
+        Observed(created=CREATED, pods=(pod(0, deleting=True),)),
+        at(60),
+        _resume_waits_for_pods,
+    ),
+    Case(
+        "the active deadline fails the job and stops its pods",
+        make_spec(activeDeadlineSeconds=30),
+        status_after(api.Phase.RUNNING),
+        Observed(created=CREATED, attempts=(job(),), pods=running_pods()),
+        at(40),
+        _deadline,
+    ),
+    Case(
+        "the TTL deletes a finished job",
+        make_spec(ttlSecondsAfterFinished=30),
+        status_after(api.Phase.SUCCEEDED, completion_time=ts(100)),
+        Observed(created=CREATED, attempts=(job(complete=True),)),
+        at(131),
+        _ttl_due,
+    ),
+    Case(
+        "before the TTL a finished job waits",
+        make_spec(ttlSecondsAfterFinished=30),
+        status_after(api.Phase.SUCCEEDED, completion_time=ts(100)),
+        Observed(created=CREATED, attempts=(job(complete=True),)),
+        at(110),
+        _ttl_not_due,
+    ),
+    Case(
+        "no new step within the progress deadline restarts the attempt",
+        make_spec(progressDeadlineSeconds=30),
+        status_after(
+            api.Phase.RUNNING,
+            progress=api.Progress(step=7, last_step_time=ts(20)),
+            conditions=[
+                ("Running", "True", "AllWorkersRunning", 8),
+                ("Progressing", "True", "StepAdvancing", 12),
+            ],
+        ),
+        Observed(created=CREATED, attempts=(job(),), pods=running_pods(), progress=sample(7)),
+        at(55),
+        _stall_restarts,
+    ),
+    Case(
+        "an exporter that stops answering while Running is caught as a stall",
+        make_spec(progressDeadlineSeconds=30, restartOnStall=False),
+        status_after(
+            api.Phase.RUNNING,
+            progress=api.Progress(step=7, last_step_time=ts(20)),
+            conditions=[("Running", "True", "AllWorkersRunning", 8)],
+        ),
+        Observed(created=CREATED, attempts=(job(),), pods=running_pods(), progress=None),
+        at(55),
+        _stall_reported_only,
+    ),
+    Case(
+        "a stall without restartOnStall is reported only",
+        make_spec(progressDeadlineSeconds=30, restartOnStall=False),
+        status_after(
+            api.Phase.RUNNING,
+            progress=api.Progress(step=7, last_step_time=ts(20)),
+            conditions=[("Running", "True", "AllWorkersRunning", 8)],
+        ),
+        Observed(created=CREATED, attempts=(job(),), pods=running_pods(), progress=sample(7)),
+        at(55),
+        _stall_reported_only,
+    ),
+    Case(
+        "an attempt created before a crash is adopted, not created again",
+        make_spec(),
+        status_after(api.Phase.RESTARTING, restarts=1, next_attempt_time=ts(40)),
+        Observed(created=CREATED, attempts=(job(2, created=45),)),
+        at(46),
+        _adopts_attempt_created_before_a_crash,
+    ),
+    Case(
+        "a Job deleted behind the operator's back counts as a failed attempt",
+        make_spec(),
+        status_after(api.Phase.RUNNING),
+        Observed(created=CREATED),
+        at(46),
+        _deleted_job_restarts,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_decide(case: Case) -> None:
+    case.check(lifecycle.decide(case.spec, case.status, case.observed, case.now))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_repeating_a_reconcile_creates_nothing_twice_and_settles(case: Case) -> None:
+    first = lifecycle.decide(case.spec, case.status, case.observed, case.now)
+    # The cluster once the first decision's creations happened.
+    observed = case.observed
+    for create in first.creates:
+        observed = dataclasses.replace(
+            observed, attempts=(*observed.attempts, job(create.attempt, created=0.5))
+        )
+    second = lifecycle.decide(case.spec, first.status, observed, case.now)
+    assert second.creates == []
+    assert second.status.attempt == first.status.attempt
+    assert second.status.restarts == first.status.restarts
+    third = lifecycle.decide(case.spec, second.status, observed, case.now)
+    assert third.status == second.status
+    assert third.events == ()
+    assert third.creates == []
+
+
+def test_transition_time_moves_only_when_a_condition_flips() -> None:
+    spec = make_spec()
+    status = status_after(
+        api.Phase.STARTING, conditions=[("Scheduled", "False", "WaitingForPods", 2)]
+    )
+    pending = Observed(created=CREATED, attempts=(job(),), pods=(pod(0), pod(1, "Pending")))
+    still_pending = lifecycle.decide(spec, status, pending, at(10))
+    assert condition(still_pending, "Scheduled").last_transition_time == ts(2)
+    scheduled = lifecycle.decide(
+        spec,
+        still_pending.status,
+        dataclasses.replace(pending, pods=running_pods()),
+        at(12),
+    )
+    assert condition(scheduled, "Scheduled").status == "True"
+    assert condition(scheduled, "Scheduled").last_transition_time == ts(12)
+
+
+def test_a_restarted_attempt_resumes_the_step_count_from_its_checkpoint() -> None:
+    spec = make_spec()
+    status = status_after(
+        api.Phase.STARTING,
+        attempt=2,
+        restarts=1,
+        progress=api.Progress(step=14, last_step_time=ts(20)),
+        conditions=[("Running", "True", "AllWorkersRunning", 40)],
+    )
+    observed = Observed(
+        created=CREATED,
+        attempts=(job(2, created=35),),
+        pods=running_pods(2),
+        progress=sample(11, steps_this_process=1, checkpoint_step=10),
+    )
+    decision = lifecycle.decide(spec, status, observed, at(50))
+    assert decision.status.progress.step == 11
+    assert decision.status.phase is api.Phase.RUNNING
+    assert decision.status.last_checkpoint is not None
+    assert decision.status.last_checkpoint.step == 10
+    assert decision.status.last_checkpoint.path == "/checkpoints/step-00000010"
+
+
+def test_a_new_attempt_before_its_first_step_keeps_the_last_progress() -> None:
+    spec = make_spec()
+    status = status_after(
+        api.Phase.STARTING, attempt=2, progress=api.Progress(step=14, samples_per_second=80.0)
+    )
+    observed = Observed(
+        created=CREATED,
+        attempts=(job(2),),
+        pods=running_pods(2),
+        progress=sample(0, steps_this_process=0, samples_per_second=0.0),
+    )
+    decision = lifecycle.decide(spec, status, observed, at(50))
+    assert decision.status.progress.step == 14
+    assert decision.status.progress.samples_per_second == 80.0
+
+
+def test_an_invalid_spec_fails_the_job_with_the_field_in_the_message() -> None:
+    decision = lifecycle.invalid_spec(
+        api.AccelTrainJobStatus(),
+        "invalid AccelTrainJob: checkpoint.path (/ckpt) is not on a persistentVolumeClaim",
+        at(1),
+        3,
+    )
+    failed = condition(decision, constants.CONDITION_FAILED)
+    assert decision.status.phase is api.Phase.FAILED
+    assert failed.reason == "InvalidSpec"
+    assert "checkpoint.path" in failed.message
+    assert failed.observed_generation == 3
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", "InvalidSpec")]
+
+
+@pytest.mark.parametrize(
+    ("backoff", "restarts", "delay"),
+    [(10, 0, 10), (10, 1, 20), (10, 3, 80), (10, 6, 600), (10, 60, 600), (0, 5, 0)],
+)
+def test_backoff_doubles_and_is_capped_at_ten_minutes(
+    backoff: int, restarts: int, delay: int
+) -> None:
+    assert lifecycle.backoff_seconds(make_spec(backoffSeconds=backoff), restarts) == delay
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (44.2, "45s"), (200, "3m20s"), (3720, "1h02m"), (183600, "2d03h")],
+)
+def test_durations_read_like_kubectl(seconds: float, text: str) -> None:
+    assert lifecycle.format_duration(seconds) == text
+
+
+# --- observing the cluster ------------------------------------------------------------------
+def _pod_object(
+    name: str, index: int, phase: str, exit_code: int | None = None, **status: Any
+) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": constants.TRAINER_CONTAINER, "state": {}}
+    if exit_code is not None:
+        container["state"] = {
+            "terminated": {"exitCode": exit_code, "startedAt": ts(3), "message": ""}
+        }
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {constants.LABEL_ATTEMPT: "2", constants.LABEL_JOB_NAME: "bert"},
+            "annotations": {constants.LABEL_JOB_COMPLETION_INDEX: str(index)},
+        },
+        "spec": {"nodeName": "acceltrain-gpu-0"} if phase != "Pending" else {},
+        "status": {"phase": phase, "containerStatuses": [container], **status},
+    }
+
+
+def test_the_permanent_exit_code_explains_a_failed_attempt() -> None:
+    pods = [
+        observe.pod_view(_pod_object("bert-a2-0-a", 0, "Failed", 143)),
+        observe.pod_view(_pod_object("bert-a2-1-b", 1, "Failed", 65)),
+        observe.pod_view(_pod_object("bert-a2-2-c", 2, "Failed", 1)),
+    ]
+    worker = observe.failed_worker(pods)
+    assert worker is not None
+    assert (worker.name, worker.exit_code, worker.attempt, worker.index) == (
+        "bert-a2-1-b",
+        65,
+        2,
+        1,
+    )
+
+
+def test_a_pod_the_scheduler_cannot_place_carries_its_reason() -> None:
+    unplaced = _pod_object(
+        "bert-a2-1-b",
+        1,
+        "Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    )
+    view = observe.pod_view(unplaced)
+    assert view.unschedulable_message == "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    assert not view.started
+    bare = _pod_object("bert-a2-0-a", 0, "Pending")
+    assert observe.needs_scheduler_events([observe.pod_view(bare)])
+    events = [
+        {
+            "reason": "FailedScheduling",
+            "involvedObject": {"kind": "Pod", "name": "bert-a2-0-a"},
+            "lastTimestamp": ts(5),
+            "message": "0/4 nodes are available: 4 node(s) didn't match Pod's node affinity.",
+        }
+    ]
+    messages = observe.scheduler_messages(events)
+    assert "node affinity" in observe.pod_view(bare, messages).unschedulable_message
+
+
+def test_job_conditions_become_the_attempt_outcome() -> None:
+    failed = {
+        "metadata": {
+            "name": "bert-a3",
+            "labels": {constants.LABEL_ATTEMPT: "3"},
+            "creationTimestamp": ts(0),
+        },
+        "spec": {"suspend": False},
+        "status": {
+            "startTime": ts(1),
+            "conditions": [
+                {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy"}
+            ],
+        },
+    }
+    view = observe.attempt_view(failed)
+    assert view is not None
+    assert (view.attempt, view.failed, view.failure_reason) == (3, True, "PodFailurePolicy")
+    assert view.started == at(1)
+    assert observe.attempt_view({"metadata": {"name": "unrelated"}}) is None

@@ -1,0 +1,171 @@
+"""The reconciler's order of writes, which is what keeps a killed operator from losing a step.
+
+A recording stand-in for the API server checks that a new attempt's children exist before the
+status names the attempt, that the status explaining a teardown is written before the attempt
+is deleted, and that a reconcile that changes nothing writes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any, cast
+
+import pytest
+
+from accel_operator import api, constants
+from accel_operator.kube import KubeClient
+from accel_operator.reconcile import InvalidSpecError, Reconciler
+
+from .conftest import MINIMAL_SPEC
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, 30, tzinfo=dt.timezone.utc)
+
+
+class RecordingApi:
+    """Holds one AccelTrainJob and its children; records every write in order."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.job: dict[str, Any] = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {
+                "name": "bert",
+                "namespace": "team-a",
+                "uid": "uid-1",
+                "generation": 1,
+                "creationTimestamp": "2026-11-28T12:00:00Z",
+            },
+            "spec": spec,
+        }
+        self.jobs: list[dict[str, Any]] = []
+        self.pods: list[dict[str, Any]] = []
+        self.writes: list[tuple[str, str]] = []
+
+    # reads
+    def get_accel_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.job)
+
+    def list_attempt_jobs(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.jobs)
+
+    def list_worker_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.pods)
+
+    def list_scheduling_events(self, namespace: str) -> list[dict[str, Any]]:
+        return []
+
+    def pod_log_tail(self, namespace: str, pod: str, lines: int = 20) -> str:
+        return "accel-trainer: exit 75: rank 1: lost its peer"
+
+    # writes
+    def apply(self, obj: dict[str, Any]) -> None:
+        self.writes.append(("apply", f"{obj['kind']}/{obj['metadata']['name']}"))
+        if obj["kind"] == "Job":
+            created = copy.deepcopy(obj)
+            created["metadata"]["creationTimestamp"] = "2026-11-28T12:00:01Z"
+            created["status"] = {"startTime": "2026-11-28T12:00:01Z"}
+            self.jobs.append(created)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.writes.append(("status", str(status["phase"])))
+        self.job["status"] = copy.deepcopy(status)
+
+    def delete_attempt(self, namespace: str, job: str, attempt: int) -> None:
+        self.writes.append(("delete", f"attempt {attempt}"))
+
+    def delete_pod(self, namespace: str, pod: str) -> None:
+        self.writes.append(("delete", f"pod {pod}"))
+
+    def delete_accel_job(self, namespace: str, name: str, uid: str) -> None:
+        self.writes.append(("delete", name))
+
+    def post_event(self, accel_job: Any, event_type: str, reason: str, message: str) -> None:
+        self.writes.append(("event", reason))
+
+
+def _reconciler(recording: RecordingApi, progress_interval: float = 3.0) -> Reconciler:
+    return Reconciler(
+        cast(KubeClient, recording), clock=lambda: NOW, progress_interval=progress_interval
+    )
+
+
+def test_a_new_attempts_children_exist_before_the_status_names_it() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    _reconciler(recording).reconcile("team-a", "bert")
+    assert recording.writes[:4] == [
+        ("apply", "ConfigMap/bert-a1-config"),
+        ("apply", "Service/bert"),
+        ("apply", "Job/bert-a1"),
+        ("status", "Starting"),
+    ]
+    assert ("event", "AttemptCreated") in recording.writes
+    assert recording.job["status"]["attempt"] == 1
+
+
+def test_a_reconcile_of_an_unchanged_job_writes_nothing() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    # No holding back of minor status changes: every change is written at once.
+    reconciler = _reconciler(recording, progress_interval=0.0)
+    reconciler.reconcile("team-a", "bert")
+    reconciler.reconcile("team-a", "bert")
+    assert recording.job["status"]["conditions"][1]["reason"] == "WaitingForPods"
+    recording.writes.clear()
+    reconciler.reconcile("team-a", "bert")
+    assert recording.writes == []
+
+
+def test_minor_status_changes_wait_for_the_progress_interval() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    reconciler = _reconciler(recording, progress_interval=3600.0)
+    reconciler.reconcile("team-a", "bert")
+    recording.writes.clear()
+    # Nothing moved on but the Scheduled condition (no pods yet): a minor change, held back.
+    reconciler.reconcile("team-a", "bert")
+    assert recording.writes == []
+
+
+def test_the_status_explaining_a_restart_is_written_before_the_attempt_is_deleted() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    reconciler = _reconciler(recording)
+    reconciler.reconcile("team-a", "bert")
+    recording.jobs[0]["status"]["conditions"] = [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+    ]
+    recording.pods = [
+        {
+            "metadata": {
+                "name": "bert-a1-1-abcde",
+                "labels": {
+                    constants.LABEL_JOB_NAME: "bert",
+                    constants.LABEL_ATTEMPT: "1",
+                },
+                "annotations": {constants.LABEL_JOB_COMPLETION_INDEX: "1"},
+            },
+            "spec": {"nodeName": "acceltrain-cpu-0"},
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [
+                    {"name": "trainer", "state": {"terminated": {"exitCode": 75}}}
+                ],
+            },
+        }
+    ]
+    recording.writes.clear()
+    reconciler.reconcile("team-a", "bert")
+    assert recording.writes.index(("status", "Restarting")) < recording.writes.index(
+        ("delete", "attempt 1")
+    )
+    status = recording.job["status"]
+    assert status["restarts"] == 1
+    assert status["lastExitCode"] == 75
+    assert "lost its peer" in status["message"]
+
+
+def test_a_spec_that_cannot_work_fails_the_job_and_creates_nothing() -> None:
+    spec = copy.deepcopy(MINIMAL_SPEC)
+    spec["volumes"] = []  # checkpoint.resume needs a persistent volume
+    recording = RecordingApi(spec)
+    with pytest.raises(InvalidSpecError, match=r"checkpoint\.path"):
+        _reconciler(recording).reconcile("team-a", "bert")
+    assert recording.writes == [("status", "Failed"), ("event", "InvalidSpec")]
