@@ -450,13 +450,16 @@ def test_cpu_mfu_is_a_fraction_of_the_measured_peak() -> None:
         precision="bf16",
         peak_tflops=None,
     )
-    # The tiny BERT of the CPU notes: ~300 samples/s per rank of 64 tokens.
-    record_steps(metrics, [(16 / 300, 16, 16 * 64)] * 5)
+    assert metrics.peak_tflops is not None and metrics.peak_tflops > 0
+    assert metrics.flops_per_token is not None
+    # Steps that run at a quarter of the measured peak, whatever this CPU's speed.
+    tokens = 16 * 64
+    seconds = tokens * metrics.flops_per_token / (0.25 * metrics.peak_tflops * 1e12)
+    record_steps(metrics, [(seconds, 16, tokens)] * 5)
 
     snapshot = metrics.snapshot()
 
-    assert metrics.peak_tflops is not None and metrics.peak_tflops > 0
-    assert 0 < snapshot["mfu_ratio"] < 1
+    assert snapshot["mfu_ratio"] == pytest.approx(0.25, rel=1e-6)
     assert snapshot["mfu_ratio"] == pytest.approx(
         snapshot["tflops_per_device"] / metrics.peak_tflops
     )

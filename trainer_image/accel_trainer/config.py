@@ -58,7 +58,7 @@ DEFAULT_METRICS_PORT = 9400
 class ExitCode(enum.IntEnum):
     """Trainer exit codes. The operator restarts the pod group after a retryable one only.
 
-    Permanent codes (64-69) mean a retry cannot help: the config, the data or the memory budget is
+    Permanent codes (64-67) mean a retry cannot help: the config, the data or the memory budget is
     wrong. Everything else, including death by a signal (128+N), is retryable: lost peers, a
     failed rendezvous, preemption after the SIGTERM checkpoint.
     """
@@ -304,7 +304,17 @@ class PruningScope(str, enum.Enum):
     PER_LAYER = "per-layer"
 
 
-DEFAULT_PRUNING_EXCLUDE = ("*embeddings*", "*classifier*", "*LayerNorm*", "*layernorm*", "*ln_*")
+# The pooler belongs to the classification head: in checkpoints trained without it (sentence
+# encoders such as all-MiniLM) its weights are tiny, so a global magnitude ranking would remove
+# all of it and every input would reach the classifier as the same vector.
+DEFAULT_PRUNING_EXCLUDE = (
+    "*embeddings*",
+    "*pooler*",
+    "*classifier*",
+    "*LayerNorm*",
+    "*layernorm*",
+    "*ln_*",
+)
 
 
 class PruningSpec(CamelModel):
@@ -331,7 +341,7 @@ class PruningSpec(CamelModel):
     exclude: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
         default_factory=lambda: list(DEFAULT_PRUNING_EXCLUDE)
     )
-    """Glob patterns of parameter names never pruned; embeddings, classifier, norms by default."""
+    """Glob patterns of parameter names never pruned; embeddings, pooler, classifier, norms."""
 
     @model_validator(mode="after")
     def _schedule_consistent(self) -> PruningSpec:

@@ -221,7 +221,12 @@ def detect_device_name() -> str:
 # Big enough that the matmul runs at the blocked kernel's full rate, small enough that one
 # product takes milliseconds; the budget bounds start-up cost on slow formats (bf16 without
 # native CPU support runs several times slower than fp32).
-_CPU_PEAK_MATRIX_SIZE: Final = 1024
+_CPU_PEAK_MIN_MATRIX_SIZE: Final = 128
+_CPU_PEAK_MAX_MATRIX_SIZE: Final = 1024
+# A matmul this long is big enough to reach the kernel's steady rate; CPUs without native bf16
+# run bf16 matmuls two orders of magnitude slower than fp32, and a fixed 1024x1024 probe then
+# costs tens of seconds at every trainer start.
+_CPU_PEAK_SIZING_SECONDS: Final = 0.05
 _CPU_PEAK_TIME_BUDGET_SECONDS: Final = 0.3
 _CPU_PEAK_MIN_REPEATS: Final = 3
 _CPU_PEAK_MAX_REPEATS: Final = 20
@@ -229,6 +234,9 @@ _CPU_PEAK_MAX_REPEATS: Final = 20
 
 def measure_cpu_peak_tflops(precision: str) -> float:
     """TFLOP/s of the fastest of a few square matmuls on the CPU at the training precision.
+
+    The matrix grows from 128 until one product takes about 50 ms (at most 1024), so the probe
+    stays short where the precision has no fast kernel.
 
     Runs with torch's current thread count, i.e. the share of cores this rank was given, and is
     measured once per process for each (precision, thread count). The best repetition is kept
@@ -250,16 +258,22 @@ def _measure_cpu_peak_tflops(precision: str, threads: int) -> float:
         "tf32": torch.float32,
         "fp32": torch.float32,
     }[precision]
-    size = _CPU_PEAK_MATRIX_SIZE
     generator = torch.Generator().manual_seed(0)
-    left = torch.randn(size, size, generator=generator).to(dtype)
-    right = torch.randn(size, size, generator=generator).to(dtype)
-    flops_per_matmul = 2.0 * size**3
     with torch.no_grad():
-        torch.mm(left, right)  # warm-up: kernel selection and page faults
-        best_seconds = math.inf
+        size = _CPU_PEAK_MIN_MATRIX_SIZE
+        while True:
+            left = torch.randn(size, size, generator=generator).to(dtype)
+            right = torch.randn(size, size, generator=generator).to(dtype)
+            torch.mm(left, right)  # warm-up: kernel selection and page faults
+            tick = time.perf_counter()
+            torch.mm(left, right)
+            best_seconds = time.perf_counter() - tick
+            if best_seconds >= _CPU_PEAK_SIZING_SECONDS or size >= _CPU_PEAK_MAX_MATRIX_SIZE:
+                break
+            size *= 2
+        flops_per_matmul = 2.0 * size**3
         started = time.perf_counter()
-        repeats = 0
+        repeats = 1
         while repeats < _CPU_PEAK_MAX_REPEATS and (
             repeats < _CPU_PEAK_MIN_REPEATS
             or time.perf_counter() - started < _CPU_PEAK_TIME_BUDGET_SECONDS

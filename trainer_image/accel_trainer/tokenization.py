@@ -1,15 +1,16 @@
 """Tokenizers: the pretrained model's own, or a WordPiece vocabulary trained from the data.
 
-A model built from ``model.config`` has no tokenizer of its own, so rank 0 trains a small
-WordPiece tokenizer on the training texts (the ``tokenizers`` library, offline, seconds) and
+A model built from ``model.config`` has no tokenizer of its own, so rank 0 builds a small
+WordPiece vocabulary from the training texts (offline, deterministic, seconds) and
 sends it to the other ranks, so every rank encodes with the same vocabulary. It is saved in
 every checkpoint and in the exported model; a resumed run loads it from the checkpoint instead of
-training a new one.
+building a new one.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,26 +29,39 @@ SPECIAL_TOKENS = {
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int) -> str:
-    """A BERT-style WordPiece tokenizer trained on ``texts``, serialized as JSON; the same texts
-    give the same vocabulary and ids."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
+    """A BERT-style WordPiece tokenizer built from ``texts``, serialized as JSON; the same texts
+    give the same vocabulary and ids.
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
+    The vocabulary is every character seen (alone and as a ``##`` continuation, so no word is
+    ever unknown) plus the most frequent whole words, ties broken alphabetically. The
+    ``tokenizers`` trainer is not used: it breaks ties between equally frequent merges in
+    hash-map order, so two runs over the same texts can learn different vocabularies.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        counts.update(word for word, _ in words)
     specials = list(SPECIAL_TOKENS.values())
-    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    # The trainer numbers tokens in hash-map order, which differs from run to run; renumber them
-    # (special tokens first, then sorted) so the same data always gives the same ids.
-    learned = tokenizer.get_vocab()
-    ordered = specials + sorted(token for token in learned if token not in specials)
-    tokenizer.model = models.WordPiece(
-        vocab={token: index for index, token in enumerate(ordered)},
-        unk_token=SPECIAL_TOKENS["unk_token"],
+    characters = sorted({character for word in counts for character in word})
+    base = specials + characters + [f"##{character}" for character in characters]
+    frequent = sorted(
+        (word for word in counts if len(word) > 1), key=lambda word: (-counts[word], word)
     )
+    ordered = base + frequent[: max(0, vocab_size - len(base))]
+
+    tokenizer = Tokenizer(
+        models.WordPiece(
+            vocab={token: index for index, token in enumerate(ordered)},
+            unk_token=SPECIAL_TOKENS["unk_token"],
+        )
+    )
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.WordPiece()
     cls_id = tokenizer.token_to_id(SPECIAL_TOKENS["cls_token"])
     sep_id = tokenizer.token_to_id(SPECIAL_TOKENS["sep_token"])
     tokenizer.post_processor = processors.TemplateProcessing(

@@ -155,12 +155,15 @@ class MasterWeights:
         """(zeros, total) over the fp32 masters of ``params``, summed over ranks."""
         partitioned = torch.zeros(2, dtype=torch.float64)
         replicated = torch.zeros(2, dtype=torch.float64)
+        # Whether to reduce must be decided the same way on every rank: a rank whose partition
+        # holds no fragment of these parameters still has to join the all_reduce.
+        any_partitioned = any(self.is_partitioned(param) for param in params)
         for param in params:
             target = partitioned if self.is_partitioned(param) else replicated
             for fragment in self.fragments(param):
                 target[0] += float(fragment.numel - int(torch.count_nonzero(fragment.tensor)))
                 target[1] += float(fragment.numel)
-        if torch_dist.is_available() and torch_dist.is_initialized() and partitioned[1] > 0:
+        if torch_dist.is_available() and torch_dist.is_initialized() and any_partitioned:
             device = _reduce_device()
             summed = partitioned.to(device)
             torch_dist.all_reduce(summed)
