@@ -65,6 +65,16 @@ cluster-down:
 clean:
 	rm -rf .cluster .demo build dist *.egg-info
 
+# A local cluster (state in .demo/), the operator and manifests/examples/cpu-demo.yaml with live
+# progress, then the evaluation report and a PromQL answer. Everything stays up for a look around
+# until `make demo-down`; Ctrl-C tears it all down.
+demo: venv tools
+	PYTHONPATH=hack $(PY) -m localcluster.demo up
+
+demo-down:
+	@if [ -d .demo ]; then PYTHONPATH=hack $(PY) -m localcluster.demo down; \
+	else echo "no demo state in .demo: nothing to stop"; fi
+
 # --- images: names and tags live here and nowhere else -----------------------------------------
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 REGISTRY ?= ghcr.io/acceltrain
@@ -72,10 +82,17 @@ OPERATOR_IMAGE ?= $(REGISTRY)/operator:$(VERSION)
 TRAINER_IMAGE ?= $(REGISTRY)/trainer:$(VERSION)
 TRAINER_CPU_IMAGE ?= $(REGISTRY)/trainer-cpu:$(VERSION)
 
-.PHONY: images image-names
-images:
+.PHONY: images image-names image-operator image-trainer image-trainer-cpu
+images: image-operator image-trainer image-trainer-cpu
+
+image-operator:
 	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
+
+image-trainer:
 	docker build -f trainer_image/Dockerfile -t $(TRAINER_IMAGE) .
+
+# What kind clusters and CI run: the CUDA trainer image is not needed there.
+image-trainer-cpu:
 	docker build -f trainer_image/Dockerfile.cpu -t $(TRAINER_CPU_IMAGE) .
 
 image-names:
@@ -119,6 +136,13 @@ operator: venv
 # Launch latency, API writes per launch and memory of the operator on kwok nodes (own cluster).
 bench-operator: venv tools
 	$(PY) benchmarks/operator_launch.py
+
+# 1000 AccelTrainJobs x 8 workers in bursts on kwok nodes: launch p50/p99, operator RSS and CPU,
+# API requests per job, every job Succeeded. Smaller: make bench-scale SCALE_ARGS="--jobs 100".
+SCALE_ARGS ?=
+.PHONY: bench-scale
+bench-scale: venv tools
+	$(PY) benchmarks/scale.py $(SCALE_ARGS)
 
 # --- quality ------------------------------------------------------------------------------------
 # MiniLM-L6 fine-tuned on BBC News and Twitter NER as AccelTrainJobs on an own local cluster;

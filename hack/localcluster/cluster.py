@@ -8,6 +8,7 @@ State directory layout (``.cluster/`` for ``make cluster-up``, a temporary direc
     logs/<component>.log     stdout/stderr of every component
     pki/                     CA, serving and client certificates, service-account keys
     etcd/  prometheus/  nodeagent/   component data (node agent: pods/<ns>_<pod>/<container>.log)
+    kwok/configuration.yaml  kwok's parallelism settings
 
 A cluster is started by one process and can be inspected or stopped from any other through
 :meth:`Cluster.attach`, which reads ``state.json``.
@@ -364,10 +365,16 @@ class Cluster:
                 scheduler_config,
             ),
         )
+        kwok_configuration = self.state_dir / "kwok" / "configuration.yaml"
+        kwok.write_configuration(kwok_configuration)
         self._spawn(
             "kwok",
             kwok.argv(
-                binaries["kwok"], kubeconfig=self.kubeconfig, stages=stages, server_port=ports.kwok
+                binaries["kwok"],
+                kubeconfig=self.kubeconfig,
+                stages=stages,
+                server_port=ports.kwok,
+                configuration=kwok_configuration,
             ),
         )
         if self.process_node:
@@ -400,7 +407,7 @@ class Cluster:
 
     def _reset_state_dir(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("pki", "etcd", "logs", "run", "prometheus", "nodeagent"):
+        for name in ("pki", "etcd", "logs", "run", "prometheus", "nodeagent", "kwok"):
             shutil.rmtree(self.state_dir / name, ignore_errors=True)
         for name in ("kubeconfig", STATE_FILE):
             (self.state_dir / name).unlink(missing_ok=True)

@@ -28,11 +28,40 @@ NODE_IP = "127.0.0.1"
 NODE_LEASE_SECONDS = 40
 
 
-def argv(binary: Path, *, kubeconfig: Path, stages: Path, server_port: int) -> list[str]:
+# kwok moves at most 4 pods through a stage at a time by default: with each status patch taking
+# tens of milliseconds on a busy machine, that capped a scale run at about 8 pod transitions per
+# second, which is what the launch latency then measured. kwokctl raises these for large clusters.
+PARALLELISM = 32
+CONFIGURATION = f"""\
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  podPlayStageParallelism: {PARALLELISM}
+  nodePlayStageParallelism: 8
+  nodeLeaseParallelism: 8
+"""
+
+
+def write_configuration(path: Path) -> Path:
+    """The KwokConfiguration (parallelism) that :func:`argv` passes next to the stages."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(CONFIGURATION)
+    return path
+
+
+def argv(
+    binary: Path,
+    *,
+    kubeconfig: Path,
+    stages: Path,
+    server_port: int,
+    configuration: Path | None = None,
+) -> list[str]:
     return [
         str(binary),
         f"--kubeconfig={kubeconfig}",
         f"--config={stages}",
+        *([f"--config={configuration}"] if configuration is not None else []),
         "--manage-all-nodes=false",
         f"--manage-nodes-with-annotation-selector={MANAGED_ANNOTATION}={MANAGED_VALUE}",
         f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",

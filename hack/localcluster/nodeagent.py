@@ -25,7 +25,9 @@ What it does (needs root, ``ip`` and ``unshare``-capable kernel):
   ``<hostname>.<subdomain>.<namespace>.svc[.cluster.local]`` names of all running pods of that
   namespace and subdomain, rewritten whenever one of them gets an address. Nothing else resolves
   (no cluster DNS, no Service names).
-* Reports phase, podIP/hostIP, conditions, and the container's state, exit code and restart
+* Reports phase, podIP/hostIP, conditions, and the container's state, exit code, termination
+  message (the file it wrote at ``terminationMessagePath``, mounted from the pod's state
+  directory; with ``FallbackToLogsOnError`` and a failure, the tail of its log) and restart
   count; honours ``restartPolicy`` (restarts back off 1 s, 2 s, 4 s ... 10 s),
   ``activeDeadlineSeconds`` and tcpSocket/httpGet readiness probes (other probes are not run).
 * On pod deletion it sends SIGTERM to the container's process group, waits the grace period
@@ -111,11 +113,24 @@ POLL_SECONDS = 0.2
 MAX_PODS = 110
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TERMINAL_PHASES = ("Succeeded", "Failed")
+# The kubelet's termination message rules (pkg/kubelet/container): the file a container writes
+# is read up to 4096 bytes; with FallbackToLogsOnError a failed container without one gets the
+# last 80 lines of its log, at most 2048 bytes.
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
+_LOG_TAIL_READ_BYTES = 64 * 1024
 
 
 def pod_log_path(state_dir: Path, namespace: str, pod: str, container: str) -> Path:
     """Where the agent writes a container's stdout and stderr (appended across restarts)."""
     return pod_dir(state_dir, namespace, pod) / f"{container}.log"
+
+
+def termination_message_file(state_dir: Path, namespace: str, pod: str, container: str) -> Path:
+    """The host file mounted at the container's terminationMessagePath."""
+    return pod_dir(state_dir, namespace, pod) / f"{container}.termination-log"
 
 
 def pod_dir(state_dir: Path, namespace: str, pod: str) -> Path:
@@ -446,16 +461,57 @@ def running_state(started_at: str) -> dict[str, Any]:
 
 
 def terminated_state(
-    exit_code: int, started_at: str | None, finished_at: str, reason: str | None = None
+    exit_code: int,
+    started_at: str | None,
+    finished_at: str,
+    reason: str | None = None,
+    message: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "terminated": {
-            "exitCode": exit_code,
-            "reason": reason or ("Completed" if exit_code == 0 else "Error"),
-            "startedAt": started_at,
-            "finishedAt": finished_at,
-        }
+    terminated: dict[str, Any] = {
+        "exitCode": exit_code,
+        "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+        "startedAt": started_at,
+        "finishedAt": finished_at,
     }
+    if message:
+        terminated["message"] = message
+    return {"terminated": terminated}
+
+
+def log_tail(
+    log_path: Path, lines: int = FALLBACK_LOG_LINES, limit: int = FALLBACK_LOG_BYTES
+) -> str:
+    """The last ``lines`` lines of a container log, cut to its last ``limit`` bytes."""
+    try:
+        with log_path.open("rb") as log_file:
+            size = log_file.seek(0, os.SEEK_END)
+            log_file.seek(max(0, size - _LOG_TAIL_READ_BYTES))
+            data = log_file.read()
+    except FileNotFoundError:
+        return ""
+    tail = b"".join(data.splitlines(keepends=True)[-lines:])[-limit:]
+    return tail.decode("utf-8", errors="replace")
+
+
+def termination_message(
+    container: Mapping[str, Any], message_file: Path, log_path: Path, exit_code: int
+) -> str | None:
+    """``state.terminated.message`` as the kubelet fills it when a container exits.
+
+    The file the container wrote at its terminationMessagePath wins; without one, a container
+    with ``terminationMessagePolicy: FallbackToLogsOnError`` that failed gets its log's tail.
+    """
+    try:
+        with message_file.open("rb") as written:
+            message = written.read(MAX_TERMINATION_MESSAGE_BYTES).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        message = ""
+    if message:
+        return message
+    fallback = container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+    if fallback and exit_code != 0:
+        return log_tail(log_path) or None
+    return None
 
 
 def _explicit(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -892,6 +948,12 @@ class PodWorker:
     def dir(self) -> Path:
         return pod_dir(self.agent.state_dir, self.namespace, self.name)
 
+    @property
+    def termination_message_file(self) -> Path:
+        return termination_message_file(
+            self.agent.state_dir, self.namespace, self.name, self.container.name
+        )
+
     def deletion_requested(self) -> bool:
         return bool(self.pod["metadata"].get("deletionTimestamp")) or self.object_gone
 
@@ -988,6 +1050,15 @@ class PodWorker:
                     self.pod, spec_container, where, self.agent.objects, self.agent.python
                 )
                 mounts = mounts_for(spec_container, volume_dirs)
+                message_file = self.termination_message_file
+                message_file.touch()
+                mounts.append(
+                    Mount(
+                        str(message_file),
+                        spec_container.get("terminationMessagePath")
+                        or DEFAULT_TERMINATION_MESSAGE_PATH,
+                    )
+                )
                 for mount in mounts:
                     if not os.path.exists(mount.source):  # a subPath not created yet
                         Path(mount.source).mkdir(parents=True)
@@ -1052,6 +1123,8 @@ class PodWorker:
             self.agent.state_dir, self.namespace, self.name, self.container.name
         )
         argv = launcher_argv(self.net.netns, plan_path)
+        # Every run of the container starts with an empty message file, as with a kubelet.
+        self.termination_message_file.write_bytes(b"")
         with log_path.open("wb" if truncate_log else "ab") as output:
             process = subprocess.Popen(
                 argv,
@@ -1095,7 +1168,12 @@ class PodWorker:
         signal_all(self.net.netns, signal.SIGKILL)
         exit_code = exit_code_of(returncode)
         log.info("pod %s: pid %d exited with %d", self.key, process.pid, exit_code)
-        self.container.state = terminated_state(exit_code, started_at, now_rfc3339())
+        message = termination_message(
+            spec_container, self.termination_message_file, log_path, exit_code
+        )
+        self.container.state = terminated_state(
+            exit_code, started_at, now_rfc3339(), message=message
+        )
         self.container.ready = False
         return exit_code, deadline_hit
 

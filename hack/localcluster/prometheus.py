@@ -152,3 +152,17 @@ def active_targets(base_url: str, *, timeout: float = 5.0) -> list[dict[str, Any
         answer = json.loads(response.read().decode())
     targets: list[dict[str, Any]] = answer["data"]["activeTargets"]
     return targets
+
+
+def query_range(
+    base_url: str, promql: str, *, start: float, end: float, step: float, timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """Runs a range PromQL query (Unix times); returns the ``data.result`` list (matrix)."""
+    parameters = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step}"}
+    url = f"{base_url}/api/v1/query_range?{urllib.parse.urlencode(parameters)}"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        answer = json.loads(response.read().decode())
+    if answer.get("status") != "success":
+        raise PrometheusError(f"range query {promql!r} failed: {answer}")
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result

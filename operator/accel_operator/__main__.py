@@ -12,8 +12,16 @@ Examples::
     python -m accel_operator run --namespace team-a --namespace team-b \\
         --scrape-network 10.244.0.0/16
 
-Without ``--namespace`` the operator watches the whole cluster. ``ACCELTRAIN_RECONCILE_INTERVAL``
-(seconds) sets the default of ``--resync-interval``, as the Helm chart does.
+Without ``--namespace`` the operator watches the whole cluster. The Helm chart sets these
+variables:
+
+- ``ACCELTRAIN_RECONCILE_INTERVAL`` (seconds): the default of ``--resync-interval``;
+- ``ACCELTRAIN_DEFAULT_TRAINER_IMAGE``: the image of jobs without ``spec.image``;
+- ``ACCELTRAIN_GPU_NODE_SELECTOR`` (a JSON object): the node selector of GPU workers whose
+  ``spec.nodePool.nodeSelector`` is empty;
+- ``ACCELTRAIN_GPU_TOLERATIONS`` (a JSON list): tolerations added to every GPU worker.
+
+A value the operator cannot use stops it at startup with a message naming the variable.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from accel_operator import constants, render
 from accel_operator.handlers import OperatorOptions
 
-RESYNC_ENV = "ACCELTRAIN_RECONCILE_INTERVAL"
+RESYNC_ENV = constants.ENV_RECONCILE_INTERVAL
 LOG_LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -142,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--resync-interval {args.resync_interval}: must be > 0 seconds")
     if args.max_workers < 1:
         raise SystemExit(f"--max-workers {args.max_workers}: must be >= 1")
+    try:
+        defaults = render.cluster_defaults_from_env(os.environ)
+    except render.ClusterDefaultsError as error:
+        raise SystemExit(str(error)) from None
     if args.kubeconfig:
         if not os.path.exists(args.kubeconfig):
             raise SystemExit(f"--kubeconfig {args.kubeconfig}: no such file")
@@ -176,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics=metrics,
         progress_interval=args.resync_interval,
         read_pod_logs=not args.no_pod_logs,
+        defaults=defaults,
     )
     if args.metrics_port:
         metrics.serve(args.metrics_port)

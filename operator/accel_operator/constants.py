@@ -48,6 +48,12 @@ MANAGED_BY = "acceltrain-operator"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
+# The operator's own settings, set by the Helm chart's Deployment (templates/deployment.yaml).
+ENV_RECONCILE_INTERVAL = "ACCELTRAIN_RECONCILE_INTERVAL"
+ENV_DEFAULT_TRAINER_IMAGE = "ACCELTRAIN_DEFAULT_TRAINER_IMAGE"
+ENV_GPU_NODE_SELECTOR = "ACCELTRAIN_GPU_NODE_SELECTOR"
+ENV_GPU_TOLERATIONS = "ACCELTRAIN_GPU_TOLERATIONS"
+
 FIELD_MANAGER = "acceltrain-operator"
 FINALIZER = f"{DOMAIN}/finalizer"
 

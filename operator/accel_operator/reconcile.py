@@ -10,6 +10,10 @@ The JobSet-style loop of DESIGN.md section 1:
    apply), then patch the status (only when it changed), then delete torn-down attempts or the
    job itself (TTL), then post the Events of the transitions.
 
+When the API server refuses a request (a permission the operator's ServiceAccount lacks, for
+instance), the job gets one Warning event ``ApiError`` per distinct error, so that
+``kubectl describe atj`` says why nothing happens; the reconcile is retried.
+
 Reconciles of one job are serialised in-process: a trigger that arrives while the job is being
 reconciled (a pod event, the timer) marks it dirty and the running reconcile goes round once
 more, so bursts of pod events coalesce into a few reconciles. Everything is idempotent anyway.
@@ -29,13 +33,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from accel_operator import api, lifecycle, observe, render
-from accel_operator.kube import KubeClient
+from accel_operator.kube import ApiError, KubeClient
 from accel_operator.metrics import OperatorMetrics
 from accel_operator.scrape import ProgressScraper
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
+
+REASON_API_ERROR = "ApiError"
 
 
 def utc_now() -> dt.datetime:
@@ -66,9 +72,11 @@ class Reconciler:
         metrics: OperatorMetrics | None = None,
         progress_interval: float = 3.0,
         read_pod_logs: bool = True,
+        defaults: render.ClusterDefaults | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.kube = kube
+        self.defaults = defaults or render.ClusterDefaults()
         self.read_pod_logs = read_pod_logs
         self.scraper = scraper or ProgressScraper()
         self.metrics = metrics or OperatorMetrics()
@@ -77,6 +85,7 @@ class Reconciler:
         self._gates: dict[tuple[str, str], _Gate] = {}
         self._gates_lock = threading.Lock()
         self._last_status_write: dict[tuple[str, str], float] = {}
+        self._last_api_error: dict[tuple[str, str], str] = {}
 
     # --- triggering --------------------------------------------------------------------------
     def _gate(self, namespace: str, name: str) -> _Gate:
@@ -92,6 +101,7 @@ class Reconciler:
         with self._gates_lock:
             self._gates.pop((namespace, name), None)
             self._last_status_write.pop((namespace, name), None)
+            self._last_api_error.pop((namespace, name), None)
         self.metrics.record_phase(namespace, name, None)
 
     def reconcile(self, namespace: str, name: str) -> None:
@@ -149,7 +159,8 @@ class Reconciler:
         now = self.clock()
         try:
             spec = api.parse_spec(body.get("spec") or {}, name=name)
-        except api.SpecError as error:
+            render.trainer_image(spec, self.defaults)
+        except (api.SpecError, render.MissingImageError) as error:
             decision = lifecycle.invalid_spec(
                 status, str(error), now, int(metadata.get("generation") or 0)
             )
@@ -157,13 +168,30 @@ class Reconciler:
             self.metrics.record_phase(namespace, name, decision.status.phase.value)
             raise InvalidSpecError(str(error)) from None
 
+        try:
+            requeue = self._reconcile_spec(body, spec, status, now)
+        except ApiError as error:
+            self._report_api_error(body, error)
+            raise
+        self._last_api_error.pop((namespace, name), None)
+        return requeue
+
+    def _reconcile_spec(
+        self,
+        body: dict[str, Any],
+        spec: api.AccelTrainJobSpec,
+        status: api.AccelTrainJobStatus,
+        now: dt.datetime,
+    ) -> float | None:
+        metadata = body["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
         observed = self.observe(body, spec, status)
         decision = lifecycle.decide(
             spec, status, observed, now, progress_interval=self.progress_interval
         )
         ref = render.JobRef(name=name, namespace=namespace, uid=str(metadata.get("uid", "")))
         for create in decision.creates:
-            for child in render.render_attempt(spec, ref, create.attempt):
+            for child in render.render_attempt(spec, ref, create.attempt, self.defaults):
                 self.kube.apply(child)
         deferred = self._write(body, status, decision)
         for action in decision.deletes:
@@ -181,6 +209,26 @@ class Reconciler:
         if deferred is not None:
             return min(deferred, decision.requeue_after or deferred)
         return decision.requeue_after
+
+    def _report_api_error(self, body: dict[str, Any], error: ApiError) -> None:
+        """A Warning event on the job when the API server refuses the operator (once per
+        distinct error): `kubectl describe atj` then shows why nothing happens, for example
+        the verb its ServiceAccount lacks."""
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        message = str(error)
+        if self._last_api_error.get(key) == message:
+            return
+        self._last_api_error[key] = message
+        if error.status == 403:
+            message += (
+                "\n(the operator's ServiceAccount lacks this permission: grant it in the "
+                "operator's ClusterRole or Role, as the Helm chart's RBAC does)"
+            )
+        try:
+            self.kube.post_event(body, "Warning", REASON_API_ERROR, message)
+        except Exception as posting:
+            logger.warning("could not post event %s: %s", REASON_API_ERROR, posting)
 
     def _delete_attempt(
         self, namespace: str, name: str, attempt: int, observed: lifecycle.Observed

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import ValidationError
 
 from accel_operator import api, constants
 from accel_trainer.config import (
@@ -41,6 +44,82 @@ class ClusterDefaults:
 
 class MissingImageError(ValueError):
     """Neither the spec nor the operator's installation names a trainer image."""
+
+
+class ClusterDefaultsError(ValueError):
+    """An operator setting for cluster defaults cannot be used; the message names it."""
+
+
+def cluster_defaults_from_env(environ: Mapping[str, str]) -> ClusterDefaults:
+    """The installation's defaults from the operator's environment (the Helm chart sets them).
+
+    ``ACCELTRAIN_DEFAULT_TRAINER_IMAGE`` is an image reference; ``ACCELTRAIN_GPU_NODE_SELECTOR``
+    a JSON object of label strings; ``ACCELTRAIN_GPU_TOLERATIONS`` a JSON list of core/v1
+    tolerations. Unset, empty or ``null`` means no default.
+    """
+    image = environ.get(constants.ENV_DEFAULT_TRAINER_IMAGE, "").strip()
+    if any(character.isspace() for character in image):
+        raise ClusterDefaultsError(
+            f"{constants.ENV_DEFAULT_TRAINER_IMAGE}={image!r}: an image reference has no "
+            "spaces; set it to, for example, ghcr.io/acceltrain/trainer:0.1.0 (Helm value "
+            "trainer.image)"
+        )
+    selector = _json_setting(
+        environ, constants.ENV_GPU_NODE_SELECTOR, "trainer.gpuPool.nodeSelector"
+    )
+    if selector is None:
+        selector = {}
+    if not isinstance(selector, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in selector.items()
+    ):
+        raise ClusterDefaultsError(
+            f"{constants.ENV_GPU_NODE_SELECTOR}: must be a JSON object of label strings, for "
+            'example {"acceltrain.io/pool": "gpu"} (Helm value trainer.gpuPool.nodeSelector); '
+            f"got {selector!r}"
+        )
+    raw_tolerations = _json_setting(
+        environ, constants.ENV_GPU_TOLERATIONS, "trainer.gpuPool.tolerations"
+    )
+    if raw_tolerations is None:
+        raw_tolerations = []
+    if not isinstance(raw_tolerations, list):
+        raise ClusterDefaultsError(
+            f"{constants.ENV_GPU_TOLERATIONS}: must be a JSON list of tolerations, for example "
+            '[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}] (Helm value '
+            f"trainer.gpuPool.tolerations); got {raw_tolerations!r}"
+        )
+    tolerations = []
+    for index, raw in enumerate(raw_tolerations):
+        try:
+            toleration = api.Toleration.model_validate(raw)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in item['loc']) or 'item'}: {item['msg']}"
+                for item in error.errors()
+            )
+            raise ClusterDefaultsError(
+                f"{constants.ENV_GPU_TOLERATIONS}[{index}]: not a toleration ({problems}); "
+                "fix the Helm value trainer.gpuPool.tolerations"
+            ) from None
+        tolerations.append(toleration.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    return ClusterDefaults(
+        trainer_image=image or None,
+        gpu_node_selector=dict(selector),
+        gpu_tolerations=tuple(tolerations),
+    )
+
+
+def _json_setting(environ: Mapping[str, str], variable: str, helm_value: str) -> Any:
+    text = environ.get(variable, "").strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ClusterDefaultsError(
+            f"{variable}: not valid JSON ({error}); set the Helm value {helm_value}, or the "
+            "variable to a JSON value"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -197,13 +276,19 @@ def _scheduler_block(spec: api.AccelTrainJobSpec) -> dict[str, Any]:
     scheduler = spec.training.scheduler
     lr = spec.training.optimizer.lr
     total_steps = spec.training.max_steps
+    # DeepSpeed's warmup schedulers refuse warmup_num_steps 0 (and warm up over at least two
+    # steps whatever the number). Without warmup the ramp starts at the full rate where the
+    # scheduler allows it: WarmupLR from warmup_min_lr, WarmupCosineLR from warmup_min_ratio.
+    # WarmupDecayLR decays only the part above warmup_min_lr, so it keeps a two-step ramp.
+    no_warmup = scheduler.warmup_steps == 0
+    warmup_steps = max(1, scheduler.warmup_steps)
     if scheduler.type is SchedulerType.CONSTANT:
         return {
             "type": "WarmupLR",
             "params": {
-                "warmup_min_lr": 0.0,
+                "warmup_min_lr": lr if no_warmup else 0.0,
                 "warmup_max_lr": lr,
-                "warmup_num_steps": scheduler.warmup_steps,
+                "warmup_num_steps": warmup_steps,
                 "warmup_type": "linear",
             },
         }
@@ -211,14 +296,14 @@ def _scheduler_block(spec: api.AccelTrainJobSpec) -> dict[str, Any]:
         params: dict[str, Any] = {
             "warmup_min_lr": 0.0,
             "warmup_max_lr": lr,
-            "warmup_num_steps": scheduler.warmup_steps,
+            "warmup_num_steps": warmup_steps,
             "warmup_type": "linear",
         }
         name = "WarmupDecayLR"
     else:
         params = {
-            "warmup_min_ratio": 0.0,
-            "warmup_num_steps": scheduler.warmup_steps,
+            "warmup_min_ratio": 1.0 if no_warmup else 0.0,
+            "warmup_num_steps": warmup_steps,
             "cos_min_ratio": scheduler.min_lr_ratio,
             "warmup_type": "linear",
         }
@@ -408,15 +493,21 @@ def _pod_spec(
     return pod
 
 
-def _container(
-    spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int, defaults: ClusterDefaults
-) -> dict[str, Any]:
+def trainer_image(spec: api.AccelTrainJobSpec, defaults: ClusterDefaults) -> str:
+    """The image the workers run: the spec's, else the installation's default."""
     image = spec.image or defaults.trainer_image
     if not image:
         raise MissingImageError(
             "spec.image: no trainer image; set spec.image, or the operator's default trainer "
-            "image (Helm value trainer.image, env ACCELTRAIN_DEFAULT_TRAINER_IMAGE)"
+            f"image (Helm value trainer.image, env {constants.ENV_DEFAULT_TRAINER_IMAGE})"
         )
+    return image
+
+
+def _container(
+    spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int, defaults: ClusterDefaults
+) -> dict[str, Any]:
+    image = trainer_image(spec, defaults)
     config_path = f"{constants.CONFIG_MOUNT_PATH}/{constants.TRAINER_CONFIG_FILE}"
     requests = {key: str(value) for key, value in spec.resources.requests.items()}
     limits = {key: str(value) for key, value in spec.resources.limits.items()}
@@ -458,6 +549,9 @@ def _container(
         ],
         "resources": resources,
         "volumeMounts": mounts,
+        # The trainer's last log lines (its error) become the container's termination
+        # message, which the operator reads without going through the node's log endpoint.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

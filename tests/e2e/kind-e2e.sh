@@ -2,7 +2,7 @@
 # End-to-end test on kind with CPU trainers, the way a user's CI runs acceltrain.
 # Needs a Docker engine; `make e2e-kind` runs it.
 #
-#  1. builds the operator and CPU trainer images (make images)
+#  1. builds the operator and CPU trainer images (make image-operator image-trainer-cpu)
 #  2. creates a kind cluster and loads the images into it
 #  3. installs the chart with CI values (pullPolicy Never, the CPU trainer image)
 #  4. applies the CPU smoke example and waits for Succeeded
@@ -30,10 +30,12 @@ dump_logs() {
 	echo "----- acceltrain jobs -----"
 	kubectl get atj -A -o wide || true
 	kubectl describe atj -n "$NAMESPACE" || true
-	echo "----- operator log -----"
+	echo "----- operator -----"
+	kubectl get pods -n acceltrain-system -o wide || true
 	kubectl logs -n acceltrain-system deploy/acceltrain --tail=200 || true
-	echo "----- trainer pods -----"
+	echo "----- trainer pods and events -----"
 	kubectl get pods -n "$NAMESPACE" -o wide || true
+	kubectl get events -n "$NAMESPACE" --sort-by=.lastTimestamp || true
 	for pod in $(kubectl get pods -n "$NAMESPACE" -o name); do
 		echo "----- $pod -----"
 		kubectl logs -n "$NAMESPACE" "$pod" --tail=100 || true
@@ -48,7 +50,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-make images
+make image-operator image-trainer-cpu
 "$KIND" create cluster --name "$CLUSTER" --wait 120s
 "$KIND" load docker-image --name "$CLUSTER" "$OPERATOR_IMAGE" "$TRAINER_CPU_IMAGE"
 

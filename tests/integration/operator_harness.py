@@ -183,11 +183,18 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 class OperatorProcess:
-    """``python -m accel_operator run`` for one namespace, with its log in a file."""
+    """``python -m accel_operator run`` for one namespace, with its log in a file.
 
-    def __init__(self, cluster: Any, namespace: str, log_dir: Path) -> None:
+    It talks to the API server as the cluster's admin, or as whoever ``kubeconfig`` names (a
+    ServiceAccount's token, so that RBAC applies to it as to an installed operator).
+    """
+
+    def __init__(
+        self, cluster: Any, namespace: str, log_dir: Path, kubeconfig: Path | None = None
+    ) -> None:
         self.cluster = cluster
         self.namespace = namespace
+        self.kubeconfig = kubeconfig or Path(cluster.kubeconfig)
         self.log_path = log_dir / "operator.log"
         self.metrics_port = free_port()
         self.liveness_port = free_port()
@@ -195,7 +202,7 @@ class OperatorProcess:
         self.starts = 0
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         argv = [
             sys.executable,
             "-m",
@@ -269,10 +276,12 @@ class OperatorProcess:
 
 
 @contextlib.contextmanager
-def running_operator(cluster: Any, namespace: str, log_dir: Path) -> Iterator[OperatorProcess]:
+def running_operator(
+    cluster: Any, namespace: str, log_dir: Path, kubeconfig: Path | None = None
+) -> Iterator[OperatorProcess]:
     """The operator for one test; its log tail is printed when the test fails (pytest shows
     a failing test's captured teardown output)."""
-    operator = OperatorProcess(cluster, namespace, log_dir)
+    operator = OperatorProcess(cluster, namespace, log_dir, kubeconfig)
     operator.start()
     try:
         yield operator

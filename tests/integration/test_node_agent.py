@@ -225,6 +225,58 @@ def test_a_pod_that_exits_3_is_failed_with_exit_code_3(
     assert status.restart_count == 0
 
 
+def test_failed_containers_report_their_termination_message_like_a_kubelets(
+    cluster: Cluster, namespace: str, kube_api: k8s.ApiClient
+) -> None:
+    core = k8s.CoreV1Api(kube_api)
+    written = """
+        with open("/var/run/acceltrain/last-words", "w") as message:
+            message.write("out of disk on /checkpoints")
+        raise SystemExit(3)
+    """
+    logged = """
+        import sys
+        for i in range(100):
+            print("line", i)
+        sys.stdout.flush()
+        print("data path /data/train.jsonl does not exist", file=sys.stderr)
+        raise SystemExit(66)
+    """
+    core.create_namespaced_pod(
+        namespace,
+        python_pod(
+            "written",
+            written,
+            container={"terminationMessagePath": "/var/run/acceltrain/last-words"},
+            **on_process_node(cluster),
+        ),
+    )
+    core.create_namespaced_pod(
+        namespace,
+        python_pod(
+            "logged",
+            logged,
+            container={"terminationMessagePolicy": "FallbackToLogsOnError"},
+            **on_process_node(cluster),
+        ),
+    )
+    core.create_namespaced_pod(namespace, python_pod("silent", logged, **on_process_node(cluster)))
+
+    def message_of(name: str) -> str | None:
+        pod = wait_for(f"{name} to fail", lambda: pod_in_phase(core, namespace, name, "Failed"))
+        message: str | None = pod.status.container_statuses[0].state.terminated.message
+        return message
+
+    assert message_of("written") == "out of disk on /checkpoints"
+    tail = message_of("logged")
+    assert tail is not None
+    assert tail.endswith("data path /data/train.jsonl does not exist\n")
+    # The kubelet's fallback keeps the last 80 lines of the log.
+    assert tail.splitlines()[0] == "line 21" and len(tail.splitlines()) == 80
+    # Without FallbackToLogsOnError the log is not copied into the status.
+    assert message_of("silent") is None
+
+
 def test_on_failure_pods_restart_until_they_succeed(
     cluster: Cluster, namespace: str, kube_api: k8s.ApiClient
 ) -> None:

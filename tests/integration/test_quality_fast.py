@@ -4,7 +4,10 @@ The fast variant of ``benchmarks/quality.py``: the real pretrained model and rea
 hundred examples written by ``benchmarks/quality/prepare_data.py``), the pruned example manifests
 shortened to a few dozen steps, run as AccelTrainJobs by the operator on the local cluster. It
 checks that the pipeline works (the loss falls, the reports and both exports are written, the
-pruned weights reach the target sparsity), not the quality targets of the full benchmark.
+pruned weights reach the target sparsity, the pruned classifier still beats chance), not the
+quality targets of the full benchmark. The jobs run in fp32 with short sequences: CPUs without
+native bf16 (AVX2-only machines such as CI runners) emulate bf16 matrix products dozens of times
+slower than fp32.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ PRUNE_FROM = 20
 PRUNE_UNTIL = 32
 FAST_TRAIN = 320
 FAST_EVAL = 64
+FAST_MAX_LENGTH = 32
+FAST_MICRO_BATCH = 8
 JOB_TIMEOUT = 300
+BBC_TOPICS = 5
 
 
 def _benchmark() -> ModuleType:
@@ -56,7 +62,7 @@ def inputs(benchmark: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> P
 
 def _loss_before_and_after_learning(losses: list[tuple[int, float]]) -> tuple[float, float]:
     """Mean of the first two logged losses, and of the last two before pruning starts (the
-    fast schedule prunes half the encoder in a dozen steps, which may undo the learning)."""
+    fast schedule prunes half the encoder in a dozen steps, which costs some of the learning)."""
     dense = [loss for step, loss in losses if step <= PRUNE_FROM]
     return (dense[0] + dense[1]) / 2, (dense[-2] + dense[-1]) / 2
 
@@ -77,10 +83,11 @@ def test_a_pruned_minilm_fine_tune_learns_reports_and_exports_through_the_operat
         inputs_dir=inputs,
         runs_dir=runs,
         max_steps=FAST_STEPS,
+        precision="fp32",
     )
-    spec["data"]["maxLength"] = 64
-    # Learn first, then prune: with the ramp scaled from the manifest (steps 3 to 22 of 30) the
-    # BBC loss never left chance level (1.61), so "the loss falls" would test nothing.
+    spec["data"]["maxLength"] = FAST_MAX_LENGTH
+    spec["training"]["microBatchSize"] = FAST_MICRO_BATCH
+    # Learn first, then prune: the logged losses before pruning starts show the learning alone.
     spec["pruning"].update(startStep=PRUNE_FROM, endStep=PRUNE_UNTIL, frequency=4)
     spec["runPolicy"]["maxRestarts"] = 0
 
@@ -104,6 +111,9 @@ def test_a_pruned_minilm_fine_tune_learns_reports_and_exports_through_the_operat
         assert set(final["per_class"]) <= set(
             json.loads((inputs / "split.json").read_text())["bbc"]["labels"]
         )
+        # Pruning must leave a working classifier: removing the pooler (its weights are tiny in
+        # this checkpoint) once sent every document to the same topic, 1 in 5 right.
+        assert final["accuracy"] >= 2 / BBC_TOPICS, final["report"]
     else:
         assert final["sentences"] > 0
         assert {"micro avg", "macro avg"} <= set(final)

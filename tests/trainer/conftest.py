@@ -212,12 +212,44 @@ def start_trainer(job: Job, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def rank_pids(launcher_pid: int) -> dict[int, int]:
+    """PIDs of a launcher's rank processes (its children) by their RANK env."""
+    found: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent != launcher_pid:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        for item in environ:
+            if item.startswith(b"RANK="):
+                found[int(item[5:])] = int(entry.name)
+    return found
+
+
+def kill_trainer(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the launcher and its ranks. Each rank runs in a session of its own, so killing
+    the launcher's group alone leaves them holding the output pipe open (and a hung rank would
+    block the test that reads it)."""
+    ranks = rank_pids(process.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for pid in ranks.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def run_trainer(job: Job, *args: str, timeout: float = RUN_TIMEOUT_S) -> Run:
     process = start_trainer(job, *args)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_trainer(process)
         output, _ = process.communicate()
         raise AssertionError(f"the trainer ran past {timeout}s:\n{output[-6000:]}") from None
     return Run(process.returncode, output, output.splitlines())
@@ -252,38 +284,19 @@ class LiveRun:
         try:
             rest, _ = self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            kill_trainer(self.process)
             rest, _ = self.process.communicate()
         self.lines.extend(rest.splitlines())
         return Run(self.process.returncode, "\n".join(self.lines), self.lines)
 
     def rank_pids(self) -> dict[int, int]:
         """PIDs of the rank processes (children of the launcher) by their RANK env."""
-        found: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                parent = int(stat.rsplit(")", 1)[1].split()[1])
-                if parent != self.process.pid:
-                    continue
-                environ = (entry / "environ").read_bytes().split(b"\0")
-            except (OSError, ValueError, IndexError):
-                continue
-            for item in environ:
-                if item.startswith(b"RANK="):
-                    found[int(item[5:])] = int(entry.name)
-        return found
+        return rank_pids(self.process.pid)
 
     def kill(self) -> None:
-        """SIGKILL the launcher and its ranks (each rank runs in a session of its own)."""
+        """SIGKILL the launcher and its ranks."""
         if self.process.poll() is None:
-            ranks = self.rank_pids()
-            os.killpg(self.process.pid, signal.SIGKILL)
-            for pid in ranks.values():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_trainer(self.process)
             self.process.communicate()
 
 

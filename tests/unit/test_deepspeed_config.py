@@ -131,7 +131,8 @@ def test_deepspeed_parses_rendered_config_with_the_spec_values(
         "cosine": "WarmupCosineLR",
     }
     assert parsed.scheduler_name == scheduler_names[training.scheduler.type.value]
-    assert parsed.scheduler_params["warmup_num_steps"] == training.scheduler.warmup_steps
+    # DeepSpeed refuses 0 warmup steps; a spec without warmup gets DeepSpeed's shortest.
+    assert parsed.scheduler_params["warmup_num_steps"] == max(1, training.scheduler.warmup_steps)
     if training.max_steps is not None and training.scheduler.type.value != "constant":
         assert parsed.scheduler_params["total_num_steps"] == training.max_steps
 
@@ -169,3 +170,64 @@ def test_epochs_leave_the_step_count_to_the_trainer() -> None:
     spec["training"] = {"epochs": 2}
     rendered = render.deepspeed_config(api.parse_spec(spec))
     assert "total_num_steps" not in rendered["scheduler"]["params"]
+
+
+def _learning_rates(rendered: dict[str, Any], steps: int) -> list[float]:
+    """The learning rate of each optimizer step, from the scheduler DeepSpeed builds out of
+    the rendered config (as its engine does: the class named by ``type`` with ``params``)."""
+    torch = pytest.importorskip("torch")
+    lr_schedules = pytest.importorskip("deepspeed.runtime.lr_schedules")
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=rendered["optimizer"]["params"]["lr"])
+    block = rendered["scheduler"]
+    scheduler = getattr(lr_schedules, block["type"])(optimizer, **block["params"])
+    rates = []
+    for _ in range(steps):
+        rates.append(float(optimizer.param_groups[0]["lr"]))
+        scheduler.step()
+    return rates
+
+
+SCHEDULES = [
+    {"type": schedule, "warmupSteps": warmup, "minLrRatio": 0.1}
+    for schedule in ("constant", "linear", "cosine")
+    for warmup in (0, 1, 5)
+]
+
+
+@pytest.mark.parametrize(
+    "schedule", SCHEDULES, ids=[f"{s['type']} warmup {s['warmupSteps']}" for s in SCHEDULES]
+)
+def test_deepspeed_builds_the_rendered_scheduler_and_it_follows_the_spec(
+    schedule: dict[str, Any],
+) -> None:
+    steps, lr = 20, 0.01
+    spec = api.parse_spec(
+        _variant(
+            training={
+                "maxSteps": steps,
+                "optimizer": {"type": "sgd", "lr": lr},
+                "scheduler": schedule,
+            }
+        )
+    )
+    rates = _learning_rates(render.deepspeed_config(spec), steps)
+
+    assert all(0.0 <= rate <= lr for rate in rates), rates
+    assert max(rates) == pytest.approx(lr, rel=0.02)
+    warmup = schedule["warmupSteps"]
+    if schedule["type"] == "constant":
+        # Without warmup the rate is the spec's from the very first step.
+        expected_start = lr if warmup == 0 else 0.0
+        assert rates[0] == pytest.approx(expected_start)
+        assert rates[-1] == pytest.approx(lr)
+    elif schedule["type"] == "linear":
+        assert rates[-1] < 0.2 * lr
+        assert rates[-6:] == sorted(rates[-6:], reverse=True)
+    else:
+        assert rates[-1] == pytest.approx(0.1 * lr, rel=0.1)
+        if warmup == 0:
+            # DeepSpeed's cosine schedule starts its very first step at 0; then the full rate.
+            assert rates[1] == pytest.approx(lr)
+    if warmup >= 2:
+        assert rates[warmup - 1] < lr, f"no warmup over {warmup} steps: {rates}"

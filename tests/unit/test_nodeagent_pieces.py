@@ -35,6 +35,7 @@ from localcluster.nodeagent import (
     restart_wanted,
     running_state,
     terminated_state,
+    termination_message,
 )
 
 PYTHON = "/opt/venv/bin/python"
@@ -449,6 +450,58 @@ def test_a_finished_container_reports_exit_code_and_clears_its_running_state() -
     assert status["podIPs"] == [{"ip": "10.77.0.7"}]
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "PodCompleted")
+
+
+FALLBACK = {"name": "trainer", "terminationMessagePolicy": "FallbackToLogsOnError"}
+
+
+def _log(path: Path, lines: int) -> Path:
+    path.write_text("".join(f"line {i} {'x' * 20}\n" for i in range(lines)))
+    return path
+
+
+def test_the_message_a_container_wrote_is_its_termination_message(tmp_path: Path) -> None:
+    written = tmp_path / "trainer.termination-log"
+    written.write_text("data path /data/train.jsonl does not exist")
+    log = _log(tmp_path / "trainer.log", 5)
+
+    message = termination_message(FALLBACK, written, log, exit_code=66)
+
+    assert message == "data path /data/train.jsonl does not exist"
+
+
+def test_a_failed_container_without_a_message_gets_its_last_log_lines(tmp_path: Path) -> None:
+    empty = tmp_path / "trainer.termination-log"
+    empty.write_text("")
+    log = _log(tmp_path / "trainer.log", 200)
+
+    message = termination_message(FALLBACK, empty, log, exit_code=1)
+
+    assert message is not None
+    # The kubelet's limits: the last 80 lines, at most 2048 bytes of them.
+    assert len(message.encode()) == 2048
+    assert message.endswith("line 199 " + "x" * 20 + "\n")
+    assert "line 119 " not in message
+
+
+def test_the_log_tail_is_the_message_only_for_failures_with_the_fallback_policy(
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "trainer.termination-log"
+    empty.write_text("")
+    log = _log(tmp_path / "trainer.log", 3)
+
+    assert termination_message(FALLBACK, empty, log, exit_code=0) is None
+    assert termination_message({"name": "trainer"}, empty, log, exit_code=1) is None
+    assert termination_message(FALLBACK, empty, log, exit_code=2) == "".join(
+        f"line {i} {'x' * 20}\n" for i in range(3)
+    )
+
+
+def test_a_termination_message_is_reported_in_the_terminated_state() -> None:
+    state = terminated_state(66, "t0", "t1", message="bad data path")
+    assert state["terminated"]["message"] == "bad data path"
+    assert "message" not in terminated_state(0, "t0", "t1")["terminated"]
 
 
 def test_a_running_ready_container_makes_the_pod_ready() -> None:

@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from accel_operator import api, constants
-from accel_operator.kube import KubeClient
+from accel_operator.kube import ApiError, KubeClient
 from accel_operator.reconcile import InvalidSpecError, Reconciler
 
 from .conftest import MINIMAL_SPEC
@@ -169,3 +169,39 @@ def test_a_spec_that_cannot_work_fails_the_job_and_creates_nothing() -> None:
     with pytest.raises(InvalidSpecError, match=r"checkpoint\.path"):
         _reconciler(recording).reconcile("team-a", "bert")
     assert recording.writes == [("status", "Failed"), ("event", "InvalidSpec")]
+
+
+class ForbiddenJobsApi(RecordingApi):
+    """An API server that refuses to create the attempt's Job, as RBAC without the verb does."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        self.event_messages: list[str] = []
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        if obj["kind"] == "Job":
+            raise ApiError(
+                "PATCH",
+                f"/apis/batch/v1/namespaces/team-a/jobs/{obj['metadata']['name']}",
+                403,
+                '{"message": "jobs.batch is forbidden: cannot create resource \\"jobs\\""}',
+            )
+        super().apply(obj)
+
+    def post_event(self, accel_job: Any, event_type: str, reason: str, message: str) -> None:
+        super().post_event(accel_job, event_type, reason, message)
+        self.event_messages.append(f"{event_type} {reason}: {message}")
+
+
+def test_a_refused_request_is_reported_once_on_the_job_and_nothing_claims_to_start() -> None:
+    recording = ForbiddenJobsApi(copy.deepcopy(MINIMAL_SPEC))
+    reconciler = _reconciler(recording)
+    for _ in range(3):
+        with pytest.raises(ApiError, match="HTTP 403"):
+            reconciler.reconcile("team-a", "bert")
+    # The same error, three times: one event.
+    assert len(recording.event_messages) == 1
+    assert recording.event_messages[0].startswith("Warning ApiError: PATCH /apis/batch/v1/")
+    assert "forbidden" in recording.event_messages[0]
+    assert "ServiceAccount lacks this permission" in recording.event_messages[0]
+    assert not any(write[0] == "status" for write in recording.writes)

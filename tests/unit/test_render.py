@@ -169,6 +169,14 @@ def test_example_pods_run_with_secure_defaults_and_mount_config(path: Path) -> N
     assert ports == {"metrics": spec.metrics.port, "rendezvous": 29500}
 
 
+def test_a_failed_trainers_log_tail_becomes_its_termination_message() -> None:
+    # The operator explains a failed job from the container status alone, without the
+    # kubelet's log endpoint (which a least-privilege install or a private node may not offer).
+    for path in EXAMPLES:
+        container = _render(path)[1]["Job"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError", path.name
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_gpu_workers_request_their_gpus_and_tolerate_the_pool(path: Path) -> None:
     spec, children = _render(path)

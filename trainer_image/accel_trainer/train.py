@@ -249,8 +249,13 @@ class Recipe:
     def _tokenizer(self, texts: Any) -> Any:
         config = self.config
         max_length = config.data.max_length
-        if self.resume_from is not None and (self.resume_from / TOKENIZER_DIR).is_dir():
-            saved = self.resume_from / TOKENIZER_DIR
+        saved: Path | None = None
+        if self.resume_from is not None:
+            # Rank 0's view of the folder decides: a rank that saw it differently (a lagging
+            # shared filesystem) would otherwise skip the broadcast below that its peers enter.
+            candidate = self.resume_from / TOKENIZER_DIR
+            saved = self._agree(candidate if candidate.is_dir() else None)
+        if saved is not None:
             if config.model.config is not None:
                 return tokenization.from_serialized(
                     tokenization.serialized_from_dir(saved), max_length

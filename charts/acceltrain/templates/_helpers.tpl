@@ -37,33 +37,44 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{/* The permissions the operator uses on the namespaces it watches. */}}
+{{/*
+The permissions the operator uses on the namespaces it watches, verb by verb (accel_operator.kube
+and kopf): it reads each AccelTrainJob with GET, lists and watches jobs, pods and AccelTrainJobs,
+applies children with server-side apply (patch, and create for the first apply), deletes
+torn-down attempts (the Job, its ConfigMap and pods left behind when the Job is already gone)
+and finished AccelTrainJobs past their TTL; it lists the scheduler's Events and posts its own. Services go with their job through the garbage collector. Children carry
+blockOwnerDeletion, which clusters with OwnerReferencesPermissionEnforcement allow only to
+those who may update the owner's finalizers.
+*/}}
 {{- define "acceltrain.namespacedRules" -}}
 - apiGroups: ["acceltrain.io"]
   resources: ["acceltrainjobs"]
   verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["acceltrain.io"]
   resources: ["acceltrainjobs/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
+- apiGroups: ["acceltrain.io"]
+  resources: ["acceltrainjobs/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  resources: ["services"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch", "delete"]
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "create"]
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end -}}

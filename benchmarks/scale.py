@@ -1,0 +1,414 @@
+"""The operator at scale on kwok GPU nodes: many 8-worker AccelTrainJobs submitted in bursts.
+
+Nothing trains: the pods go to kwok's fake GPU nodes, where kwok moves them to Running and then
+completes them, so every job should reach Succeeded. Against the real control plane (API server,
+scheduler, Job controller, garbage collector) with the operator as
+``python -m accel_operator run``, it measures:
+
+- launch latency: from the client's POST of the AccelTrainJob until every worker pod was seen
+  Running (watch streams on the namespace's pods; :mod:`operator_launch`'s machinery);
+- the operator's resident memory (current and peak) and CPU seconds, from ``/proc``;
+- API requests per job: the operator's ``acceltrain_operator_api_requests_total`` (all verbs,
+  and the writes among them), over the number of jobs;
+- correctness: every job Succeeded on its first attempt with no restart (no lost reconcile).
+
+::
+
+    .venv/bin/python benchmarks/scale.py                    # 1000 jobs x 8 workers, own cluster
+    .venv/bin/python benchmarks/scale.py --jobs 100         # the test suite's variant
+    .venv/bin/python benchmarks/scale.py --kubeconfig .cluster/kubeconfig --jobs 50
+
+Targets (issue 7): operator RSS <= 300 MB, launch p99 <= 10 s, every job Succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCHMARKS_DIR.parent
+sys.path.insert(0, str(BENCHMARKS_DIR))
+sys.path.insert(0, str(REPO_ROOT / "hack"))
+
+from operator_launch import (  # noqa: E402
+    Launch,
+    Operator,
+    Watcher,
+    job_spec,
+    percentile,
+    post_job,
+)
+
+from accel_operator import api  # noqa: E402
+from accel_operator.kube import KubeClient, load_api_client  # noqa: E402
+
+RSS_TARGET_MB = 300.0
+LAUNCH_P99_TARGET_S = 10.0
+POST_THREADS = 4
+
+
+class ResumingWatcher(Watcher):
+    """:class:`Watcher` whose streams resume from the last resourceVersion when they end.
+
+    The API server closes a watch whose reader falls behind (and every watch after its timeout);
+    with thousands of pod events on two busy cores that happened within the first minutes, and
+    the base class's streams then ended without a word, so later pods were never seen Running.
+    """
+
+    reconnects = 0
+
+    def _stream(self, path: str) -> Iterator[dict[str, Any]]:
+        version: str | None = None
+        while not self.stopped.is_set():
+            query = [("watch", "true"), ("allowWatchBookmarks", "true")]
+            if version is not None:
+                query.append(("resourceVersion", version))
+            serialized = self.api_client.param_serialize(
+                method="GET",
+                resource_path=path,
+                query_params=query,
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+            )
+            response = self.api_client.call_api(*serialized, _request_timeout=None)
+            buffer = b""
+            gone = False
+            for chunk in response.response.stream(4096, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer and not gone:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        # 410 Gone: the version is too old; a fresh watch replays current state.
+                        version, gone = None, True
+                        continue
+                    version = event["object"]["metadata"].get("resourceVersion", version)
+                    if event["type"] != "BOOKMARK":
+                        yield event
+                if gone or self.stopped.is_set():
+                    break
+            response.response.release_conn()
+            if self.stopped.is_set():
+                return
+            self.reconnects += 1
+
+
+@dataclass
+class ScaleResult:
+    """What one run measured."""
+
+    jobs: int
+    workers: int
+    gpus_per_worker: int
+    burst: int
+    interval: float
+    launches: list[Launch]
+    phases: dict[str, int]
+    restarted: int
+    requests: float
+    writes: float
+    rss_mb: float
+    peak_rss_mb: float
+    cpu_seconds: float
+    posting_seconds: float
+    wall_seconds: float
+
+    @property
+    def running_latencies(self) -> list[float]:
+        return [value for launch in self.launches if (value := launch.all_running) is not None]
+
+    @property
+    def succeeded(self) -> int:
+        return self.phases.get("Succeeded", 0)
+
+    def checks(self) -> list[tuple[str, str, str, bool]]:
+        """(measure, value, target, met) rows of the summary table."""
+        latencies = self.running_latencies
+        p50 = statistics.median(latencies) if latencies else math.nan
+        p99 = percentile(latencies, 0.99)
+        return [
+            (
+                "jobs Succeeded, first attempt",
+                f"{self.succeeded - self.restarted}/{self.jobs}",
+                f"{self.jobs}/{self.jobs}",
+                self.succeeded == self.jobs and self.restarted == 0,
+            ),
+            (
+                "launched (all pods Running)",
+                f"{len(latencies)}/{self.jobs}",
+                f"{self.jobs}/{self.jobs}",
+                len(latencies) == self.jobs,
+            ),
+            ("launch p50 s", f"{p50:.2f}", "-", True),
+            (
+                "launch p99 s",
+                f"{p99:.2f}",
+                f"<= {LAUNCH_P99_TARGET_S:.0f}",
+                p99 <= LAUNCH_P99_TARGET_S,
+            ),
+            ("launch max s", f"{max(latencies, default=math.nan):.2f}", "-", True),
+            ("operator RSS MB (end)", f"{self.rss_mb:.0f}", "-", True),
+            (
+                "operator RSS MB (peak)",
+                f"{self.peak_rss_mb:.0f}",
+                f"<= {RSS_TARGET_MB:.0f}",
+                self.peak_rss_mb <= RSS_TARGET_MB,
+            ),
+            ("operator CPU s (total)", f"{self.cpu_seconds:.1f}", "-", True),
+            ("operator CPU s per job", f"{self.cpu_seconds / self.jobs:.3f}", "-", True),
+            ("API requests per job", f"{self.requests / self.jobs:.1f}", "-", True),
+            ("API writes per job", f"{self.writes / self.jobs:.1f}", "-", True),
+            ("posting s (all bursts)", f"{self.posting_seconds:.1f}", "-", True),
+            ("wall s (first POST to last Succeeded)", f"{self.wall_seconds:.1f}", "-", True),
+        ]
+
+    def passed(self) -> bool:
+        return all(met for *_, met in self.checks())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "jobs": self.jobs,
+            "workers": self.workers,
+            "gpus_per_worker": self.gpus_per_worker,
+            "burst": self.burst,
+            "interval": self.interval,
+            "phases": self.phases,
+            "restarted": self.restarted,
+            "launch_seconds": sorted(self.running_latencies),
+            "requests_per_job": self.requests / self.jobs,
+            "writes_per_job": self.writes / self.jobs,
+            "rss_mb": self.rss_mb,
+            "peak_rss_mb": self.peak_rss_mb,
+            "cpu_seconds": self.cpu_seconds,
+            "wall_seconds": self.wall_seconds,
+            "checks": [
+                {"measure": m, "value": v, "target": t, "met": ok} for m, v, t, ok in self.checks()
+            ],
+            "passed": self.passed(),
+        }
+
+
+def print_table(result: ScaleResult) -> None:
+    print(
+        f"{result.jobs} AccelTrainJobs x {result.workers} workers x {result.gpus_per_worker} GPU, "
+        f"bursts of {result.burst} every {result.interval:g} s"
+    )
+    print("| measure | value | target | pass |")
+    print("|---|---:|---:|:---:|")
+    for measure, value, target, met in result.checks():
+        verdict = ("PASS" if met else "FAIL") if target != "-" else ""
+        print(f"| {measure} | {value} | {target} | {verdict} |")
+    print(f"overall: {'PASS' if result.passed() else 'FAIL'}")
+
+
+def final_phases(kube: KubeClient, namespace: str, names: set[str]) -> tuple[dict[str, int], int]:
+    """Phase counts of the benchmark's jobs, and how many needed more than one attempt."""
+    path = f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}"
+    answer = kube.request("GET", path, verb="list", resource=api.PLURAL)
+    phases: dict[str, int] = {}
+    restarted = 0
+    for item in answer.get("items") or []:
+        if item["metadata"]["name"] not in names:
+            continue
+        status = item.get("status") or {}
+        phase = str(status.get("phase") or "none")
+        phases[phase] = phases.get(phase, 0) + 1
+        if int(status.get("attempt") or 1) > 1 or int(status.get("restarts") or 0) > 0:
+            restarted += 1
+    return phases, restarted
+
+
+def run(
+    kube: KubeClient,
+    watcher: ResumingWatcher,
+    operator: Operator,
+    namespace: str,
+    *,
+    jobs: int,
+    workers: int,
+    gpus: int,
+    burst: int,
+    interval: float,
+    timeout: float,
+    progress: bool = True,
+) -> ScaleResult:
+    requests_before = operator.counters()
+    writes_before = sum(operator.writes().values())
+    cpu_before = operator.cpu_seconds()
+    spec = job_spec(workers, gpus)
+    names = [f"scale-{index:05d}" for index in range(jobs)]
+    launches = {name: Launch(name, workers) for name in names}
+    with watcher.lock:
+        watcher.launches.update(launches)
+
+    def post(name: str) -> None:
+        launches[name].posted = time.monotonic()
+        post_job(kube, namespace, name, spec)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(POST_THREADS) as pool:
+        for number, first in enumerate(range(0, jobs, burst)):
+            # Open loop: a burst starts on its schedule however far the previous ones got.
+            delay = started + number * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            list(pool.map(post, names[first : first + burst]))
+            if progress:
+                with watcher.lock:
+                    done = sum(1 for launch in launches.values() if launch.succeeded)
+                print(
+                    f"  {time.monotonic() - started:6.1f} s: posted {first + burst:>5}/{jobs}, "
+                    f"{done} Succeeded",
+                    flush=True,
+                )
+    posting = time.monotonic() - started
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with watcher.lock:
+            done = sum(1 for launch in launches.values() if launch.succeeded)
+        if done == jobs or time.monotonic() > deadline:
+            break
+        if progress:
+            print(f"  {time.monotonic() - started:6.1f} s: {done}/{jobs} Succeeded", flush=True)
+        time.sleep(5)
+    with watcher.lock:
+        finished = [launch.succeeded for launch in launches.values() if launch.succeeded]
+    wall = (max(finished) if finished else time.monotonic()) - started
+    # Let the last status patches and events land before reading the counters.
+    time.sleep(2)
+    phases, restarted = final_phases(kube, namespace, set(names))
+    requests_after = operator.counters()
+    requests = sum(requests_after.values()) - sum(requests_before.values())
+    writes = sum(operator.writes().values()) - writes_before
+    rss, peak = operator.rss_mib()
+    return ScaleResult(
+        jobs=jobs,
+        workers=workers,
+        gpus_per_worker=gpus,
+        burst=burst,
+        interval=interval,
+        launches=list(launches.values()),
+        phases=phases,
+        restarted=restarted,
+        requests=requests,
+        writes=writes,
+        rss_mb=rss * 1.048576,
+        peak_rss_mb=peak * 1.048576,
+        cpu_seconds=operator.cpu_seconds() - cpu_before,
+        posting_seconds=posting,
+        wall_seconds=wall,
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--kubeconfig", type=Path, help="use this running cluster")
+    parser.add_argument("--jobs", type=_positive, default=1000, help="AccelTrainJobs (1000)")
+    parser.add_argument("--workers", type=_positive, default=8, help="workers per job (8)")
+    parser.add_argument("--gpus", type=_positive, default=1, help="GPUs per worker (1)")
+    parser.add_argument("--burst", type=_positive, default=20, help="jobs per burst (20)")
+    parser.add_argument(
+        "--interval", type=float, default=5.0, help="seconds from one burst to the next (5)"
+    )
+    parser.add_argument(
+        "--nodes", type=_positive, default=40, help="kwok nodes x 8 GPUs of an own cluster (40)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=1200.0, help="seconds to wait after the last burst"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.interval < 0:
+        parser.error(f"--interval {args.interval}: must be >= 0 seconds")
+
+    with contextlib.ExitStack() as stack:
+        if args.kubeconfig is None:
+            from localcluster import Cluster
+
+            state = Path(tempfile.mkdtemp(prefix="acceltrain-scale-"))
+            cluster = Cluster(
+                state, gpu_nodes=args.nodes, gpus_per_node=8, process_node=False, prometheus=False
+            )
+            print(f"starting a local cluster with {args.nodes} kwok GPU nodes in {state}")
+            stack.callback(shutil.rmtree, state, ignore_errors=True)
+            cluster.start(timeout=180)
+            stack.callback(cluster.stop)
+            kubeconfig = cluster.kubeconfig
+            cluster.kubectl(
+                "apply",
+                "--server-side",
+                "-f",
+                str(REPO_ROOT / "manifests/crd/acceltrain.io_acceltrainjobs.yaml"),
+            )
+            cluster.kubectl(
+                "wait", "--for=condition=Established", "crd/acceltrainjobs.acceltrain.io"
+            )
+        else:
+            kubeconfig = args.kubeconfig
+        kube = KubeClient(load_api_client(str(kubeconfig)))
+        namespace = f"scale-{secrets.token_hex(3)}"
+        kube.request(
+            "POST",
+            "/api/v1/namespaces",
+            verb="create",
+            resource="namespaces",
+            body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        )
+        stack.callback(
+            lambda: kube.request(
+                "DELETE", f"/api/v1/namespaces/{namespace}", verb="delete", resource="namespaces"
+            )
+        )
+        log = Path(tempfile.gettempdir()) / f"{namespace}-operator.log"
+        operator = Operator(Path(kubeconfig), namespace, log)
+        stack.callback(operator.stop)
+        watcher = ResumingWatcher(load_api_client(str(kubeconfig)), namespace)
+        watcher.start()
+        stack.callback(watcher.stopped.set)
+        time.sleep(1)
+        result = run(
+            kube,
+            watcher,
+            operator,
+            namespace,
+            jobs=args.jobs,
+            workers=args.workers,
+            gpus=args.gpus,
+            burst=args.burst,
+            interval=args.interval,
+            timeout=args.timeout,
+        )
+        print(f"operator log: {log}")
+        print(f"watch streams resumed after the API server closed them: {watcher.reconnects}")
+        print_table(result)
+        if args.json:
+            args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0 if result.passed() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
