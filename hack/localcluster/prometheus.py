@@ -69,7 +69,8 @@ def scrape_config(settings: PrometheusSettings) -> dict[str, Any]:
                     "__meta_kubernetes_pod_container_port_name",
                     "__meta_kubernetes_pod_annotation_prometheus_io_scrape",
                 ],
-                "regex": "metrics;.*|.*;true",
+                # `metrics` is local rank 0's exporter, `metrics-<n>` local rank n's.
+                "regex": "metrics(-[0-9]+)?;.*|.*;true",
                 "action": "keep",
             },
             {"source_labels": ["__meta_kubernetes_pod_ip"], "regex": "", "action": "drop"},

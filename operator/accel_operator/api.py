@@ -377,7 +377,9 @@ class RunPolicy(CamelModel):
     gang_timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 300
     """All pods of an attempt must run within this, or the attempt is torn down and retried."""
     progress_deadline_seconds: Annotated[int | None, Field(ge=10)] = None
-    """Mark the job Stalled when the step does not advance for this long."""
+    """Mark the job Stalled when the step does not advance for this long. The clock starts when
+    every worker runs, so it also bounds start-up (model load, DeepSpeed's one-time op build on
+    a new node): leave room for that."""
     restart_on_stall: bool = True
     """Restart the attempt (from its checkpoint) when it stalls."""
     queue_name: Annotated[str | None, Field(min_length=1, max_length=63)] = None

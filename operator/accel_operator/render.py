@@ -541,7 +541,7 @@ def _container(
         "command": [*TRAINER_COMMAND, config_path],
         "env": _env(spec, ref, attempt, config_path),
         "ports": [
-            {"name": constants.METRICS_PORT_NAME, "containerPort": spec.metrics.port},
+            *metrics_ports(spec),
             {
                 "name": constants.RENDEZVOUS_PORT_NAME,
                 "containerPort": constants.DEFAULT_MASTER_PORT,
@@ -562,6 +562,20 @@ def _container(
 
 def _field_env(name: str, field_path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+
+
+def metrics_ports(spec: api.AccelTrainJobSpec) -> list[dict[str, Any]]:
+    """One named port per local rank: each rank serves its own exporter on ``port + local_rank``,
+    and Prometheus (pod discovery or a PodMonitor) makes one target per declared port."""
+    return [
+        {
+            "name": constants.METRICS_PORT_NAME
+            if local_rank == 0
+            else f"{constants.METRICS_PORT_NAME}-{local_rank}",
+            "containerPort": spec.metrics.port + local_rank,
+        }
+        for local_rank in range(spec.procs)
+    ]
 
 
 def _env(

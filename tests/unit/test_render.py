@@ -166,7 +166,26 @@ def test_example_pods_run_with_secure_defaults_and_mount_config(path: Path) -> N
         assert mounts[user_volume.mount_path]["name"] == user_volume.name
         assert volumes[user_volume.name]["name"] == user_volume.name
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"metrics": spec.metrics.port, "rendezvous": 29500}
+    rank_ports = {
+        ("metrics" if rank == 0 else f"metrics-{rank}"): spec.metrics.port + rank
+        for rank in range(spec.procs)
+    }
+    assert ports == {**rank_ports, "rendezvous": 29500}
+
+
+def test_every_local_rank_declares_its_metrics_port_so_prometheus_scrapes_it() -> None:
+    document = load_example(next(path for path in EXAMPLES if path.name == "cpu-smoke.yaml"))
+    spec = api.parse_spec({**document["spec"], "procsPerWorker": 3, "metrics": {"port": 9400}})
+    ref = render.JobRef(name="smoke", namespace="team-a", uid=REF_UID)
+    children = {child["kind"]: child for child in render.render_attempt(spec, ref, 1)}
+    container = children["Job"]["spec"]["template"]["spec"]["containers"][0]
+
+    declared = {port["name"]: port["containerPort"] for port in container["ports"]}
+
+    assert declared["metrics"] == 9400
+    assert declared["metrics-1"] == 9401
+    assert declared["metrics-2"] == 9402
+    assert all(len(name) <= 15 for name in declared)  # IANA service name limit
 
 
 def test_a_failed_trainers_log_tail_becomes_its_termination_message() -> None:
