@@ -51,7 +51,7 @@ integration: venv tools
 	$(PY) -m pytest tests/integration
 
 test: venv tools lint typecheck imports crd-check
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=30
 
 tools:
 	bash hack/tools/build.sh

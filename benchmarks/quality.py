@@ -98,7 +98,7 @@ def local_spec(
     """The manifest's spec with its hostPaths moved under this run's directories, on the CPU
     pool; ``max_steps`` shortens the training and scales the pruning schedule and evaluations;
     ``precision`` replaces the manifest's DeepSpeed precision."""
-    spec = copy.deepcopy(document["spec"])
+    spec: dict[str, Any] = copy.deepcopy(document["spec"])
     if precision is not None:
         spec["deepspeed"]["precision"] = precision
     for volume in spec.get("volumes", []):

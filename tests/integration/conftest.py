@@ -66,6 +66,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
+def deepspeed_ops() -> None:
+    """DeepSpeed's CPU op built once, before the first trainer pod starts (modules that train
+    ask for it with ``pytest.mark.usefixtures("deepspeed_ops")``)."""
+    from .operator_harness import build_deepspeed_ops
+
+    build_deepspeed_ops()
+
+
+@pytest.fixture(scope="session")
 def kube_api(cluster: Cluster) -> Iterator[k8s.ApiClient]:
     api_client = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
     try:

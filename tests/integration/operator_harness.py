@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,12 +28,32 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
 GPU_POOL = {"acceltrain.io/pool": "gpu"}
 CPU_POOL = {"acceltrain.io/pool": "cpu"}
-# DeepSpeed compiles a communication op on a trainer's first start (~30 s). Pods of these tests
-# share one build directory on the host, kept between runs, so only the very first run pays.
-TORCH_EXTENSIONS_DIR = Path(tempfile.gettempdir()) / "acceltrain-test-torch-extensions"
+# DeepSpeed compiles a communication op on a trainer's first start (~30 s idle, minutes on a
+# busy machine). Pods of these tests share one build directory on the host with `make demo`,
+# kept between runs, and the session builds it once before any trainer starts.
+TORCH_EXTENSIONS_DIR = Path(
+    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "acceltrain", "torch-extensions"
+)
 OPERATOR_LOG_TAIL = 80
 
 T = TypeVar("T")
+
+
+def build_deepspeed_ops() -> None:
+    """Compile DeepSpeed's CPU communication op into :data:`TORCH_EXTENSIONS_DIR` in a process
+    of its own: built inside a pod on a busy machine, the build can outlast a job's progress
+    deadline, and the restart that follows kills it. A no-op when already built."""
+    TORCH_EXTENSIONS_DIR.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(TORCH_EXTENSIONS_DIR), "DS_ACCELERATOR": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, f"building DeepSpeed's shm op failed:\n{result.stderr[-2000:]}"
 
 
 def free_port() -> int:

@@ -40,7 +40,12 @@ from .operator_harness import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.trainer]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.trainer,
+    pytest.mark.usefixtures("deepspeed_ops"),
+]
 
 CHART = REPO_ROOT / "charts" / "acceltrain"
 KUSTOMIZE_BASE = REPO_ROOT / "manifests" / "operator"
@@ -212,7 +217,12 @@ def test_the_charts_service_account_may_do_what_the_operator_needs_and_read_no_s
 
 
 def test_the_operator_under_the_charts_service_account_trains_the_cpu_example(
-    cluster: Cluster, kube: Api, helm_install: Install, namespace: str, tmp_path: Path
+    cluster: Cluster,
+    kube: Api,
+    helm_install: Install,
+    deepspeed_ops: None,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     # The chart's own Deployment exists and is held back only by the quota.
     deployment = json.loads(
@@ -269,6 +279,7 @@ def test_plain_manifests_install_and_their_service_account_trains_the_cpu_exampl
     kube: Api,
     helm_install: Install,
     kustomize_install: Install,
+    deepspeed_ops: None,
     namespace: str,
     tmp_path: Path,
 ) -> None:

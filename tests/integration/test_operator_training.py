@@ -35,7 +35,7 @@ from .operator_harness import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.trainer]
+pytestmark = [pytest.mark.slow, pytest.mark.trainer, pytest.mark.usefixtures("deepspeed_ops")]
 
 CPU_SMOKE = REPO_ROOT / "manifests" / "examples" / "cpu-smoke.yaml"
 TRAINING_TIMEOUT = 300

@@ -30,7 +30,7 @@ from localcluster.prometheus import query_range
 
 from .operator_harness import REPO_ROOT, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.trainer]
+pytestmark = [pytest.mark.slow, pytest.mark.trainer, pytest.mark.usefixtures("deepspeed_ops")]
 
 # The demo takes about two minutes on two idle cores; shared cores can make it several times that.
 DEMO_TIMEOUT = 900

@@ -23,7 +23,7 @@ import pytest
 
 from .operator_harness import REPO_ROOT, install_crd, running_operator
 
-pytestmark = [pytest.mark.slow, pytest.mark.trainer]
+pytestmark = [pytest.mark.slow, pytest.mark.trainer, pytest.mark.usefixtures("deepspeed_ops")]
 
 FAST_STEPS = 40
 PRUNE_FROM = 20

@@ -4,6 +4,7 @@ masters of the fp16 optimizer layout being masked, not just the fp16 copies."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,7 +29,6 @@ def tiny_bert() -> BertForSequenceClassification:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=32,
-        num_labels=2,
     )
     return BertForSequenceClassification(config)
 
@@ -39,7 +39,7 @@ def plain_engine(model: torch.nn.Module) -> Any:
     return SimpleNamespace(module=model, optimizer=optimizer)
 
 
-def zeros_of(tensors: list[torch.Tensor]) -> float:
+def zeros_of(tensors: Sequence[torch.Tensor]) -> float:
     return sum(int((t == 0).sum()) for t in tensors) / sum(t.numel() for t in tensors)
 
 
