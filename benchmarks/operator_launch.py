@@ -451,6 +451,61 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def start_session(
+    stack: contextlib.ExitStack,
+    kubeconfig: Path | None,
+    *,
+    nodes: int,
+    prefix: str,
+    watcher_type: type[Watcher] = Watcher,
+    start_timeout: float = 90.0,
+) -> tuple[KubeClient, str, Operator, Watcher, Path]:
+    """A cluster (``kubeconfig``'s, or an own one with ``nodes`` kwok GPU nodes) with the CRD, a
+    fresh namespace, the operator watching it and a pod watcher; ``stack`` undoes all of it.
+    Returns (client, namespace, operator, watcher, operator log)."""
+    if kubeconfig is None:
+        from localcluster import Cluster
+
+        state = Path(tempfile.mkdtemp(prefix=f"acceltrain-{prefix}-"))
+        cluster = Cluster(
+            state, gpu_nodes=nodes, gpus_per_node=8, process_node=False, prometheus=False
+        )
+        print(f"starting a local cluster with {nodes} kwok GPU nodes in {state}")
+        stack.callback(shutil.rmtree, state, ignore_errors=True)
+        cluster.start(timeout=start_timeout)
+        stack.callback(cluster.stop)
+        kubeconfig = cluster.kubeconfig
+        cluster.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            str(REPO_ROOT / "manifests/crd/acceltrain.io_acceltrainjobs.yaml"),
+        )
+        cluster.kubectl("wait", "--for=condition=Established", "crd/acceltrainjobs.acceltrain.io")
+    kube = KubeClient(load_api_client(str(kubeconfig)))
+    namespace = f"{prefix}-{secrets.token_hex(3)}"
+    kube.request(
+        "POST",
+        "/api/v1/namespaces",
+        verb="create",
+        resource="namespaces",
+        body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+    )
+    stack.callback(
+        lambda: kube.request(
+            "DELETE", f"/api/v1/namespaces/{namespace}", verb="delete", resource="namespaces"
+        )
+    )
+    log = Path(tempfile.gettempdir()) / f"{namespace}-operator.log"
+    operator = Operator(Path(kubeconfig), namespace, log)
+    stack.callback(operator.stop)
+    watcher = watcher_type(load_api_client(str(kubeconfig)), namespace)
+    watcher.start()
+    stack.callback(watcher.stopped.set)
+    time.sleep(1)
+    return kube, namespace, operator, watcher, log
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kubeconfig", type=Path, help="use this running cluster")
@@ -462,53 +517,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
+    nodes = max(args.workers * args.gpus, args.jobs) // 8 + 1
     with contextlib.ExitStack() as stack:
-        if args.kubeconfig is None:
-            from localcluster import Cluster
-
-            nodes = max(args.workers * args.gpus, args.jobs) // 8 + 1
-            state = Path(tempfile.mkdtemp(prefix="acceltrain-bench-"))
-            cluster = Cluster(
-                state, gpu_nodes=nodes, gpus_per_node=8, process_node=False, prometheus=False
-            )
-            print(f"starting a local cluster with {nodes} kwok GPU nodes in {state}")
-            stack.callback(shutil.rmtree, state, ignore_errors=True)
-            cluster.start()
-            stack.callback(cluster.stop)
-            kubeconfig = cluster.kubeconfig
-            cluster.kubectl(
-                "apply",
-                "--server-side",
-                "-f",
-                str(REPO_ROOT / "manifests/crd/acceltrain.io_acceltrainjobs.yaml"),
-            )
-            cluster.kubectl(
-                "wait", "--for=condition=Established", "crd/acceltrainjobs.acceltrain.io"
-            )
-        else:
-            kubeconfig = args.kubeconfig
-        api_client = load_api_client(str(kubeconfig))
-        kube = KubeClient(api_client)
-        namespace = f"bench-{secrets.token_hex(3)}"
-        kube.request(
-            "POST",
-            "/api/v1/namespaces",
-            verb="create",
-            resource="namespaces",
-            body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        kube, namespace, operator, watcher, log = start_session(
+            stack, args.kubeconfig, nodes=nodes, prefix="bench"
         )
-        stack.callback(
-            lambda: kube.request(
-                "DELETE", f"/api/v1/namespaces/{namespace}", verb="delete", resource="namespaces"
-            )
-        )
-        log = Path(tempfile.gettempdir()) / f"{namespace}-operator.log"
-        operator = Operator(Path(kubeconfig), namespace, log)
-        stack.callback(operator.stop)
-        watcher = Watcher(load_api_client(str(kubeconfig)), namespace)
-        watcher.start()
-        stack.callback(watcher.stopped.set)
-        time.sleep(1)
 
         results = [
             run_scenario(

@@ -27,11 +27,8 @@ import argparse
 import contextlib
 import json
 import math
-import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,10 +48,11 @@ from operator_launch import (  # noqa: E402
     job_spec,
     percentile,
     post_job,
+    start_session,
 )
 
 from accel_operator import api  # noqa: E402
-from accel_operator.kube import KubeClient, load_api_client  # noqa: E402
+from accel_operator.kube import KubeClient  # noqa: E402
 
 RSS_TARGET_MB = 300.0
 LAUNCH_P99_TARGET_S = 10.0
@@ -346,50 +344,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--interval {args.interval}: must be >= 0 seconds")
 
     with contextlib.ExitStack() as stack:
-        if args.kubeconfig is None:
-            from localcluster import Cluster
-
-            state = Path(tempfile.mkdtemp(prefix="acceltrain-scale-"))
-            cluster = Cluster(
-                state, gpu_nodes=args.nodes, gpus_per_node=8, process_node=False, prometheus=False
-            )
-            print(f"starting a local cluster with {args.nodes} kwok GPU nodes in {state}")
-            stack.callback(shutil.rmtree, state, ignore_errors=True)
-            cluster.start(timeout=180)
-            stack.callback(cluster.stop)
-            kubeconfig = cluster.kubeconfig
-            cluster.kubectl(
-                "apply",
-                "--server-side",
-                "-f",
-                str(REPO_ROOT / "manifests/crd/acceltrain.io_acceltrainjobs.yaml"),
-            )
-            cluster.kubectl(
-                "wait", "--for=condition=Established", "crd/acceltrainjobs.acceltrain.io"
-            )
-        else:
-            kubeconfig = args.kubeconfig
-        kube = KubeClient(load_api_client(str(kubeconfig)))
-        namespace = f"scale-{secrets.token_hex(3)}"
-        kube.request(
-            "POST",
-            "/api/v1/namespaces",
-            verb="create",
-            resource="namespaces",
-            body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        kube, namespace, operator, watcher, log = start_session(
+            stack,
+            args.kubeconfig,
+            nodes=args.nodes,
+            prefix="scale",
+            watcher_type=ResumingWatcher,
+            start_timeout=180,
         )
-        stack.callback(
-            lambda: kube.request(
-                "DELETE", f"/api/v1/namespaces/{namespace}", verb="delete", resource="namespaces"
-            )
-        )
-        log = Path(tempfile.gettempdir()) / f"{namespace}-operator.log"
-        operator = Operator(Path(kubeconfig), namespace, log)
-        stack.callback(operator.stop)
-        watcher = ResumingWatcher(load_api_client(str(kubeconfig)), namespace)
-        watcher.start()
-        stack.callback(watcher.stopped.set)
-        time.sleep(1)
+        assert isinstance(watcher, ResumingWatcher)
         result = run(
             kube,
             watcher,
