@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from kubernetes import client as k8s
@@ -31,6 +32,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "hack"))
 
 from localcluster import Cluster, ClusterError  # noqa: E402
+
+if TYPE_CHECKING:
+    from .operator_harness import Api, OperatorProcess
 
 REUSE_ENV = "ACCELTRAIN_CLUSTER_KUBECONFIG"
 LOG_TAIL_LINES = 40
@@ -72,6 +76,30 @@ def deepspeed_ops() -> None:
     from .operator_harness import build_deepspeed_ops
 
     build_deepspeed_ops()
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> Cluster:
+    """The cluster with the AccelTrainJob CRD installed."""
+    from .operator_harness import install_crd
+
+    install_crd(cluster)
+    return cluster
+
+
+@pytest.fixture
+def kube(crd: Cluster) -> Api:
+    from .operator_harness import Api
+
+    return Api(crd.kubeconfig)
+
+
+@pytest.fixture
+def operator(crd: Cluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    from .operator_harness import running_operator
+
+    with running_operator(crd, namespace, tmp_path) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import random
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +24,10 @@ from .operator_harness import (
     OperatorProcess,
     condition,
     gpu_spec,
-    install_crd,
-    running_operator,
     wait_for,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def crd(cluster: Any) -> Any:
-    install_crd(cluster)
-    return cluster
-
-
-@pytest.fixture
-def kube(crd: Any) -> Api:
-    return Api(crd.kubeconfig)
-
-
-@pytest.fixture
-def operator(crd: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    with running_operator(crd, namespace, tmp_path) as running:
-        yield running
 
 
 def _phase(kube: Api, namespace: str, name: str) -> str:

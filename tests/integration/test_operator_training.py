@@ -11,7 +11,6 @@ import copy
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,8 @@ from .operator_harness import (
     OperatorProcess,
     condition,
     cpu_spec,
-    install_crd,
     pod_processes,
     rank_processes,
-    running_operator,
     signal_processes,
     wait_for,
 )
@@ -39,23 +36,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.trainer, pytest.mark.usefixtures("de
 
 CPU_SMOKE = REPO_ROOT / "manifests" / "examples" / "cpu-smoke.yaml"
 TRAINING_TIMEOUT = 300
-
-
-@pytest.fixture(scope="module")
-def crd(cluster: Any) -> Any:
-    install_crd(cluster)
-    return cluster
-
-
-@pytest.fixture
-def kube(crd: Any) -> Api:
-    return Api(crd.kubeconfig)
-
-
-@pytest.fixture
-def operator(crd: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    with running_operator(crd, namespace, tmp_path) as running:
-        yield running
 
 
 def _status(kube: Api, namespace: str, name: str) -> dict[str, Any]:
