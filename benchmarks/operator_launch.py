@@ -74,6 +74,8 @@ class Launch:
     pods_created: dict[str, float] = field(default_factory=dict)
     pods_running: dict[str, float] = field(default_factory=dict)
     succeeded: float | None = None
+    restarted: bool = False
+    """The status ever showed a second attempt or a restart."""
     job_modifications: int = 0
     running_phase: float | None = None
     modifications_at_running: int = 0
@@ -198,7 +200,10 @@ class Watcher:
                     continue
                 if event["type"] == "MODIFIED":
                     launch.job_modifications += 1
-                phase = (job.get("status") or {}).get("phase")
+                status = job.get("status") or {}
+                phase = status.get("phase")
+                if int(status.get("attempt") or 1) > 1 or int(status.get("restarts") or 0) > 0:
+                    launch.restarted = True
                 if phase == "Running" and launch.running_phase is None:
                     launch.running_phase = now
                     launch.modifications_at_running = launch.job_modifications

@@ -116,6 +116,7 @@ class ScaleResult:
     gpus_per_worker: int
     burst: int
     interval: float
+    ttl: int | None
     launches: list[Launch]
     phases: dict[str, int]
     restarted: int
@@ -186,6 +187,7 @@ class ScaleResult:
             "gpus_per_worker": self.gpus_per_worker,
             "burst": self.burst,
             "interval": self.interval,
+            "ttl_seconds_after_finished": self.ttl,
             "phases": self.phases,
             "restarted": self.restarted,
             "launch_seconds": sorted(self.running_latencies),
@@ -205,7 +207,8 @@ class ScaleResult:
 def print_table(result: ScaleResult) -> None:
     print(
         f"{result.jobs} AccelTrainJobs x {result.workers} workers x {result.gpus_per_worker} GPU, "
-        f"bursts of {result.burst} every {result.interval:g} s"
+        f"bursts of {result.burst} every {result.interval:g} s, "
+        + ("finished jobs kept" if result.ttl is None else f"ttlSecondsAfterFinished {result.ttl}")
     )
     print("| measure | value | target | pass |")
     print("|---|---:|---:|:---:|")
@@ -215,21 +218,32 @@ def print_table(result: ScaleResult) -> None:
     print(f"overall: {'PASS' if result.passed() else 'FAIL'}")
 
 
-def final_phases(kube: KubeClient, namespace: str, names: set[str]) -> tuple[dict[str, int], int]:
-    """Phase counts of the benchmark's jobs, and how many needed more than one attempt."""
+def final_phases(
+    kube: KubeClient, namespace: str, launches: dict[str, Launch]
+) -> tuple[dict[str, int], int]:
+    """Phase counts of the benchmark's jobs, and how many needed more than one attempt.
+
+    A job its TTL already deleted counts with the last phase the watch saw (Succeeded, or
+    ``deleted`` if it was never seen to succeed)."""
     path = f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}"
     answer = kube.request("GET", path, verb="list", resource=api.PLURAL)
     phases: dict[str, int] = {}
-    restarted = 0
+    restarted = {name for name, launch in launches.items() if launch.restarted}
+    listed = set()
     for item in answer.get("items") or []:
-        if item["metadata"]["name"] not in names:
+        name = item["metadata"]["name"]
+        if name not in launches:
             continue
+        listed.add(name)
         status = item.get("status") or {}
         phase = str(status.get("phase") or "none")
         phases[phase] = phases.get(phase, 0) + 1
         if int(status.get("attempt") or 1) > 1 or int(status.get("restarts") or 0) > 0:
-            restarted += 1
-    return phases, restarted
+            restarted.add(name)
+    for name in launches.keys() - listed:
+        phase = "Succeeded" if launches[name].succeeded is not None else "deleted"
+        phases[phase] = phases.get(phase, 0) + 1
+    return phases, len(restarted)
 
 
 def run(
@@ -244,12 +258,15 @@ def run(
     burst: int,
     interval: float,
     timeout: float,
+    ttl: int | None = None,
     progress: bool = True,
 ) -> ScaleResult:
     requests_before = operator.counters()
     writes_before = sum(operator.writes().values())
     cpu_before = operator.cpu_seconds()
     spec = job_spec(workers, gpus)
+    if ttl is not None:
+        spec["runPolicy"]["ttlSecondsAfterFinished"] = ttl
     names = [f"scale-{index:05d}" for index in range(jobs)]
     launches = {name: Launch(name, workers) for name in names}
     with watcher.lock:
@@ -291,7 +308,7 @@ def run(
     wall = (max(finished) if finished else time.monotonic()) - started
     # Let the last status patches and events land before reading the counters.
     time.sleep(2)
-    phases, restarted = final_phases(kube, namespace, set(names))
+    phases, restarted = final_phases(kube, namespace, launches)
     requests_after = operator.counters()
     requests = sum(requests_after.values()) - sum(requests_before.values())
     writes = sum(operator.writes().values()) - writes_before
@@ -302,6 +319,7 @@ def run(
         gpus_per_worker=gpus,
         burst=burst,
         interval=interval,
+        ttl=ttl,
         launches=list(launches.values()),
         phases=phases,
         restarted=restarted,
@@ -328,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=_positive, default=1000, help="AccelTrainJobs (1000)")
     parser.add_argument("--workers", type=_positive, default=8, help="workers per job (8)")
     parser.add_argument("--gpus", type=_positive, default=1, help="GPUs per worker (1)")
-    parser.add_argument("--burst", type=_positive, default=20, help="jobs per burst (20)")
+    parser.add_argument("--burst", type=_positive, default=10, help="jobs per burst (10)")
     parser.add_argument(
-        "--interval", type=float, default=5.0, help="seconds from one burst to the next (5)"
+        "--interval", type=float, default=10.0, help="seconds from one burst to the next (10)"
     )
     parser.add_argument(
         "--nodes", type=_positive, default=40, help="kwok nodes x 8 GPUs of an own cluster (40)"
@@ -338,8 +356,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=1200.0, help="seconds to wait after the last burst"
     )
+    parser.add_argument(
+        "--ttl",
+        type=int,
+        default=60,
+        help="ttlSecondsAfterFinished of every job (60): finished jobs and their pods go away, "
+        "as on a cluster that runs jobs all day",
+    )
+    parser.add_argument(
+        "--keep-finished",
+        action="store_true",
+        help="no TTL: every finished job keeps its pods until the run ends",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.ttl < 0:
+        parser.error(f"--ttl {args.ttl}: must be >= 0 seconds")
     if args.interval < 0:
         parser.error(f"--interval {args.interval}: must be >= 0 seconds")
 
@@ -364,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             burst=args.burst,
             interval=args.interval,
             timeout=args.timeout,
+            ttl=None if args.keep_finished else args.ttl,
         )
         print(f"operator log: {log}")
         print(f"watch streams resumed after the API server closed them: {watcher.reconnects}")

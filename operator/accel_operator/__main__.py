@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-workers",
         type=int,
         default=OperatorOptions.max_workers,
-        help="jobs reconciled at the same time (handler threads; default 32)",
+        help="jobs reconciled at the same time (reconcile threads; default 32)",
     )
     run.add_argument(
         "--log-level",
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(str(error)) from None
     options = OperatorOptions(resync_interval=args.resync_interval, max_workers=args.max_workers)
     metrics = OperatorMetrics()
-    kube = KubeClient(load_api_client(args.kubeconfig, pool_size=args.max_workers), metrics)
+    kube = KubeClient(load_api_client(args.kubeconfig, pool_size=options.api_connections), metrics)
     reconciler = Reconciler(
         kube,
         scraper=ProgressScraper(networks),

@@ -5,15 +5,19 @@ Registered on a registry of their own by :func:`build_registry` (the CLI passes 
 
 - ``on.create`` / ``on.resume`` / ``on.update(field="spec")`` of AccelTrainJobs: reconcile; a spec
   that cannot work becomes ``kopf.PermanentError`` after the status says Failed/InvalidSpec.
-- a timer on every AccelTrainJob (``--resync-interval``): reconciles when a time-based step is
-  due (progress scrape, backoff, gang timeout, deadlines, TTL) and skips otherwise, so finished
-  jobs cost nothing.
-- ``on.event`` of the attempt Jobs and worker pods (label ``acceltrain.io/job-name``): reconcile
-  the owning AccelTrainJob, so pod and Job changes are acted on at once.
+- a timer on every AccelTrainJob (``--resync-interval``): queues a reconcile when a time-based
+  step is due (progress scrape, backoff, gang timeout, deadlines, TTL) and skips otherwise, so
+  finished jobs cost nothing.
+- ``on.event`` of the attempt Jobs and worker pods (label ``acceltrain.io/job-name``): queue a
+  reconcile of the owning AccelTrainJob when something the lifecycle reacts to changed, so pod
+  and Job changes are acted on at once.
 
-Handlers are sync; kopf runs them in its thread pool. No ``on.delete`` handler: owner references
-and the garbage collector remove the children. kopf itself adds the finalizer
-``acceltrain.io/finalizer`` because of the timer, and removes it when the timer stops.
+The create/resume/update handler is sync (kopf runs it in its thread pool) because its outcome
+drives kopf's retries. The event and timer handlers are async and only mark the job in a
+:class:`~accel_operator.workqueue.WorkQueue`, whose own threads reconcile: kopf's per-object
+event queues never wait on the API server. No ``on.delete`` handler: owner references and the
+garbage collector remove the children. kopf itself adds the finalizer ``acceltrain.io/finalizer``
+because of the timer, and removes it when the timer stops.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import kopf
 
 from accel_operator import api, constants, observe
 from accel_operator.reconcile import InvalidSpecError, Reconciler
+from accel_operator.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +50,20 @@ class OperatorOptions:
     inactivity_timeout: float = 600.0
     """Restart a watch stream that has been silent this long (lost without an error)."""
     max_workers: int = 32
-    """Threads for sync handlers: the jobs reconciled at the same time."""
+    """Threads that reconcile jobs queued by events and timers: the jobs reconciled at once."""
     retry_delay: float = 5.0
     """Seconds before kopf retries a create/update/resume handler that failed."""
+
+    @property
+    def handler_threads(self) -> int:
+        """kopf's threads, which run only the create/update/resume handler (a burst of new
+        jobs); the reconciles that events and timers ask for run on the work queue's threads."""
+        return max(4, self.max_workers // 4)
+
+    @property
+    def api_connections(self) -> int:
+        """Connections to the API server: one per thread that may reconcile."""
+        return self.max_workers + self.handler_threads
 
 
 def configure_settings(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
@@ -65,7 +81,7 @@ def configure_settings(settings: kopf.OperatorSettings, options: OperatorOptions
     # The reconciler posts the events users need; kopf's own only when something is wrong.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = constants.FIELD_MANAGER
-    settings.execution.max_workers = options.max_workers
+    settings.execution.max_workers = options.handler_threads
 
 
 def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.OperatorRegistry:
@@ -74,9 +90,20 @@ def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.Ope
     resource = (api.GROUP, api.VERSION, api.PLURAL)
     children = {constants.LABEL_JOB_NAME: kopf.PRESENT}
 
+    work = WorkQueue(
+        lambda namespace, name: _quietly(reconciler, namespace, name),
+        workers=options.max_workers,
+        on_depth=reconciler.metrics.work_queue_depth.set,
+    )
+
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings, options)
+        work.start()
+
+    @kopf.on.cleanup(registry=registry)
+    def drain(**_: Any) -> None:
+        work.stop()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -97,12 +124,12 @@ def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.Ope
             raise kopf.TemporaryError(str(error), delay=options.retry_delay) from error
 
     @kopf.timer(*resource, interval=options.resync_interval, registry=registry)
-    def job_due(namespace: str | None, name: str, **_: Any) -> None:
+    async def job_due(namespace: str | None, name: str, **_: Any) -> None:
         if namespace is not None and reconciler.due(namespace, name):
-            _quietly(reconciler, namespace, name)
+            work.add(namespace, name)
 
     @kopf.on.event(*resource, registry=registry)
-    def job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    async def job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
         if type == "DELETED" and namespace is not None:
             reconciler.forget(namespace, name)
 
@@ -110,7 +137,7 @@ def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.Ope
 
     @kopf.on.event("batch", "v1", "jobs", labels=children, registry=registry)
     @kopf.on.event("v1", "pods", labels=children, registry=registry)
-    def child_event(
+    async def child_event(
         type: str,
         uid: str,
         namespace: str | None,
@@ -122,7 +149,7 @@ def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.Ope
         if namespace is None or not owner:
             return
         if seen.changed(uid, None if type == "DELETED" else observe.fingerprint(body)):
-            _quietly(reconciler, namespace, owner)
+            work.add(namespace, owner)
 
     return registry
 
@@ -146,7 +173,7 @@ class _Fingerprints:
 
 
 def _quietly(reconciler: Reconciler, namespace: str, name: str) -> None:
-    """Reconcile from a timer or a child's event: failures are logged and retried by the timer."""
+    """Reconcile a queued job: failures are logged and retried by the timer."""
     try:
         reconciler.reconcile(namespace, name)
     except InvalidSpecError:

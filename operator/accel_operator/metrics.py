@@ -6,6 +6,8 @@
 - ``acceltrain_operator_restarts_total{reason}``: whole-group restarts (WorkerFailed,
   GangTimeout, Stalled, AttemptDeleted).
 - ``acceltrain_operator_reconcile_errors_total`` and ``acceltrain_operator_reconcile_seconds``.
+- ``acceltrain_operator_work_queue_depth``: jobs marked for a reconcile that no worker has
+  taken yet (a lasting high value means the API server or the workers cannot keep up).
 - ``acceltrain_operator_api_requests_total{verb,resource}``: every request
   :mod:`accel_operator.kube` sends (writes are apply/create/patch/delete), which is how the
   launch benchmark counts API writes.
@@ -59,6 +61,11 @@ class OperatorMetrics:
             "acceltrain_operator_reconcile_seconds",
             "Wall-clock seconds of one reconcile of one AccelTrainJob.",
             buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self.work_queue_depth = prometheus_client.Gauge(
+            "acceltrain_operator_work_queue_depth",
+            "AccelTrainJobs waiting for a reconcile that no worker has taken yet.",
             registry=self.registry,
         )
         self.api_requests = prometheus_client.Counter(

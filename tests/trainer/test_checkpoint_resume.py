@@ -17,9 +17,11 @@ from .conftest import LiveRun, render_job, run_trainer
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 
 GLOBAL_BATCH = 16 * 2  # micro-batch x ranks
+STEPS = 24
+INTERRUPT_AT = 12
 # ZeRO-3 partitions parameters and optimizer state: the hardest state to restore.
 SPEC = {
-    "training": {"maxSteps": 40, "logEvery": 1},
+    "training": {"maxSteps": STEPS, "logEvery": 1},
     "deepspeed": {"zero": {"stage": 3}, "precision": "bf16"},
     "checkpoint": {"everySteps": None},
 }
@@ -40,14 +42,14 @@ def test_sigterm_checkpoint_then_resume_matches_an_uninterrupted_run(
 
     live = LiveRun(interrupted_job)
     live_runs.append(live)
-    live.wait_for_line(r"accel-trainer: step 20/40 ")
+    live.wait_for_line(rf"accel-trainer: step {INTERRUPT_AT}/{STEPS} ")
     os.kill(live.process.pid, signal.SIGTERM)  # what the kubelet does to the pod's PID 1
     preempted = live.finish()
 
     assert preempted.returncode == 76, preempted.tail()
     saved = interrupted_job.checkpoint_state()
     stopped_at = saved["step"]
-    assert 20 <= stopped_at < 40, preempted.tail()
+    assert INTERRUPT_AT <= stopped_at < STEPS, preempted.tail()
     assert f"stopped by SIGTERM: checkpoint of step {stopped_at} saved" in preempted.output
     assert saved["samples_seen"] == stopped_at * GLOBAL_BATCH
     assert not (interrupted_job.output_dir / "model").exists()
@@ -57,7 +59,7 @@ def test_sigterm_checkpoint_then_resume_matches_an_uninterrupted_run(
     assert resumed.returncode == 0, resumed.tail()
     assert f"resumed from step-{stopped_at:08d}" in resumed.output
     resumed_steps = [int(line["step"]) for line in resumed.progress()]
-    assert resumed_steps == list(range(stopped_at + 1, 41))
+    assert resumed_steps == list(range(stopped_at + 1, STEPS + 1))
     straight_losses = {int(line["step"]): line["loss"] for line in straight.progress()}
     for line in resumed.progress():
         assert line["loss"] == pytest.approx(straight_losses[int(line["step"])], abs=2e-4)
@@ -67,7 +69,7 @@ def test_sigterm_checkpoint_then_resume_matches_an_uninterrupted_run(
     final_resumed = interrupted_job.checkpoint_state()
     for key in ("step", "micro_steps", "epoch", "samples_into_epoch", "samples_seen"):
         assert final_resumed[key] == final_straight[key], key
-    assert final_resumed["samples_seen"] == 40 * GLOBAL_BATCH
+    assert final_resumed["samples_seen"] == STEPS * GLOBAL_BATCH
 
     expected = exported_weights(straight_job.output_dir)
     actual = exported_weights(interrupted_job.output_dir)

@@ -1,0 +1,137 @@
+"""The reconcile work queue: a job marked many times is reconciled once, a change during a
+reconcile is not lost, and a failing reconcile does not stop the workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from accel_operator.workqueue import WorkQueue
+
+TIMEOUT = 10.0
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+class Recorder:
+    """A reconcile that records its calls and can be held inside a call."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.fail: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self.calls[(namespace, name)] += 1
+        self.inside.set()
+        self.release.wait(TIMEOUT)
+        if (namespace, name) in self.fail:
+            raise RuntimeError("API server unavailable")
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.calls.values())
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def started(recorder: Recorder) -> Iterator[tuple[WorkQueue, list[int]]]:
+    depths: list[int] = []
+    work = WorkQueue(recorder, workers=1, on_depth=depths.append)
+    work.start()
+    yield work, depths
+    recorder.release.set()
+    work.stop()
+
+
+def test_a_burst_of_events_for_one_job_waiting_in_the_queue_costs_one_reconcile(
+    recorder: Recorder, started: tuple[WorkQueue, list[int]]
+) -> None:
+    work, depths = started
+    recorder.release.clear()
+    work.add("team", "blocker")
+    wait_for(recorder.inside.is_set)
+
+    for _ in range(50):
+        work.add("team", "bert")
+    assert work.depth() == 1
+    recorder.release.set()
+
+    wait_for(lambda: recorder.calls[("team", "bert")] == 1)
+    wait_for(lambda: work.depth() == 0)
+    time.sleep(0.1)
+    assert recorder.calls == Counter({("team", "blocker"): 1, ("team", "bert"): 1})
+    assert max(depths) == 1 and depths[-1] == 0
+
+
+def test_an_event_during_a_reconcile_queues_the_job_again(
+    recorder: Recorder, started: tuple[WorkQueue, list[int]]
+) -> None:
+    work, _ = started
+    recorder.release.clear()
+    work.add("team", "bert")
+    wait_for(recorder.inside.is_set)
+
+    work.add("team", "bert")  # the pod changed after the reconcile read it
+    recorder.release.set()
+
+    wait_for(lambda: recorder.calls[("team", "bert")] == 2)
+
+
+def test_a_failing_reconcile_leaves_the_workers_serving_other_jobs(
+    recorder: Recorder, started: tuple[WorkQueue, list[int]]
+) -> None:
+    work, _ = started
+    recorder.fail.add(("team", "broken"))
+
+    work.add("team", "broken")
+    work.add("team", "bert")
+
+    wait_for(lambda: recorder.calls[("team", "bert")] == 1)
+    assert recorder.calls[("team", "broken")] == 1
+
+
+def test_several_workers_reconcile_different_jobs_at_the_same_time(recorder: Recorder) -> None:
+    recorder.release.clear()
+    work = WorkQueue(recorder, workers=3)
+    work.start()
+    try:
+        for name in ("a", "b", "c"):
+            work.add("team", name)
+        wait_for(lambda: recorder.total() == 3)  # all three inside before any returned
+    finally:
+        recorder.release.set()
+        work.stop()
+
+
+def test_stop_ends_every_worker_thread(recorder: Recorder) -> None:
+    work = WorkQueue(recorder, workers=4)
+    work.start()
+    work.add("team", "bert")
+    wait_for(lambda: recorder.total() == 1)
+
+    work.stop()
+
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("reconcile-")]
+
+
+def test_a_queue_without_workers_is_refused(recorder: Recorder) -> None:
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        WorkQueue(recorder, workers=0)
