@@ -202,7 +202,7 @@ class Watcher:
                     launch.job_modifications += 1
                 status = job.get("status") or {}
                 phase = status.get("phase")
-                if int(status.get("attempt") or 1) > 1 or int(status.get("restarts") or 0) > 0:
+                if restarted(status):
                     launch.restarted = True
                 if phase == "Running" and launch.running_phase is None:
                     launch.running_phase = now
@@ -210,6 +210,11 @@ class Watcher:
                 done = phase == "Succeeded"
                 if done and launch.succeeded is None:
                     launch.succeeded = now
+
+
+def restarted(status: dict[str, Any]) -> bool:
+    """Whether an AccelTrainJob status shows a second attempt or a restart."""
+    return int(status.get("attempt") or 1) > 1 or int(status.get("restarts") or 0) > 0
 
 
 class Operator:

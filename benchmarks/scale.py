@@ -48,6 +48,7 @@ from operator_launch import (  # noqa: E402
     job_spec,
     percentile,
     post_job,
+    restarted,
     start_session,
 )
 
@@ -228,7 +229,7 @@ def final_phases(
     path = f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}"
     answer = kube.request("GET", path, verb="list", resource=api.PLURAL)
     phases: dict[str, int] = {}
-    restarted = {name for name, launch in launches.items() if launch.restarted}
+    restarted_names = {name for name, launch in launches.items() if launch.restarted}
     listed = set()
     for item in answer.get("items") or []:
         name = item["metadata"]["name"]
@@ -238,12 +239,12 @@ def final_phases(
         status = item.get("status") or {}
         phase = str(status.get("phase") or "none")
         phases[phase] = phases.get(phase, 0) + 1
-        if int(status.get("attempt") or 1) > 1 or int(status.get("restarts") or 0) > 0:
-            restarted.add(name)
+        if restarted(status):
+            restarted_names.add(name)
     for name in launches.keys() - listed:
         phase = "Succeeded" if launches[name].succeeded is not None else "deleted"
         phases[phase] = phases.get(phase, 0) + 1
-    return phases, len(restarted)
+    return phases, len(restarted_names)
 
 
 def run(
@@ -308,7 +309,7 @@ def run(
     wall = (max(finished) if finished else time.monotonic()) - started
     # Let the last status patches and events land before reading the counters.
     time.sleep(2)
-    phases, restarted = final_phases(kube, namespace, launches)
+    phases, restarts = final_phases(kube, namespace, launches)
     requests_after = operator.counters()
     requests = sum(requests_after.values()) - sum(requests_before.values())
     writes = sum(operator.writes().values()) - writes_before
@@ -322,7 +323,7 @@ def run(
         ttl=ttl,
         launches=list(launches.values()),
         phases=phases,
-        restarted=restarted,
+        restarted=restarts,
         requests=requests,
         writes=writes,
         rss_mb=rss * 1.048576,

@@ -22,6 +22,7 @@ because of the timer, and removes it when the timer stops.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -33,8 +34,6 @@ import kopf
 from accel_operator import api, constants, observe
 from accel_operator.reconcile import InvalidSpecError, Reconciler
 from accel_operator.workqueue import WorkQueue
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,10 +172,7 @@ class _Fingerprints:
 
 
 def _quietly(reconciler: Reconciler, namespace: str, name: str) -> None:
-    """Reconcile a queued job: failures are logged and retried by the timer."""
-    try:
+    """Reconcile a queued job; the work queue logs other failures, the timer retries them."""
+    # An invalid spec was reported on the job's status and events when it was created.
+    with contextlib.suppress(InvalidSpecError):
         reconciler.reconcile(namespace, name)
-    except InvalidSpecError:
-        pass  # reported on the job's status and events when it was created
-    except Exception:
-        logger.exception("reconcile of %s/%s failed; it is retried", namespace, name)

@@ -46,6 +46,13 @@ class Recorder:
             return sum(self.calls.values())
 
 
+def hold_a_reconcile(recorder: Recorder, work: WorkQueue, name: str) -> None:
+    """Start a reconcile of ``name`` and keep it inside until ``recorder.release`` is set."""
+    recorder.release.clear()
+    work.add("team", name)
+    wait_for(recorder.inside.is_set)
+
+
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
@@ -65,9 +72,7 @@ def test_a_burst_of_events_for_one_job_waiting_in_the_queue_costs_one_reconcile(
     recorder: Recorder, started: tuple[WorkQueue, list[int]]
 ) -> None:
     work, depths = started
-    recorder.release.clear()
-    work.add("team", "blocker")
-    wait_for(recorder.inside.is_set)
+    hold_a_reconcile(recorder, work, "blocker")
 
     for _ in range(50):
         work.add("team", "bert")
@@ -85,9 +90,7 @@ def test_an_event_during_a_reconcile_queues_the_job_again(
     recorder: Recorder, started: tuple[WorkQueue, list[int]]
 ) -> None:
     work, _ = started
-    recorder.release.clear()
-    work.add("team", "bert")
-    wait_for(recorder.inside.is_set)
+    hold_a_reconcile(recorder, work, "bert")
 
     work.add("team", "bert")  # the pod changed after the reconcile read it
     recorder.release.set()
