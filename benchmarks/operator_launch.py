@@ -31,7 +31,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ sys.path.insert(0, str(REPO_ROOT / "hack"))
 
 from accel_operator import api, constants, render  # noqa: E402
 from accel_operator.kube import KubeClient, load_api_client  # noqa: E402
+from localcluster import free_port, operator_argv  # noqa: E402
 
 WRITE_VERBS = ("apply", "create", "patch", "delete")
 # Plain Jobs carry this label instead of the operator's, so the operator ignores them.
@@ -221,24 +221,14 @@ class Operator:
     """The operator as a subprocess watching the benchmark namespace."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
-        self.metrics_port = _free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "accel_operator",
-            "run",
-            "--standalone",
-            "--namespace",
-            namespace,
-            "--metrics-port",
-            str(self.metrics_port),
-            "--liveness-port",
-            str(_free_port()),
-            # kwok's pod addresses are made up: nothing to scrape there.
-            "--scrape-network",
-            "127.0.0.0/8",
-            "--no-pod-logs",
-        ]
+        self.metrics_port = free_port()
+        # kwok's pod addresses are made up: nothing to scrape there.
+        argv = operator_argv(
+            namespace=namespace,
+            metrics_port=self.metrics_port,
+            liveness_port=free_port(),
+            scrape_network="127.0.0.0/8",
+        )
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         self.log = log.open("wb")
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -291,13 +281,6 @@ class Operator:
             self.process.kill()
             self.process.wait()
         self.log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def job_spec(workers: int, gpus: int) -> dict[str, Any]:

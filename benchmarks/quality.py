@@ -34,7 +34,6 @@ import os
 import re
 import secrets
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,7 +54,7 @@ from quality.prepare_data import prepare  # noqa: E402
 
 from accel_operator import api, constants  # noqa: E402
 from accel_operator.kube import KubeClient, load_api_client  # noqa: E402
-from localcluster import Cluster  # noqa: E402
+from localcluster import Cluster, free_port, operator_argv  # noqa: E402
 
 EXAMPLES = REPO_ROOT / "manifests" / "examples"
 CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
@@ -133,32 +132,15 @@ def local_spec(
 
 
 # --- the cluster side ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def operator_process(cluster: Cluster, namespace: str, log: Path) -> Iterator[None]:
     """The operator as a user runs it, for one namespace, logging to ``log``."""
-    argv = [
-        sys.executable,
-        "-m",
-        "accel_operator",
-        "run",
-        "--standalone",
-        "--namespace",
-        namespace,
-        "--metrics-port",
-        str(_free_port()),
-        "--liveness-port",
-        str(_free_port()),
-        "--scrape-network",
-        str(cluster.bridge_cidr),
-        "--no-pod-logs",
-    ]
+    argv = operator_argv(
+        namespace=namespace,
+        metrics_port=free_port(),
+        liveness_port=free_port(),
+        scrape_network=str(cluster.bridge_cidr),
+    )
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as output:
         process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env=env)

@@ -20,7 +20,15 @@ Command line: ``PYTHONPATH=hack python -m localcluster up|down|status`` (``make 
 This is test infrastructure, not part of the product.
 """
 
-from .cluster import Cluster, ClusterError, KubectlError
+from .cluster import Cluster, ClusterError, KubectlError, free_port, operator_argv
 from .tools import MissingToolError, pinned_versions
 
-__all__ = ["Cluster", "ClusterError", "KubectlError", "MissingToolError", "pinned_versions"]
+__all__ = [
+    "Cluster",
+    "ClusterError",
+    "KubectlError",
+    "MissingToolError",
+    "free_port",
+    "operator_argv",
+    "pinned_versions",
+]

@@ -79,6 +79,31 @@ def free_port() -> int:
         return port
 
 
+def operator_argv(
+    *,
+    metrics_port: int,
+    liveness_port: int,
+    scrape_network: str,
+    namespace: str | None = None,
+    resync_interval_seconds: float | None = None,
+) -> list[str]:
+    """The operator's command line as it runs against a local cluster, from the repo root.
+
+    ``scrape_network`` is the only range whose pod addresses the operator may scrape: the process
+    node's bridge, since kwok's pod addresses are made up. Pod logs stay off because the process
+    node has no kubelet log endpoint (the API server would look its name up in DNS); failed
+    workers are explained by their termination messages instead.
+    """
+    argv = [sys.executable, "-m", "accel_operator", "run", "--standalone"]
+    if namespace is not None:
+        argv += ["--namespace", namespace]
+    argv += ["--metrics-port", str(metrics_port), "--liveness-port", str(liveness_port)]
+    if resync_interval_seconds is not None:
+        argv += ["--resync-interval", f"{resync_interval_seconds:g}"]
+    argv += ["--scrape-network", scrape_network, "--no-pod-logs"]
+    return argv
+
+
 def _networks_in_use() -> list[ipaddress.IPv4Network]:
     result = subprocess.run(
         ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=False

@@ -47,7 +47,7 @@ from typing import Any, TextIO
 import yaml
 
 from . import prometheus
-from .cluster import Cluster, ClusterError, free_port
+from .cluster import Cluster, ClusterError, free_port, operator_argv
 from .kubeapi import ApiError
 from .processes import ProcessRecord, is_alive, spawn, stop
 from .tools import REPO_ROOT, MissingToolError
@@ -331,22 +331,11 @@ class Demo:
                 return
             stop(record, grace_seconds=OPERATOR_STOP_SECONDS)
         liveness_port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "accel_operator",
-            "run",
-            "--standalone",
-            "--metrics-port",
-            str(cluster.operator_metrics_port),
-            "--liveness-port",
-            str(liveness_port),
-            # Only the process node's pod addresses are reachable; kwok's are made up.
-            "--scrape-network",
-            str(cluster.bridge_cidr),
-            # The process node has no kubelet log endpoint.
-            "--no-pod-logs",
-        ]
+        argv = operator_argv(
+            metrics_port=cluster.operator_metrics_port,
+            liveness_port=liveness_port,
+            scrape_network=str(cluster.bridge_cidr),
+        )
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
         popen, record = spawn(
             "operator", argv, log_path=self.paths.operator_log, env=env, cwd=REPO_ROOT

@@ -11,7 +11,6 @@ import contextlib
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 
 from accel_operator import api, constants
 from accel_operator.kube import ApiError, KubeClient, load_api_client
+from localcluster import free_port, operator_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
@@ -54,13 +54,6 @@ def build_deepspeed_ops() -> None:
         check=False,
     )
     assert result.returncode == 0, f"building DeepSpeed's shm op failed:\n{result.stderr[-2000:]}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
@@ -222,27 +215,13 @@ class OperatorProcess:
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        argv = [
-            sys.executable,
-            "-m",
-            "accel_operator",
-            "run",
-            "--standalone",
-            "--namespace",
-            self.namespace,
-            "--metrics-port",
-            str(self.metrics_port),
-            "--liveness-port",
-            str(self.liveness_port),
-            "--resync-interval",
-            "1",
-            # Only the process node's pod addresses are reachable; kwok's are made up.
-            "--scrape-network",
-            str(self.cluster.bridge_cidr),
-            # The process node has no kubelet log endpoint (the API server would look its
-            # name up in DNS); failed workers are explained by termination messages.
-            "--no-pod-logs",
-        ]
+        argv = operator_argv(
+            namespace=self.namespace,
+            metrics_port=self.metrics_port,
+            liveness_port=self.liveness_port,
+            resync_interval_seconds=1,
+            scrape_network=str(self.cluster.bridge_cidr),
+        )
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"----- operator start {self.starts} -----\n".encode())

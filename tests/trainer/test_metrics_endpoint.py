@@ -13,26 +13,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..metrics_contract import TRAINER_CONTRACT_FAMILIES
 from .conftest import LiveRun, render_job
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 
-CONTRACT = {
-    "acceltrain_train_samples": "counter",
-    "acceltrain_train_tokens": "counter",
-    "acceltrain_optimizer_steps": "counter",
-    "acceltrain_samples_per_second": "gauge",
-    "acceltrain_tokens_per_second": "gauge",
-    "acceltrain_tflops_per_device": "gauge",
-    "acceltrain_mfu_ratio": "gauge",
-    "acceltrain_loss": "gauge",
-    "acceltrain_learning_rate": "gauge",
-    "acceltrain_sparsity_ratio": "gauge",
-    "acceltrain_loss_scale": "gauge",
-    "acceltrain_device_memory_bytes": "gauge",
-    "acceltrain_step_seconds": "histogram",
-    "acceltrain_checkpoint_seconds": "histogram",
-}
 MICRO_BATCH = 16
 SEQ_LENGTH = 32
 
@@ -75,7 +60,7 @@ def test_metrics_endpoint_of_a_running_job_has_every_contract_series(
 
     for rank, exposition in expositions.items():
         types, values = parse(exposition)
-        for name, kind in CONTRACT.items():
+        for name, kind in TRAINER_CONTRACT_FAMILIES.items():
             assert types.get(name) == kind, f"rank {rank}: {name} is {types.get(name)}"
         labels = {"job": "metrics-demo", "namespace": "trainer-tests", "node_rank": "0"}
         for family in text_string_to_metric_families(exposition):

@@ -27,27 +27,9 @@ from accel_trainer.metrics import (
     measure_cpu_peak_tflops,
 )
 
-LABELS = {"job": "bert-demo", "namespace": "team-a", "node_rank": "1", "rank": "3"}
+from ..metrics_contract import TRAINER_CONTRACT_FAMILIES
 
-# Family names as the text-format parser reports them (counters without "_total").
-CONTRACT_FAMILIES = {
-    "acceltrain_train_samples": "counter",
-    "acceltrain_train_tokens": "counter",
-    "acceltrain_optimizer_steps": "counter",
-    "acceltrain_step": "gauge",
-    "acceltrain_samples_per_second": "gauge",
-    "acceltrain_tokens_per_second": "gauge",
-    "acceltrain_tflops_per_device": "gauge",
-    "acceltrain_mfu_ratio": "gauge",
-    "acceltrain_loss": "gauge",
-    "acceltrain_learning_rate": "gauge",
-    "acceltrain_sparsity_ratio": "gauge",
-    "acceltrain_loss_scale": "gauge",
-    "acceltrain_device_memory_bytes": "gauge",
-    "acceltrain_step_seconds": "histogram",
-    "acceltrain_checkpoint_seconds": "histogram",
-    "acceltrain_last_checkpoint_step": "gauge",
-}
+LABELS = {"job": "bert-demo", "namespace": "team-a", "node_rank": "1", "rank": "3"}
 
 GPT2_SMALL = {"num_layers": 12, "hidden_size": 768, "seq_length": 1024}
 # GPT-2 small without its position embeddings (nanoGPT's get_num_params(non_embedding=True));
@@ -125,7 +107,7 @@ def test_every_contract_metric_is_exported_with_its_type_and_labels() -> None:
 
     families = {family.name: family for family in text_string_to_metric_families(scrape(metrics))}
 
-    for name, kind in CONTRACT_FAMILIES.items():
+    for name, kind in TRAINER_CONTRACT_FAMILIES.items():
         assert name in families, f"{name} missing from the exposition"
         assert families[name].type == kind, f"{name} is a {families[name].type}, not a {kind}"
         assert families[name].samples, f"{name} has no series"

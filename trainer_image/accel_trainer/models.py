@@ -67,24 +67,19 @@ def _architecture_config(
     eos_id = (
         tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     )
-    if spec.architecture is Architecture.BERT:
-        return BertConfig(
+    if spec.architecture in (Architecture.BERT, Architecture.ROBERTA):
+        config_class: type[BertConfig] | type[RobertaConfig] = BertConfig
+        positions = spec.max_position_embeddings
+        if spec.architecture is Architecture.ROBERTA:
+            config_class = RobertaConfig
+            # RoBERTa numbers positions from pad_token_id + 1, so it needs that many extra slots.
+            positions += (pad_id or 0) + 1
+        return config_class(
             hidden_size=spec.hidden_size,
             num_hidden_layers=spec.num_layers,
             num_attention_heads=spec.num_heads,
             intermediate_size=intermediate,
-            max_position_embeddings=spec.max_position_embeddings,
-            is_decoder=task is Task.CAUSAL_LM,
-            **common,
-        )
-    if spec.architecture is Architecture.ROBERTA:
-        # RoBERTa numbers positions from pad_token_id + 1, so it needs that many extra slots.
-        return RobertaConfig(
-            hidden_size=spec.hidden_size,
-            num_hidden_layers=spec.num_layers,
-            num_attention_heads=spec.num_heads,
-            intermediate_size=intermediate,
-            max_position_embeddings=spec.max_position_embeddings + (pad_id or 0) + 1,
+            max_position_embeddings=positions,
             is_decoder=task is Task.CAUSAL_LM,
             **common,
         )
