@@ -179,8 +179,7 @@ ballast = bytearray(b"\\x01") * (64 * 1024 * 1024)  # written, so every page is 
 metrics.record_device_memory()
 after = metrics.snapshot()["device_memory_bytes_rss"]
 exposed = metrics.registry.get_sample_value(
-    "acceltrain_device_memory_bytes",
-    {"job": "j", "namespace": "n", "node_rank": "0", "rank": "0", "kind": "rss"},
+    "acceltrain_device_memory_bytes", {**metrics.labels, "kind": "rss"}
 )
 print(json.dumps({"before": before, "after": after, "exposed": exposed, "ballast": len(ballast)}))
 """
