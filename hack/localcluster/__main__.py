@@ -37,6 +37,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not start the node agent that runs pods as local processes",
     )
+    up.add_argument(
+        "--no-real-node",
+        action="store_true",
+        help="do not start the kubelet + containerd node that runs pods in real containers",
+    )
+    up.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an image built by `make images` to import into the real node (repeatable)",
+    )
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     up.add_argument(
         "--operator-metrics-port",
@@ -71,6 +83,8 @@ def _up(args: argparse.Namespace) -> int:
         prometheus=not args.no_prometheus,
         operator_metrics_port=args.operator_metrics_port,
         bridge_cidr=args.bridge_cidr,
+        real_node=not args.no_real_node,
+        images=args.image,
     )
     started = time.monotonic()
     cluster.start(timeout=args.timeout)

@@ -16,6 +16,7 @@ A cluster is started by one process and can be inspected or stopped from any oth
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -29,19 +30,23 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import controlplane, kwok, prometheus
+from . import controlplane, kwok, prometheus, realnode
 from .kubeapi import ApiError, KubeApi, health, tls_context
-from .pki import CertPair, ClientIdentity, Pki, create_pki
+from .netns import Names
+from .pki import CertPair, ClientIdentity, Pki, create_pki, issue_server_certificate
 from .processes import ProcessRecord, is_alive, spawn, stop
 from .tools import REPO_ROOT, TOOLS_DIR, kwok_stages_path, tool_path
 
 PROCESS_NODE_NAME = "acceltrain-cpu-0"
+# The node that runs pods in real containers (kubelet + containerd); see localcluster.realnode.
+REAL_NODE_NAME = "acceltrain-node-0"
 GPU_NODE_PREFIX = "acceltrain-gpu-"
 # The node agent gives each pod an address in a /24 of this range; each cluster takes a free one.
 BRIDGE_SUPERNET = ipaddress.ip_network("10.77.0.0/16")
 STATE_FILE = "state.json"
 ADMIN_USER = "acceltrain-admin"
 PROMETHEUS_USER = "acceltrain:prometheus"
+DNS_USER = "acceltrain:coredns"
 # Order of start-up; they are stopped in the reverse order.
 COMPONENTS = (
     "etcd",
@@ -50,10 +55,16 @@ COMPONENTS = (
     "kube-scheduler",
     "kwok",
     "nodeagent",
+    "containerd",
+    "kubelet",
+    "coredns",
     "prometheus",
 )
 # The node agent stops its pods (each with its grace period) before it exits on SIGTERM.
 NODE_AGENT_STOP_SECONDS = 45.0
+# The real node's pods are deleted (grace period below) before its kubelet stops.
+REAL_NODE_DRAIN_SECONDS = 60.0
+POD_GRACE_SECONDS_AT_STOP = 2
 COMPONENT_STOP_SECONDS = 10.0
 
 
@@ -117,13 +128,14 @@ def _networks_in_use() -> list[ipaddress.IPv4Network]:
     return networks
 
 
-def free_bridge_cidr() -> str:
-    """A /24 of 10.77.0.0/16 that no interface on this host uses yet.
+def free_bridge_cidr(exclude: Iterable[str | None] = ()) -> str:
+    """A /24 of 10.77.0.0/16 that no interface on this host uses yet (nor one of ``exclude``).
 
     Chosen at random among the free ones, so that two clusters starting at the same moment
     (before either bridge exists) are unlikely to pick the same.
     """
     in_use = _networks_in_use()
+    in_use += [ipaddress.IPv4Network(cidr) for cidr in exclude if cidr is not None]
     free = [
         candidate
         for candidate in BRIDGE_SUPERNET.subnets(new_prefix=24)
@@ -167,8 +179,14 @@ class Cluster:
         prometheus: bool = True,
         operator_metrics_port: int | None = None,
         bridge_cidr: str | None = None,
+        real_node: bool = False,
+        real_node_cidr: str | None = None,
+        images: Sequence[str] = (),
         tools_dir: Path = TOOLS_DIR,
     ) -> None:
+        """``real_node``: also run a kubelet + containerd node (``acceltrain-node-0``) with
+        cluster DNS; ``images`` are imported into its containerd at start (built by ``make
+        images``; the sandbox image is always imported)."""
         if gpu_nodes < 0:
             raise ValueError(f"gpu_nodes must be >= 0, got {gpu_nodes}")
         if gpus_per_node < 0:
@@ -179,7 +197,12 @@ class Cluster:
         self.process_node = process_node
         self.prometheus = prometheus
         self.bridge_cidr = bridge_cidr
+        self.real_node = real_node
+        self.real_node_cidr = real_node_cidr
+        self.images = tuple(images)
         self.tools_dir = tools_dir
+        self._ip_forward_before: str | None = None
+        self._host_dirs_before: list[str] = []
         self._requested_operator_port = operator_metrics_port
         self._ports: controlplane.Ports | None = None
         self._records: dict[str, ProcessRecord] = {}
@@ -224,6 +247,29 @@ class Cluster:
         return PROCESS_NODE_NAME if self.process_node else None
 
     @property
+    def real_node_name(self) -> str | None:
+        return REAL_NODE_NAME if self.real_node else None
+
+    @property
+    def real_node_settings(self) -> realnode.RealNodeSettings:
+        """Paths, addresses and names of the real node (raises if the cluster has none)."""
+        if not self.real_node or self.real_node_cidr is None:
+            raise ClusterError(f"the cluster in {self.state_dir} has no real node")
+        network = ipaddress.ip_network(self.real_node_cidr)
+        return realnode.RealNodeSettings(
+            name=REAL_NODE_NAME,
+            directory=self.state_dir / "node",
+            prefix=Names.for_node(REAL_NODE_NAME, self.real_node_cidr).prefix,
+            cidr=self.real_node_cidr,
+            gateway=str(network.network_address + 1),
+            api_port=self.ports.apiserver,
+            kubernetes_service_ip=controlplane.KUBERNETES_SERVICE_IP,
+            kubelet_port=self.ports.kubelet,
+            kubelet_healthz_port=self.ports.kubelet_healthz,
+            dns_ready_port=self.ports.dns_ready,
+        )
+
+    @property
     def gpu_node_names(self) -> list[str]:
         return [f"{GPU_NODE_PREFIX}{index}" for index in range(self.gpu_nodes)]
 
@@ -234,6 +280,14 @@ class Cluster:
             for name in COMPONENTS
             if (self.logs_dir / f"{name}.log").exists()
         }
+
+    def volume_path(self, namespace: str, claim: str) -> Path:
+        """The host directory behind a bound claim on the real node's local volumes."""
+        api = self.admin_api()
+        volume_name = api.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")[
+            "spec"
+        ]["volumeName"]
+        return Path(api.get(f"/api/v1/persistentvolumes/{volume_name}")["spec"]["local"]["path"])
 
     def pod_log_path(self, namespace: str, pod: str, container: str) -> Path:
         """Where the node agent writes the output of a container of a pod on the process node."""
@@ -318,6 +372,12 @@ class Cluster:
                 )
             if self.bridge_cidr is None:
                 self.bridge_cidr = free_bridge_cidr()
+        if self.real_node:
+            for name in ("containerd", "containerd-shim-runc-v2", "ctr", "kubelet", "coredns"):
+                binaries[name] = tool_path(name, self.tools_dir)
+            realnode.check_host_tools()
+            if self.real_node_cidr is None:
+                self.real_node_cidr = free_bridge_cidr(exclude=[self.bridge_cidr])
 
         self._reset_state_dir()
         self._ports = controlplane.Ports(
@@ -329,32 +389,22 @@ class Cluster:
             kwok=free_port(),
             prometheus=free_port(),
             operator_metrics=self._requested_operator_port or free_port(),
+            **(
+                {"kubelet": free_port(), "kubelet_healthz": free_port(), "dns_ready": free_port()}
+                if self.real_node
+                else {}
+            ),
         )
-        pki_dir = self.state_dir / "pki"
-        self._pki = pki = create_pki(
-            pki_dir,
-            [
-                ClientIdentity("admin", ADMIN_USER, ("system:masters",)),
-                ClientIdentity("controller-manager", "system:kube-controller-manager"),
-                ClientIdentity("scheduler", "system:kube-scheduler"),
-                ClientIdentity("prometheus", PROMETHEUS_USER),
-            ],
-        )
-        for stem, user in (
-            ("admin", ADMIN_USER),
-            ("controller-manager", "system:kube-controller-manager"),
-            ("scheduler", "system:kube-scheduler"),
-            ("prometheus", PROMETHEUS_USER),
-        ):
-            target = self.kubeconfig if stem == "admin" else pki_dir / f"{stem}.kubeconfig"
-            controlplane.write_kubeconfig(
-                target,
-                server=self.api_url,
-                ca_file=pki.ca.cert,
-                client=pki.clients[stem],
-                user=user,
-            )
+        pki = self._create_pki()
         self._write_state()
+        node_address = None
+        if self.real_node:
+            settings = self.real_node_settings
+            node_address = settings.gateway
+            self._ip_forward_before = realnode.ip_forward()
+            self._host_dirs_before = realnode.existing_fixed_dirs()
+            self._write_state()
+            realnode.prepare_host(settings)
 
         ports = self._ports
         self._spawn(
@@ -364,7 +414,11 @@ class Cluster:
         self._spawn(
             "kube-apiserver",
             controlplane.apiserver_argv(
-                binaries["kube-apiserver"], pki, ports, self.state_dir / "pki" / "apiserver"
+                binaries["kube-apiserver"],
+                pki,
+                ports,
+                self.state_dir / "pki" / "apiserver",
+                node_address=node_address,
             ),
         )
         self._wait(deadline, "kube-apiserver", self._apiserver_ready)
@@ -375,18 +429,19 @@ class Cluster:
                 binaries["kube-controller-manager"],
                 pki,
                 ports,
-                pki_dir / "controller-manager.kubeconfig",
+                self.pki_dir / "controller-manager.kubeconfig",
+                self.state_dir,
             ),
         )
-        scheduler_config = pki_dir / "scheduler-config.yaml"
-        controlplane.write_scheduler_config(scheduler_config, pki_dir / "scheduler.kubeconfig")
+        scheduler_config = self.pki_dir / "scheduler-config.yaml"
+        controlplane.write_scheduler_config(scheduler_config, self.pki_dir / "scheduler.kubeconfig")
         self._spawn(
             "kube-scheduler",
             controlplane.scheduler_argv(
                 binaries["kube-scheduler"],
                 pki,
                 ports,
-                pki_dir / "scheduler.kubeconfig",
+                self.pki_dir / "scheduler.kubeconfig",
                 scheduler_config,
             ),
         )
@@ -404,8 +459,11 @@ class Cluster:
         )
         if self.process_node:
             self._spawn_node_agent()
+        if self.real_node:
+            deadline = self._start_real_node(binaries, deadline)
         if self.prometheus:
-            self._grant_prometheus_access()
+            # Prometheus authenticates as its own user, allowed only to discover scrape targets.
+            self._grant_access(PROMETHEUS_USER, prometheus.DISCOVERY_RULES)
             config = self.state_dir / "prometheus" / "prometheus.yml"
             prometheus.write_config(
                 config,
@@ -415,6 +473,7 @@ class Cluster:
                     cert_file=pki.clients["prometheus"].cert,
                     key_file=pki.clients["prometheus"].key,
                     process_node=self.process_node_name,
+                    real_node=self.real_node_name,
                     operator_metrics_port=ports.operator_metrics,
                 ),
             )
@@ -430,9 +489,132 @@ class Cluster:
         self.add_gpu_nodes(self.gpu_node_names, gpus=self.gpus_per_node, wait=False)
         self.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
 
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    def _create_pki(self) -> Pki:
+        """The CA, certificates and kubeconfigs of every component (and of the real node)."""
+        identities = [
+            ClientIdentity("admin", ADMIN_USER, ("system:masters",)),
+            ClientIdentity("controller-manager", "system:kube-controller-manager"),
+            ClientIdentity("scheduler", "system:kube-scheduler"),
+            ClientIdentity("prometheus", PROMETHEUS_USER),
+        ]
+        extra_ips: tuple[str, ...] = ()
+        if self.real_node:
+            # The Node authorizer accepts a kubelet by this name and group.
+            identities += [
+                ClientIdentity("kubelet", f"system:node:{REAL_NODE_NAME}", ("system:nodes",)),
+                ClientIdentity("coredns", DNS_USER),
+                ClientIdentity(
+                    "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
+                ),
+            ]
+            extra_ips = (self.real_node_settings.gateway,)
+        self._pki = pki = create_pki(self.pki_dir, identities, extra_serving_ips=extra_ips)
+        for identity in identities:
+            if identity.file_stem == "apiserver-kubelet-client":
+                continue
+            stem = identity.file_stem
+            controlplane.write_kubeconfig(
+                self.kubeconfig if stem == "admin" else self.pki_dir / f"{stem}.kubeconfig",
+                server=self.api_url,
+                ca_file=pki.ca.cert,
+                client=pki.clients[stem],
+                user=identity.user,
+            )
+        return pki
+
+    # ---- the real node -------------------------------------------------------------------------
+
+    def _start_real_node(self, binaries: dict[str, Path], deadline: float) -> float:
+        """containerd, the images, the kubelet and CoreDNS; returns the start deadline moved on
+        by the time the image import took (a first import of the trainer image takes minutes)."""
+        settings = self.real_node_settings
+        pki = self._pki_or_fail()
+        serving = issue_server_certificate(
+            pki, stem="kubelet-serving", common_name=REAL_NODE_NAME, ips=[settings.gateway]
+        )
+        realnode.write_files(settings, ca_file=pki.ca.cert, serving=serving)
+        settings.path("Corefile").write_text(
+            realnode.corefile(
+                settings, self.pki_dir / "coredns.kubeconfig", controlplane.CLUSTER_NAME
+            )
+        )
+        # containerd finds its shim, and the shim runc, on PATH.
+        env = {**os.environ, "PATH": f"{binaries['containerd'].parent}:{os.environ['PATH']}"}
+        self._spawn("containerd", realnode.containerd_argv(binaries["containerd"], settings), env)
+        self._wait(deadline, "containerd", self._containerd_ready)
+        started = time.monotonic()
+        from .images import import_images
+
+        import_images(
+            [realnode.SANDBOX_IMAGE, *self.images],
+            ctr=binaries["ctr"],
+            address=str(settings.containerd_socket),
+        )
+        deadline += time.monotonic() - started
+        self._spawn(
+            "kubelet",
+            realnode.kubelet_argv(
+                binaries["kubelet"], settings, self.pki_dir / "kubelet.kubeconfig"
+            ),
+            env,
+        )
+        self._grant_access(DNS_USER, realnode.DNS_ROLE_RULES)
+        api = self.admin_api()
+        for path, body in realnode.storage_objects(settings):
+            api.create(path, body)
+        self._spawn("coredns", realnode.coredns_argv(binaries["coredns"], settings))
+        return deadline
+
+    def ctr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Runs ``ctr`` against the real node's containerd, in the Kubernetes namespace."""
+        argv = [
+            str(tool_path("ctr", self.tools_dir)),
+            f"--address={self.real_node_settings.containerd_socket}",
+            "--namespace=k8s.io",
+            *args,
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def _containerd_ready(self) -> bool:
+        return self.ctr("version", timeout=10).returncode == 0
+
+    def _drain_real_node(self) -> None:
+        """Cordons the real node and deletes its pods, so that the kubelet stops their containers
+        and tears down their sandboxes (and networks) before it is stopped itself."""
+        api = self.admin_api()
+        with contextlib.suppress(ApiError, OSError):
+            api.request(
+                "PATCH",
+                f"/api/v1/nodes/{REAL_NODE_NAME}",
+                {"spec": {"unschedulable": True}},
+                content_type="application/strategic-merge-patch+json",
+            )
+            pods = api.get(f"/api/v1/pods?fieldSelector=spec.nodeName%3D{REAL_NODE_NAME}")
+            for pod in pods["items"]:
+                meta = pod["metadata"]
+                api.request(
+                    "DELETE",
+                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                    {"gracePeriodSeconds": POD_GRACE_SECONDS_AT_STOP},
+                )
+        deadline = time.monotonic() + REAL_NODE_DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            listing = self.ctr("tasks", "ls", "-q", timeout=10)
+            if listing.returncode != 0 or not listing.stdout.strip():
+                return
+            time.sleep(0.5)
+
     def _reset_state_dir(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("pki", "etcd", "logs", "run", "prometheus", "nodeagent", "kwok"):
+        # A crashed real node may have left mounts (volumes of its pods) under node/: unmount
+        # them first, or removing the directory would delete through them.
+        for point in realnode.mounts_under(self.state_dir / "node"):
+            subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
+        for name in ("pki", "etcd", "logs", "run", "prometheus", "nodeagent", "kwok", "node"):
             shutil.rmtree(self.state_dir / name, ignore_errors=True)
         for name in ("kubeconfig", STATE_FILE):
             (self.state_dir / name).unlink(missing_ok=True)
@@ -476,38 +658,25 @@ class Cluster:
             env=env,
         )
 
-    def _grant_prometheus_access(self) -> None:
-        """Prometheus authenticates as its own user, allowed only to discover scrape targets."""
+    def _grant_access(self, user: str, rules: list[dict[str, Any]]) -> None:
+        """A ClusterRole with ``rules`` bound to the certificate user ``user``."""
         api = self.admin_api()
         role = {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
-            "metadata": {"name": PROMETHEUS_USER},
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["pods", "services", "endpoints", "nodes"],
-                    "verbs": ["get", "list", "watch"],
-                },
-                {
-                    "apiGroups": ["discovery.k8s.io"],
-                    "resources": ["endpointslices"],
-                    "verbs": ["get", "list", "watch"],
-                },
-            ],
+            "metadata": {"name": user},
+            "rules": rules,
         }
         binding = {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": {"name": PROMETHEUS_USER},
+            "metadata": {"name": user},
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",
-                "name": PROMETHEUS_USER,
+                "name": user,
             },
-            "subjects": [
-                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROMETHEUS_USER}
-            ],
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
         }
         api.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", role)
         api.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
@@ -590,6 +759,12 @@ class Cluster:
         }
         if self.process_node:
             checks["nodeagent"] = lambda: self._nodes_ready([PROCESS_NODE_NAME])
+        if self.real_node:
+            checks["containerd"] = self._containerd_ready
+            checks["kubelet"] = lambda: self._nodes_ready([REAL_NODE_NAME])
+            checks["coredns"] = lambda: (
+                health(f"http://127.0.0.1:{ports.dns_ready}/ready", None) is not None
+            )
         if self.prometheus:
             checks["prometheus"] = lambda: (
                 health(f"http://127.0.0.1:{ports.prometheus}/-/ready", None) is not None
@@ -638,6 +813,10 @@ class Cluster:
             "process_node": self.process_node,
             "prometheus": self.prometheus,
             "bridge_cidr": self.bridge_cidr,
+            "real_node": self.real_node,
+            "real_node_cidr": self.real_node_cidr,
+            "ip_forward_before": self._ip_forward_before,
+            "host_dirs_before": self._host_dirs_before,
             "ports": vars(self._ports) if self._ports else None,
             "processes": [record.to_json() for record in self._records.values()],
         }
@@ -666,8 +845,12 @@ class Cluster:
             process_node=state["process_node"],
             prometheus=state["prometheus"],
             bridge_cidr=state["bridge_cidr"],
+            real_node=state.get("real_node", False),
+            real_node_cidr=state.get("real_node_cidr"),
             tools_dir=tools_dir,
         )
+        cluster._ip_forward_before = state.get("ip_forward_before")
+        cluster._host_dirs_before = state.get("host_dirs_before", [])
         if state["ports"] is not None:
             cluster._ports = controlplane.Ports(**state["ports"])
         cluster._records = {
@@ -699,6 +882,11 @@ class Cluster:
                 recorded = ProcessRecord.from_json(raw)
                 self._records[recorded.name] = recorded
         leftovers: dict[str, list[int]] = {}
+        if self.real_node and all(
+            name in self._records and is_alive(self._records[name])
+            for name in ("kube-apiserver", "kubelet", "containerd")
+        ):
+            self._drain_real_node()
         for name in reversed(COMPONENTS):
             record = self._records.get(name)
             if record is None:
@@ -712,6 +900,15 @@ class Cluster:
             popen = self._popens.pop(name, None)
             if popen is not None and not left:
                 popen.wait(timeout=5)
+        host_problems: list[str] = []
+        if self.real_node and self.real_node_cidr is not None and self._ports is not None:
+            settings = self.real_node_settings
+            realnode.kill_shims(settings.containerd_socket)
+            host_problems = realnode.clean_host(
+                settings,
+                ip_forward_before=self._ip_forward_before,
+                dirs_before=self._host_dirs_before,
+            )
         self._records = {}
         if state_path.exists() or self._ports is not None:
             self._write_state()
@@ -719,6 +916,8 @@ class Cluster:
             pid_file.unlink()
         if leftovers:
             raise ClusterError(f"processes still alive after stopping the cluster: {leftovers}")
+        if host_problems:
+            raise ClusterError(f"the real node left these on the host: {host_problems}")
 
 
 def _pki_from_disk(directory: Path) -> Pki:

@@ -16,6 +16,8 @@ import yaml
 from .pki import CertPair, Pki
 
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+# The first address of the range: the ClusterIP of the `kubernetes` Service.
+KUBERNETES_SERVICE_IP = "10.96.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 CLUSTER_NAME = "acceltrain-local"
 # The node agent's Lease can lapse while the machine is busy training; the node must not be marked
@@ -37,6 +39,10 @@ class Ports:
     kwok: int
     prometheus: int
     operator_metrics: int
+    # The real node's ports (0 when the cluster has none).
+    kubelet: int = 0
+    kubelet_healthz: int = 0
+    dns_ready: int = 0
 
 
 def write_kubeconfig(
@@ -91,12 +97,14 @@ def etcd_argv(binary: Path, data_dir: Path, ports: Ports) -> list[str]:
     ]
 
 
-def apiserver_argv(binary: Path, pki: Pki, ports: Ports, cert_dir: Path) -> list[str]:
+def apiserver_argv(
+    binary: Path, pki: Pki, ports: Ports, cert_dir: Path, *, node_address: str | None = None
+) -> list[str]:
+    """``node_address``: the real node's bridge address, where pods reach the API server."""
     return [
         str(binary),
         f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        *_apiserver_address_flags(pki, node_address),
         f"--secure-port={ports.apiserver}",
         f"--cert-dir={cert_dir}",
         f"--tls-cert-file={pki.serving.cert}",
@@ -108,11 +116,30 @@ def apiserver_argv(binary: Path, pki: Pki, ports: Ports, cert_dir: Path) -> list
         f"--service-account-signing-key-file={pki.service_account_private_key}",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--allow-privileged=true",
-        # The reconciler would publish 127.0.0.1 as the "kubernetes" Service endpoint, which the
-        # API rejects (loopback); nothing here routes Service IPs anyway (no kube-proxy).
-        "--endpoint-reconciler-type=none",
         "--profiling=false",
         "--v=1",
+    ]
+
+
+def _apiserver_address_flags(pki: Pki, node_address: str | None) -> list[str]:
+    if node_address is None:
+        return [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            # The reconciler would publish 127.0.0.1 as the "kubernetes" Service endpoint, which
+            # the API rejects (loopback); without a real node no pod needs that Service.
+            "--endpoint-reconciler-type=none",
+        ]
+    kubelet_client = pki.clients["apiserver-kubelet-client"]
+    return [
+        # Loopback for the host's clients, the bridge address for pods (the `kubernetes` Service
+        # endpoint); one bind address serves both.
+        "--bind-address=0.0.0.0",
+        f"--advertise-address={node_address}",
+        f"--kubelet-client-certificate={kubelet_client.cert}",
+        f"--kubelet-client-key={kubelet_client.key}",
+        f"--kubelet-certificate-authority={pki.ca.cert}",
+        "--kubelet-preferred-address-types=InternalIP",
     ]
 
 
@@ -130,7 +157,9 @@ def _serving_flags(pki: Pki, port: int) -> list[str]:
     ]
 
 
-def controller_manager_argv(binary: Path, pki: Pki, ports: Ports, kubeconfig: Path) -> list[str]:
+def controller_manager_argv(
+    binary: Path, pki: Pki, ports: Ports, kubeconfig: Path, state_dir: Path
+) -> list[str]:
     return [
         str(binary),
         f"--kubeconfig={kubeconfig}",
@@ -146,6 +175,8 @@ def controller_manager_argv(binary: Path, pki: Pki, ports: Ports, kubeconfig: Pa
         f"--cluster-signing-key-file={pki.ca.key}",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         f"--node-monitor-grace-period={NODE_MONITOR_GRACE_PERIOD}",
+        # The default is under /usr/libexec, which it would create on the host.
+        f"--flex-volume-plugin-dir={state_dir / 'flex-volume-plugins'}",
         # Scale tests create and delete hundreds of pods; the default 20 QPS makes GC crawl.
         "--kube-api-qps=200",
         "--kube-api-burst=400",

@@ -132,8 +132,14 @@ def _issue(
     return pair
 
 
-def create_pki(directory: Path, clients: list[ClientIdentity]) -> Pki:
-    """Writes a new CA, serving certificate, service-account key pair and client certificates."""
+def create_pki(
+    directory: Path, clients: list[ClientIdentity], *, extra_serving_ips: tuple[str, ...] = ()
+) -> Pki:
+    """Writes a new CA, serving certificate, service-account key pair and client certificates.
+
+    ``extra_serving_ips``: more addresses the API server is reached at (the real node's bridge
+    address, which pods reach it through).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = _new_key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acceltrain-local-ca")])
@@ -164,7 +170,7 @@ def create_pki(directory: Path, clients: list[ClientIdentity]) -> Pki:
     _write_key(ca_key, ca.key)
 
     san = x509.SubjectAlternativeName(
-        [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVING_IPS]
+        [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*SERVING_IPS, *extra_serving_ips)]
         + [x509.DNSName(name) for name in SERVING_NAMES]
     )
     serving = _issue(
@@ -208,4 +214,21 @@ def create_pki(directory: Path, clients: list[ClientIdentity]) -> Pki:
         service_account_private_key=sa_private,
         service_account_public_key=sa_public,
         clients=client_pairs,
+    )
+
+
+def issue_server_certificate(pki: Pki, *, stem: str, common_name: str, ips: list[str]) -> CertPair:
+    """A serving certificate from the cluster's CA for a server reached at ``ips`` (the kubelet)."""
+    ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca.key} is not an EC key")
+    ca_name = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes()).subject
+    return _issue(
+        ca_key,
+        ca_name,
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        san=x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]),
+        directory=pki.ca.cert.parent,
+        stem=stem,
     )

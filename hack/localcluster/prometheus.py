@@ -24,6 +24,19 @@ import yaml
 
 SCRAPE_INTERVAL = "2s"
 POD_JOB = "kubernetes-pods"
+# What Prometheus's own user may do: discover scrape targets, nothing else.
+DISCOVERY_RULES = [
+    {
+        "apiGroups": [""],
+        "resources": ["pods", "services", "endpoints", "nodes"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["get", "list", "watch"],
+    },
+]
 OPERATOR_JOB = "acceltrain-operator"
 
 
@@ -37,6 +50,7 @@ class PrometheusSettings:
     key_file: Path
     process_node: str | None
     operator_metrics_port: int
+    real_node: str | None = None
 
 
 def scrape_config(settings: PrometheusSettings) -> dict[str, Any]:
@@ -46,8 +60,10 @@ def scrape_config(settings: PrometheusSettings) -> dict[str, Any]:
         "cert_file": str(settings.cert_file),
         "key_file": str(settings.key_file),
     }
-    # With no process node nothing may be scraped: a space never occurs in a node name.
-    node_regex = re.escape(settings.process_node) if settings.process_node else "no process node"
+    # Only nodes whose pod addresses are real; with none nothing may be scraped (a space never
+    # occurs in a node name).
+    real_nodes = [name for name in (settings.process_node, settings.real_node) if name]
+    node_regex = "|".join(map(re.escape, real_nodes)) if real_nodes else "no real node"
     pod_job: dict[str, Any] = {
         "job_name": POD_JOB,
         # The trainer labels its series with its own `job` and `namespace`; keep those.

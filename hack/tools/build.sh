@@ -5,8 +5,11 @@
 #   bash hack/tools/build.sh            build (or reuse) every tool
 #   bash hack/tools/build.sh kwok helm  only these tools
 #
-# Tools: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (wrapper modules in
-# kubernetes/ and etcd/, see pin.sh), kwok, helm, kind and prometheus (`go install pkg@version`).
+# Tools: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kubelet
+# (wrapper modules in kubernetes/ and etcd/, see pin.sh), coredns (wrapper module in
+# coredns/ with the plugins the local cluster uses), containerd with its runc shim and ctr, kwok,
+# helm, kind and prometheus (`go install pkg@version`), and pause, the sandbox binary compiled from
+# the pause.c in the Kubernetes module (`gcc -static`; no pause image can be pulled here).
 #
 # Each binary lives in ${ACCELTRAIN_TOOLS_CACHE:-${XDG_CACHE_HOME:-~/.cache}/acceltrain/tools}/
 # <name>-<version>/ next to a stamp of everything that went into it (wrapper go.mod/go.sum, Go
@@ -28,7 +31,8 @@ share_dir="${repo_root}/.tools/share"
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-buildvcs=false"
 go_build_flags=(-p 2)
 
-all_tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kind prometheus)
+all_tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet
+	coredns containerd pause kwok helm kind prometheus)
 
 die() {
 	echo "build.sh: $*" >&2
@@ -71,7 +75,9 @@ file_digest() {
 version_of() {
 	case "$1" in
 	etcd) echo "${ETCD_VERSION}" ;;
-	kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) echo "${KUBERNETES_VERSION}" ;;
+	kube-* | kubectl | kubelet | pause) echo "${KUBERNETES_VERSION}" ;;
+	coredns) echo "${COREDNS_VERSION}" ;;
+	containerd) echo "${CONTAINERD_VERSION}" ;;
 	kwok) echo "${KWOK_VERSION}" ;;
 	helm) echo "${HELM_VERSION}" ;;
 	kind) echo "${KIND_VERSION}" ;;
@@ -88,10 +94,15 @@ stamp_of() {
 		echo "${go_version} $(file_digest "${tools_dir}/etcd/go.mod" "${tools_dir}/etcd/go.sum" \
 			"${tools_dir}/etcd/main.go")"
 		;;
-	kube-* | kubectl)
+	kube-* | kubectl | kubelet)
 		echo "${go_version} $(file_digest "${tools_dir}/kubernetes/go.mod" \
 			"${tools_dir}/kubernetes/go.sum") ${kube_ldflags}"
 		;;
+	coredns)
+		echo "${go_version} $(file_digest "${tools_dir}/coredns/go.mod" "${tools_dir}/coredns/go.sum" \
+			"${tools_dir}/coredns/main.go")"
+		;;
+	pause) echo "$(gcc -dumpfullversion) ${KUBERNETES_VERSION}" ;;
 	# The suffix names the stage set of write_kwok_stages; change it when that set changes.
 	kwok) echo "${go_version} ${KWOK_VERSION} stages-v1" ;;
 	prometheus) echo "${go_version} ${PROMETHEUS_VERSION} ${prometheus_tags} ${prometheus_ldflags}" ;;
@@ -124,10 +135,26 @@ build_into() {
 	etcd)
 		(cd "${tools_dir}/etcd" && go build -mod=readonly "${go_build_flags[@]}" -o "${out}/etcd" .)
 		;;
-	kube-* | kubectl)
+	kube-* | kubectl | kubelet)
 		(cd "${tools_dir}/kubernetes" &&
 			go build -mod=readonly "${go_build_flags[@]}" -ldflags "${kube_ldflags}" \
 				-o "${out}/${name}" "k8s.io/kubernetes/cmd/${name}")
+		;;
+	coredns)
+		(cd "${tools_dir}/coredns" && go build -mod=readonly "${go_build_flags[@]}" -o "${out}/coredns" .)
+		;;
+	containerd)
+		# The daemon, its runc shim and ctr (used to import images); no cgo, so no btrfs snapshotter.
+		GOBIN="${out}" go install "${go_build_flags[@]}" \
+			"github.com/containerd/containerd/v2/cmd/containerd@${CONTAINERD_VERSION}" \
+			"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@${CONTAINERD_VERSION}" \
+			"github.com/containerd/containerd/v2/cmd/ctr@${CONTAINERD_VERSION}"
+		;;
+	pause)
+		local module_dir
+		module_dir="$(cd "${tools_dir}/kubernetes" && go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" |
+			sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+		gcc -Os -static -DVERSION="${KUBERNETES_VERSION}" -o "${out}/pause" "${module_dir}/build/pause/linux/pause.c"
 		;;
 	kwok)
 		GOBIN="${out}" go install "${go_build_flags[@]}" "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
@@ -172,6 +199,10 @@ ensure_tool() {
 		echo "  ${name} ${version}: built in $((SECONDS - started)) s"
 	fi
 	ln -sfn "${entry}/${name}" "${bin_dir}/${name}"
+	if [[ "${name}" == containerd ]]; then
+		ln -sfn "${entry}/containerd-shim-runc-v2" "${bin_dir}/containerd-shim-runc-v2"
+		ln -sfn "${entry}/ctr" "${bin_dir}/ctr"
+	fi
 	if [[ "${name}" == kwok ]]; then
 		mkdir -p "${share_dir}"
 		ln -sfn "${entry}/kwok-stages.yaml" "${share_dir}/kwok-stages.yaml"

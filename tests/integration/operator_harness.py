@@ -20,12 +20,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from accel_operator import api, constants
 from accel_operator.kube import ApiError, KubeClient, load_api_client
 from localcluster import free_port, operator_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
+CPU_SMOKE = REPO_ROOT / "manifests" / "examples" / "cpu-smoke.yaml"
 GPU_POOL = {"acceltrain.io/pool": "gpu"}
 CPU_POOL = {"acceltrain.io/pool": "cpu"}
 # DeepSpeed compiles a communication op on a trainer's first start (~30 s idle, minutes on a
@@ -54,6 +57,33 @@ def build_deepspeed_ops() -> None:
         check=False,
     )
     assert result.returncode == 0, f"building DeepSpeed's shm op failed:\n{result.stderr[-2000:]}"
+
+
+def cpu_smoke_for_the_process_node(checkpoints: Path) -> tuple[str, dict[str, Any]]:
+    """The CPU smoke example's name and spec, as the process node runs it: the checkpoint claim
+    becomes a host directory (the process node mounts no claims; the real node does, see
+    test_real_node.py) and DeepSpeed's ops come from the host's shared build directory."""
+    job = next(
+        document
+        for document in yaml.safe_load_all(CPU_SMOKE.read_text())
+        if document["kind"] == "AccelTrainJob"
+    )
+    spec = copy.deepcopy(job["spec"])
+    spec["volumes"][0] = {
+        "name": spec["volumes"][0]["name"],
+        "mountPath": spec["volumes"][0]["mountPath"],
+        "hostPath": {"path": str(checkpoints)},
+    }
+    TORCH_EXTENSIONS_DIR.mkdir(parents=True, exist_ok=True)
+    spec["volumes"].append(
+        {
+            "name": "torch-extensions",
+            "mountPath": "/torch-extensions",
+            "hostPath": {"path": str(TORCH_EXTENSIONS_DIR)},
+        }
+    )
+    spec["env"] = [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}]
+    return str(job["metadata"]["name"]), spec
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:

@@ -31,9 +31,9 @@ from localcluster import Cluster
 from ..unit.test_chart import EXPECTED_RULES
 from .operator_harness import (
     REPO_ROOT,
-    TORCH_EXTENSIONS_DIR,
     Api,
     condition,
+    cpu_smoke_for_the_process_node,
     gpu_spec,
     install_crd,
     running_operator,
@@ -49,7 +49,6 @@ pytestmark = [
 
 CHART = REPO_ROOT / "charts" / "acceltrain"
 KUSTOMIZE_BASE = REPO_ROOT / "manifests" / "operator"
-CPU_SMOKE = REPO_ROOT / "manifests" / "examples" / "cpu-smoke.yaml"
 # Release names make cluster-scoped names (ClusterRoles): the chart's and the kustomize base's
 # must not collide in one cluster.
 RELEASE = "acceltrain-helm"
@@ -137,21 +136,10 @@ def kube(cluster: Cluster) -> Api:
 
 
 def _cpu_smoke(namespace: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
-    """The CPU smoke example with its hostPath in a test directory and a shorter run."""
-    document = yaml.safe_load(CPU_SMOKE.read_text())
-    spec = copy.deepcopy(document["spec"])
-    spec["volumes"][0]["hostPath"]["path"] = str(tmp_path / "checkpoints")
+    """The CPU smoke example on the process node, with a shorter run."""
+    name, spec = cpu_smoke_for_the_process_node(tmp_path / "checkpoints")
     spec["training"]["maxSteps"] = SMOKE_STEPS
-    TORCH_EXTENSIONS_DIR.mkdir(parents=True, exist_ok=True)
-    spec["volumes"].append(
-        {
-            "name": "torch-extensions",
-            "mountPath": "/torch-extensions",
-            "hostPath": {"path": str(TORCH_EXTENSIONS_DIR)},
-        }
-    )
-    spec["env"] = [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}]
-    return str(document["metadata"]["name"]), spec
+    return name, spec
 
 
 def _train_cpu_smoke(

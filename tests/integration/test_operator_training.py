@@ -7,7 +7,6 @@ permanent trainer error, suspend/resume with the SIGTERM checkpoint, and a froze
 
 from __future__ import annotations
 
-import copy
 import re
 import signal
 import time
@@ -15,16 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from accel_operator import constants
 
 from .operator_harness import (
-    REPO_ROOT,
-    TORCH_EXTENSIONS_DIR,
     Api,
     OperatorProcess,
     condition,
+    cpu_smoke_for_the_process_node,
     cpu_spec,
     pod_processes,
     rank_processes,
@@ -34,7 +31,6 @@ from .operator_harness import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.trainer, pytest.mark.usefixtures("deepspeed_ops")]
 
-CPU_SMOKE = REPO_ROOT / "manifests" / "examples" / "cpu-smoke.yaml"
 TRAINING_TIMEOUT = 300
 
 
@@ -70,19 +66,7 @@ def _logged_steps(log: str) -> list[int]:
 def test_the_cpu_smoke_example_trains_to_succeeded_with_live_progress(
     kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    document = yaml.safe_load(CPU_SMOKE.read_text())
-    spec = copy.deepcopy(document["spec"])
-    spec["volumes"][0]["hostPath"]["path"] = str(tmp_path / "checkpoints")
-    TORCH_EXTENSIONS_DIR.mkdir(parents=True, exist_ok=True)
-    spec["volumes"].append(
-        {
-            "name": "torch-extensions",
-            "mountPath": "/torch-extensions",
-            "hostPath": {"path": str(TORCH_EXTENSIONS_DIR)},
-        }
-    )
-    spec["env"] = [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}]
-    name = document["metadata"]["name"]
+    name, spec = cpu_smoke_for_the_process_node(tmp_path / "checkpoints")
     kube.create_job(namespace, name, spec)
 
     seen_rates: list[float] = []

@@ -30,8 +30,17 @@ def example_files() -> list[Path]:
 
 
 def load_example(path: Path) -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load(path.read_text())
-    return document
+    """The AccelTrainJob of an example file (which may also hold the PVCs it mounts)."""
+    return example_documents(path)["AccelTrainJob"][0]
+
+
+def example_documents(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every object of an example file, by kind."""
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for document in yaml.safe_load_all(path.read_text()):
+        if document:
+            by_kind.setdefault(document["kind"], []).append(document)
+    return by_kind
 
 
 @pytest.fixture

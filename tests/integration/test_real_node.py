@@ -1,0 +1,302 @@
+"""The user's path on a real node: a kubelet and containerd running the images `make images` built.
+
+A cluster of its own (no kwok and no process node): the kubelet runs every pod in a runc
+container from the operator and CPU trainer images, enforcing the pods' securityContext, with
+cluster DNS (CoreDNS) and local PersistentVolumes. The body of the test is
+``tests/e2e/user-path.sh``, the same script the kind e2e runs: ``helm install`` with the operator
+running as a pod under the chart's ServiceAccount, ``kubectl apply`` of ``cpu-smoke`` (its claim and
+the job) and training to Succeeded. While it trains, this test looks inside a trainer container;
+afterwards it checks the claim's files and Prometheus's series. A second test kills a worker's
+container through the runtime and sees the group restart and resume from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from localcluster import Cluster
+from localcluster.prometheus import query
+
+from .operator_harness import REPO_ROOT, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.trainer, pytest.mark.real_node]
+
+USER_PATH = REPO_ROOT / "tests" / "e2e" / "user-path.sh"
+CPU_SMOKE = REPO_ROOT / "manifests" / "examples" / "cpu-smoke.yaml"
+TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
+JOB = "cpu-smoke"
+CLAIM = "cpu-smoke-checkpoints"
+TRAINER_UID = 1000
+# Training itself takes about a minute; a cold node also starts the operator pod and two trainer
+# containers that import torch.
+JOB_TIMEOUT = 600
+# What a trainer container reports about itself (run by `kubectl exec`).
+INTROSPECT = """
+import json, os, socket
+facts = {"uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups())}
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+facts["cap_eff"] = status["CapEff"].strip()
+try:
+    open("/usr/acceltrain-probe", "w")
+    facts["root_fs"] = "writable"
+except OSError as error:
+    facts["root_fs"] = error.strerror
+facts["master_addr"] = os.environ["MASTER_ADDR"]
+facts["master_ip"] = socket.gethostbyname(os.environ["MASTER_ADDR"])
+resolv = open("/etc/resolv.conf").read().splitlines()
+facts["nameservers"] = [line.split()[1] for line in resolv if line.startswith("nameserver")]
+print(json.dumps(facts))
+"""
+
+
+def _image_names() -> dict[str, str]:
+    names = subprocess.run(
+        ["make", "-s", "image-names"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    operator, _, trainer_cpu = names
+    return {"OPERATOR_IMAGE": operator, "TRAINER_CPU_IMAGE": trainer_cpu}
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    images = _image_names()
+    cluster = Cluster(
+        tmp_path_factory.mktemp("real-node"),
+        gpu_nodes=0,
+        process_node=False,
+        real_node=True,
+        prometheus=True,
+        images=list(images.values()),
+    )
+    cluster.start(timeout=180)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _user_path_env(cluster: Cluster, namespace: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        **_image_names(),
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "KUBECTL": str(TOOLS_BIN / "kubectl"),
+        "HELM": str(TOOLS_BIN / "helm"),
+        "E2E_NAMESPACE": namespace,
+        "E2E_TIMEOUT": str(JOB_TIMEOUT),
+    }
+
+
+def _kubectl_json(cluster: Cluster, *args: str) -> Any:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def _trainer_pods(cluster: Cluster, namespace: str, phase: str | None = None) -> list[Any]:
+    selector = ["-l", f"acceltrain.io/job-name={JOB}"]
+    pods = _kubectl_json(cluster, "get", "pods", "-n", namespace, *selector)["items"]
+    return [pod for pod in pods if phase is None or pod["status"].get("phase") == phase]
+
+
+def _introspect_a_running_trainer(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    """Facts from inside worker 1's trainer container, and worker 0's pod IP."""
+
+    def both_running() -> list[Any] | None:
+        pods = _trainer_pods(cluster, namespace, "Running")
+        return pods if len(pods) == 2 else None
+
+    pods = wait_for("both trainer pods Running", both_running, timeout=JOB_TIMEOUT, interval=1)
+    by_index = {
+        pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: pod
+        for pod in pods
+    }
+    result = cluster.kubectl(
+        "exec", "-n", namespace, by_index["1"]["metadata"]["name"], "-c", "trainer", "--",
+        "python", "-c", INTROSPECT,
+    )  # fmt: skip
+    facts: dict[str, Any] = json.loads(result.stdout)
+    facts["worker_0_ip"] = by_index["0"]["status"]["podIP"]
+    return facts
+
+
+def test_the_user_path_trains_cpu_smoke_in_hardened_containers_with_cluster_dns(
+    real_cluster: Cluster,
+) -> None:
+    namespace = "user-path"
+    script = subprocess.Popen(
+        ["bash", str(USER_PATH)],
+        cwd=REPO_ROOT,
+        env=_user_path_env(real_cluster, namespace),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(script.stdout or []), daemon=True)
+    reader.start()
+    try:
+        facts = _introspect_a_running_trainer(real_cluster, namespace)
+        code = script.wait(timeout=JOB_TIMEOUT + 360)
+    finally:
+        script.kill()
+        reader.join(timeout=10)
+    log = "".join(output)
+    assert code == 0, log
+    assert "user path: cpu-smoke Succeeded" in log
+    assert "trainer metrics through port-forward: ok" in log
+
+    # The hardened securityContext was enforced by the runtime: the pod's user and fsGroup, no
+    # capabilities, a read-only root filesystem.
+    assert (facts["uid"], facts["gid"]) == (TRAINER_UID, TRAINER_UID), facts
+    assert int(facts["cap_eff"], 16) == 0, facts
+    assert facts["root_fs"] == "Read-only file system", facts
+    # Rendezvous by the pod's DNS name, answered by cluster DNS (the node's only nameserver).
+    assert facts["master_addr"].startswith(f"{JOB}-a1-0."), facts
+    assert facts["master_ip"] == facts["worker_0_ip"], facts
+    assert facts["nameservers"] == [real_cluster.real_node_settings.gateway], facts
+
+    # The operator ran as a pod from its image; no operator process runs on the host.
+    operator_pods = _kubectl_json(real_cluster, "get", "pods", "-n", "acceltrain-system")["items"]
+    assert [pod["spec"]["containers"][0]["image"] for pod in operator_pods] == [
+        _image_names()["OPERATOR_IMAGE"]
+    ]
+    status = _kubectl_json(real_cluster, "get", "atj", JOB, "-n", namespace)["status"]
+    steps = yaml.safe_load_all(CPU_SMOKE.read_text())
+    max_steps = next(d for d in steps if d["kind"] == "AccelTrainJob")["spec"]["training"][
+        "maxSteps"
+    ]
+    assert status["progress"]["step"] == max_steps
+    assert status["lastCheckpoint"]["step"] == max_steps
+
+    # Checkpoints and the evaluation report are on the claim, written by the non-root trainer.
+    volume = real_cluster.volume_path(namespace, CLAIM)
+    report = volume / "output" / "eval" / "final.json"
+    assert report.exists(), sorted(str(p.relative_to(volume)) for p in volume.rglob("*"))[:50]
+    assert report.stat().st_uid == TRAINER_UID
+    assert "accuracy" in json.loads(report.read_text())
+    assert any(path.name.startswith("step-") for path in volume.rglob("*"))
+
+    # Prometheus scraped every rank of both trainer pods on the node, and the operator pod.
+    prometheus = real_cluster.prometheus_url
+    assert prometheus is not None
+    samples = query(
+        prometheus,
+        f'max_over_time(acceltrain_train_samples_total{{namespace="{namespace}"}}[10m])',
+    )
+    assert {(s["metric"]["pod"], s["metric"]["local_rank"]) for s in samples} and all(
+        float(s["value"][1]) > 0 for s in samples
+    ), samples
+    assert len({s["metric"]["pod"] for s in samples}) == 2, samples
+    operator_series = query(
+        prometheus, "max_over_time(acceltrain_operator_api_requests_total[10m])"
+    )
+    assert operator_series and operator_series[0]["metric"]["namespace"] == "acceltrain-system"
+
+
+def _container_id(cluster: Cluster, pod: str) -> str:
+    listing = cluster.ctr(
+        "containers", "ls", "-q",
+        f'labels."io.kubernetes.pod.name"=={pod},labels."io.kubernetes.container.name"==trainer',
+    )  # fmt: skip
+    ids = listing.stdout.split()
+    assert len(ids) == 1, (listing.stdout, listing.stderr)
+    return ids[0]
+
+
+def test_a_worker_container_killed_by_the_runtime_restarts_the_group_from_its_checkpoint(
+    real_cluster: Cluster,
+) -> None:
+    namespace = "killed"
+    real_cluster.kubectl("create", "namespace", namespace)
+    documents = list(yaml.safe_load_all(CPU_SMOKE.read_text()))
+    job = next(d for d in documents if d["kind"] == "AccelTrainJob")
+    job["spec"]["training"]["maxSteps"] = 80
+    job["spec"]["image"] = _image_names()["TRAINER_CPU_IMAGE"]
+    real_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(documents))
+
+    def checkpointed() -> dict[str, Any] | None:
+        status = _kubectl_json(real_cluster, "get", "atj", JOB, "-n", namespace).get("status", {})
+        return status if status.get("lastCheckpoint") else None
+
+    checkpoint = wait_for("a checkpoint", checkpointed, JOB_TIMEOUT, 2)["lastCheckpoint"]["step"]
+    victim = next(
+        pod["metadata"]["name"]
+        for pod in _trainer_pods(real_cluster, namespace, "Running")
+        if pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1"
+    )
+    killed = real_cluster.ctr(
+        "tasks", "kill", "--signal", "SIGKILL", _container_id(real_cluster, victim)
+    )
+    assert killed.returncode == 0, killed.stderr
+
+    def finished() -> dict[str, Any] | None:
+        status = _kubectl_json(real_cluster, "get", "atj", JOB, "-n", namespace).get("status", {})
+        assert status.get("phase") != "Failed", status
+        return status if status.get("phase") == "Succeeded" else None
+
+    status = wait_for("Succeeded after the restart", finished, JOB_TIMEOUT, 2)
+    assert (status["attempt"], status["restarts"]) == (2, 1), status
+    assert status["progress"]["step"] == 80
+    attempt_2 = next(
+        pod["metadata"]["name"]
+        for pod in _trainer_pods(real_cluster, namespace)
+        if pod["metadata"]["name"].startswith(f"{JOB}-a2-")
+        and pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0"
+    )
+    log = real_cluster.kubectl("logs", "-n", namespace, attempt_2, "-c", "trainer")
+    resumed = re.search(r"resumed from step-(\d{8})", log.stdout)
+    assert resumed, log.stdout[-2000:]
+    assert int(resumed.group(1)) >= checkpoint
+
+
+def test_stopping_the_cluster_leaves_no_trace_on_the_host(tmp_path: Path) -> None:
+    """Mounts, interfaces, cgroups, nftables rules and sysctls are as they were before."""
+    before = _host_snapshot()
+    cluster = Cluster(
+        tmp_path / "c", gpu_nodes=0, process_node=False, prometheus=False, real_node=True
+    )
+    cluster.start(timeout=120)
+    settings = cluster.real_node_settings
+    cluster.kubectl(
+        "run", "sleeper", "--image", "registry.k8s.io/pause:3.10.1", "--restart=Never",
+    )  # fmt: skip
+    wait_for(
+        "the pause pod Running",
+        lambda: (
+            cluster.kubectl("get", "pod", "sleeper", "-o", "jsonpath={.status.phase}").stdout
+            == "Running"
+        ),
+        timeout=60,
+    )
+    assert settings.bridge in _host_snapshot()["interfaces"]
+    cluster.stop()
+    assert _host_snapshot() == before
+
+
+def _host_snapshot() -> dict[str, Any]:
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+    return {
+        "mounts": sorted(
+            line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        ),
+        "interfaces": sorted(
+            link["ifname"] for link in json.loads(run("ip", "-j", "link") or "[]")
+        ),
+        "nft": run("nft", "list", "tables"),
+        "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(),
+        "cgroups": sorted(p.name for p in Path("/sys/fs/cgroup/cpu").iterdir() if p.is_dir())
+        if Path("/sys/fs/cgroup/cpu").is_dir()
+        else [],
+        "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+    }
