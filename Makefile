@@ -47,17 +47,17 @@ crd-check: venv
 unit: venv
 	$(PY) -m pytest tests/unit
 
-integration: venv tools
+integration: venv tools node-images
 	$(PY) -m pytest tests/integration
 
-test: venv tools lint typecheck imports crd-check
+test: venv tools node-images lint typecheck imports crd-check
 	$(PY) -m pytest tests --durations=30
 
 tools:
 	bash hack/tools/build.sh
 
-cluster-up: venv tools
-	PYTHONPATH=hack $(PY) -m localcluster up
+cluster-up: venv tools node-images
+	PYTHONPATH=hack $(PY) -m localcluster up --image $(OPERATOR_IMAGE) --image $(TRAINER_CPU_IMAGE)
 
 cluster-down:
 	PYTHONPATH=hack $(PY) -m localcluster down
@@ -82,18 +82,33 @@ OPERATOR_IMAGE ?= $(REGISTRY)/operator:$(VERSION)
 TRAINER_IMAGE ?= $(REGISTRY)/trainer:$(VERSION)
 TRAINER_CPU_IMAGE ?= $(REGISTRY)/trainer-cpu:$(VERSION)
 
-.PHONY: images image-names image-operator image-trainer image-trainer-cpu
-images: image-operator image-trainer image-trainer-cpu
+PAUSE_IMAGE ?= registry.k8s.io/pause:3.10.1
+export OPERATOR_IMAGE TRAINER_IMAGE TRAINER_CPU_IMAGE PAUSE_IMAGE
+
+# hack/images/build.sh builds with Docker when a Docker engine answers, else with podman (then
+# from a Debian base it makes itself: nothing is pulled). The CUDA trainer image needs its CUDA
+# base image, so without Docker build the others: make image-pause image-operator image-trainer-cpu.
+.PHONY: images image-names image-operator image-trainer image-trainer-cpu image-pause node-images
+images: tools
+	bash hack/images/build.sh pause operator trainer-cpu trainer
+
+# What the local cluster's real node runs (make cluster-up, make demo, make test): no CUDA image.
+node-images: tools
+	bash hack/images/build.sh pause operator trainer-cpu
 
 image-operator:
-	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
+	bash hack/images/build.sh operator
 
 image-trainer:
-	docker build -f trainer_image/Dockerfile -t $(TRAINER_IMAGE) .
+	bash hack/images/build.sh trainer
 
-# What kind clusters and CI run: the CUDA trainer image is not needed there.
+# What kind clusters, the local cluster and CI run: the CUDA trainer image is not needed there.
 image-trainer-cpu:
-	docker build -f trainer_image/Dockerfile.cpu -t $(TRAINER_CPU_IMAGE) .
+	bash hack/images/build.sh trainer-cpu
+
+# The sandbox image of the local cluster's containerd, from .tools/bin/pause (make tools).
+image-pause: tools
+	bash hack/images/build.sh pause
 
 image-names:
 	@echo $(OPERATOR_IMAGE) $(TRAINER_IMAGE) $(TRAINER_CPU_IMAGE)

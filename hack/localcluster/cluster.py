@@ -203,6 +203,7 @@ class Cluster:
         self.tools_dir = tools_dir
         self._ip_forward_before: str | None = None
         self._host_dirs_before: list[str] = []
+        self._containerd_root: Path | None = None
         self._requested_operator_port = operator_metrics_port
         self._ports: controlplane.Ports | None = None
         self._records: dict[str, ProcessRecord] = {}
@@ -267,6 +268,8 @@ class Cluster:
             kubelet_port=self.ports.kubelet,
             kubelet_healthz_port=self.ports.kubelet_healthz,
             dns_ready_port=self.ports.dns_ready,
+            containerd_root=self._containerd_root
+            or self.state_dir / "node" / "containerd" / "root",
         )
 
     @property
@@ -399,6 +402,7 @@ class Cluster:
         self._write_state()
         node_address = None
         if self.real_node:
+            self._containerd_root = realnode.claim_root(self.state_dir)
             settings = self.real_node_settings
             node_address = settings.gateway
             self._ip_forward_before = realnode.ip_forward()
@@ -817,6 +821,7 @@ class Cluster:
             "real_node_cidr": self.real_node_cidr,
             "ip_forward_before": self._ip_forward_before,
             "host_dirs_before": self._host_dirs_before,
+            "containerd_root": str(self._containerd_root) if self._containerd_root else None,
             "ports": vars(self._ports) if self._ports else None,
             "processes": [record.to_json() for record in self._records.values()],
         }
@@ -851,6 +856,8 @@ class Cluster:
         )
         cluster._ip_forward_before = state.get("ip_forward_before")
         cluster._host_dirs_before = state.get("host_dirs_before", [])
+        if state.get("containerd_root"):
+            cluster._containerd_root = Path(state["containerd_root"])
         if state["ports"] is not None:
             cluster._ports = controlplane.Ports(**state["ports"])
         cluster._records = {
@@ -909,6 +916,8 @@ class Cluster:
                 ip_forward_before=self._ip_forward_before,
                 dirs_before=self._host_dirs_before,
             )
+            if self._containerd_root is not None:
+                realnode.release_root(self._containerd_root, self.state_dir)
         self._records = {}
         if state_path.exists() or self._ports is not None:
             self._write_state()

@@ -28,15 +28,19 @@ root here, cgroup v1, no host firewall changes, image GC) are in ``docs/developm
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .processes import ProcessRecord, is_alive
 
 NODE_LABELS = {"acceltrain.io/pool": "cpu"}
 CLUSTER_DOMAIN = "cluster.local"
@@ -99,6 +103,7 @@ class RealNodeSettings:
     kubelet_port: int
     kubelet_healthz_port: int
     dns_ready_port: int
+    containerd_root: Path
 
     @property
     def bridge(self) -> str:
@@ -148,7 +153,7 @@ def containerd_config(settings: RealNodeSettings, cni_bin_dir: Path) -> str:
     state = settings.containerd_dir
     runtime = "plugins.'io.containerd.cri.v1.runtime'"
     return f"""version = 3
-root = "{state / "root"}"
+root = "{settings.containerd_root}"
 state = "{state / "state"}"
 # No plugin may write outside the node directory: another containerd may run beside this one.
 disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor.v1.otlp",
@@ -214,6 +219,65 @@ def cni_config(settings: RealNodeSettings) -> dict[str, Any]:
 
 def containerd_argv(binary: Path, settings: RealNodeSettings) -> list[str]:
     return [str(binary), "--config", str(settings.path("containerd.toml"))]
+
+
+# ---- containerd's root, kept between clusters ----------------------------------------------------
+
+# Imported images live in containerd's root. The CPU trainer image is several GB: importing it
+# into every new cluster would cost minutes and as much disk again, so roots are kept between
+# clusters in numbered slots, one cluster at a time each (two containerds cannot share a root).
+ROOT_SLOTS = 4
+# A claim whose cluster has not started its containerd yet counts as taken for this long.
+CLAIM_GRACE_SECONDS = 300.0
+
+
+def roots_dir() -> Path:
+    configured = os.environ.get("ACCELTRAIN_NODE_CACHE")
+    if configured:
+        return Path(configured)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "acceltrain" / "node-roots"
+
+
+def _claim_is_live(claim: dict[str, Any]) -> bool:
+    if time.time() - claim.get("claimed_at", 0.0) < CLAIM_GRACE_SECONDS:
+        return True
+    state = Path(claim["state_dir"]) / "state.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        for raw in json.loads(state.read_text())["processes"]:
+            if raw["name"] == "containerd" and is_alive(ProcessRecord.from_json(raw)):
+                return True
+    return False
+
+
+def claim_root(state_dir: Path) -> Path:
+    """A containerd root no running cluster uses, claimed for the cluster in ``state_dir``."""
+    base = roots_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    with (base / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for index in range(ROOT_SLOTS):
+            slot = base / f"slot-{index}"
+            claim_file = slot / "claim.json"
+            if claim_file.exists():
+                claim = json.loads(claim_file.read_text())
+                if claim["state_dir"] != str(state_dir) and _claim_is_live(claim):
+                    continue
+            slot.mkdir(exist_ok=True)
+            claim = {"state_dir": str(state_dir), "claimed_at": time.time()}
+            claim_file.write_text(json.dumps(claim))
+            return slot / "root"
+    raise RuntimeError(
+        f"all {ROOT_SLOTS} containerd roots in {base} are in use by running local clusters; "
+        "stop one (python -m localcluster down --state-dir DIR)"
+    )
+
+
+def release_root(root: Path, state_dir: Path) -> None:
+    claim_file = root.parent / "claim.json"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(claim_file.read_text())["state_dir"] == str(state_dir):
+            claim_file.unlink()
 
 
 # ---- kubelet ----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -194,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    name_the_user()
     kopf.run(
         registry=build_registry(reconciler, options),
         standalone=args.peering is None,
@@ -203,6 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         liveness_endpoint=liveness,
     )
     return 0
+
+
+def name_the_user() -> None:
+    """kopf names this operator to its peers after the process's user, which it looks up in the
+    password database unless ``USER`` (or ``LOGNAME``) is set. A container running under an
+    arbitrary numeric uid (the chart's 65532) has no entry there, and kopf would fail at start:
+    the pod's name stands in for the user then."""
+    if not any(os.environ.get(name) for name in ("LOGNAME", "USER", "LNAME", "USERNAME")):
+        os.environ["USER"] = socket.gethostname()
 
 
 if __name__ == "__main__":

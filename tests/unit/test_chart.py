@@ -277,7 +277,9 @@ def test_dockerfile_pins_its_base_runs_as_non_root_and_enters_the_module(path: P
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert re.search(
-        r'^ENTRYPOINT \["python", "-m", "accel_(operator|trainer)"\]', text, re.MULTILINE
+        r'^ENTRYPOINT \[(?:"tini", "--", )?"python", "-m", "accel_(operator|trainer)"\]',
+        text,
+        re.MULTILINE,
     )
 
 

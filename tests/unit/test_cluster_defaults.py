@@ -3,12 +3,15 @@ and refuses to start on a value it cannot use, naming the variable and the fix."
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import socket
 
 import pytest
 
 from accel_operator import api, constants, render
-from accel_operator.__main__ import main
+from accel_operator.__main__ import main, name_the_user
 
 from .conftest import EXAMPLES_DIR, load_example
 
@@ -99,3 +102,19 @@ def test_the_operator_refuses_to_start_with_an_unusable_setting(
     monkeypatch.setenv(TOLERATIONS, '[{"operator": "Sometimes"}]')
     with pytest.raises(SystemExit, match=rf"{TOLERATIONS}\[0\]: not a toleration"):
         main(["run", "--metrics-port", "0", "--liveness-port", "0"])
+
+
+def test_an_operator_under_a_uid_without_a_passwd_entry_names_itself_after_its_pod(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(variable, raising=False)
+    name_the_user()
+    # kopf's peering identity comes from getpass, which must not consult /etc/passwd now.
+    assert getpass.getuser() == socket.gethostname()
+
+
+def test_a_user_named_by_the_environment_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USER", "someone")
+    name_the_user()
+    assert os.environ["USER"] == "someone"
