@@ -68,7 +68,7 @@ clean:
 # A local cluster (state in .demo/), the operator and manifests/examples/cpu-demo.yaml with live
 # progress, then the evaluation report and a PromQL answer. Everything stays up for a look around
 # until `make demo-down`; Ctrl-C tears it all down.
-demo: venv tools
+demo: venv tools node-images
 	PYTHONPATH=hack $(PY) -m localcluster.demo up
 
 demo-down:

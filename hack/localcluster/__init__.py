@@ -2,14 +2,17 @@
 
 It runs etcd, kube-apiserver, kube-controller-manager and kube-scheduler as local processes on
 loopback with generated certificates and RBAC; kwok with fake GPU nodes (``nvidia.com/gpu``) for
-scheduling and scale tests; the process node agent (:mod:`localcluster.nodeagent`) that really
-runs the pods bound to its node; and Prometheus discovering pods through the API server. All
-binaries are built from Go modules by ``make tools`` into ``.tools/bin``.
+scheduling and scale tests; a real node (:mod:`localcluster.realnode`: containerd, a kubelet and
+CoreDNS) that runs its pods in containers from the images of ``make node-images``; the process
+node agent (:mod:`localcluster.nodeagent`) that runs the pods bound to its node as host
+processes; and Prometheus discovering pods through the API server. All binaries are built from
+Go modules by ``make tools`` into ``.tools/bin``.
 
 Python API (``PYTHONPATH=hack``)::
 
     from localcluster import Cluster
-    cluster = Cluster(state_dir, gpu_nodes=4, gpus_per_node=8, process_node=True, prometheus=True)
+    cluster = Cluster(state_dir, gpu_nodes=4, gpus_per_node=8, process_node=True, prometheus=True,
+                      real_node=True, images=["ghcr.io/acceltrain/trainer-cpu:0.1.0"])
     cluster.start()                     # returns when every component is ready
     cluster.kubeconfig, cluster.api_url, cluster.prometheus_url
     cluster.kubectl("get", "nodes")     # the pinned kubectl, against this cluster

@@ -5,24 +5,26 @@
     PYTHONPATH=hack .venv/bin/python -m localcluster.demo up      # make demo
     PYTHONPATH=hack .venv/bin/python -m localcluster.demo down    # make demo-down
 
-``up`` starts (or reuses, when a previous ``up`` left them running) a local cluster with the
-process node, a few kwok GPU nodes and Prometheus; installs the CRD; starts the operator as a local
-process; applies ``manifests/examples/cpu-demo.yaml`` with its host paths moved under the state
-directory; shows the job's progress from its status until it Succeeded or Failed; then prints the
-final evaluation, where the checkpoints and the exported model are, and a PromQL query answered
-by Prometheus. It exits 0 only when the job Succeeded, and leaves everything running so the user
-can look around; ``down`` stops it all and removes the state directory. Ctrl-C (or SIGTERM) during
-``up`` tears everything down as ``down`` does.
+``up`` starts (or reuses, when a previous ``up`` left them running) a local cluster with the real
+node (kubelet + containerd running the images of ``make node-images``), a few kwok GPU nodes and
+Prometheus; installs the CRD; starts the operator as a local process; applies
+``manifests/examples/cpu-demo.yaml`` as it is (its checkpoint claim and the job), so the trainers
+run in containers from the CPU trainer image; shows the job's progress from its status until it
+Succeeded or Failed; then prints the final evaluation, where the checkpoints and the exported
+model are (the claim's local volume on the host), and a PromQL query answered by Prometheus. It
+exits 0 only when the job Succeeded, and leaves everything running so the user can look around;
+``down`` stops it all and removes the state directory. Ctrl-C (or SIGTERM) during ``up`` tears
+everything down as ``down`` does.
 
 State directory (``.demo/``, git-ignored)::
 
     cluster/               the local cluster (kubeconfig, component logs, Prometheus data)
+    cluster/node/volumes/  the local volumes: the job's claim holds its checkpoints, evaluation
+                           reports and exported model
     operator.log           the operator's output
     demo.json              the operator's pid record and ports
-    checkpoints/cpu-demo/  the job's /checkpoints: checkpoints, eval reports, exported model
 
-DeepSpeed's compiled ops are cached outside it (``~/.cache/acceltrain/torch-extensions``), so a
-demo after ``down`` does not compile them again.
+The trainer image carries DeepSpeed's compiled ops, so no pod compiles anything.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -48,6 +49,7 @@ import yaml
 
 from . import prometheus
 from .cluster import Cluster, ClusterError, free_port, operator_argv
+from .images import node_image_names
 from .kubeapi import ApiError
 from .processes import ProcessRecord, is_alive, spawn, stop
 from .tools import REPO_ROOT, MissingToolError
@@ -55,9 +57,6 @@ from .tools import REPO_ROOT, MissingToolError
 DEFAULT_STATE_DIR = REPO_ROOT / ".demo"
 DEMO_MANIFEST = REPO_ROOT / "manifests" / "examples" / "cpu-demo.yaml"
 CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
-EXTENSIONS_CACHE = Path(
-    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "acceltrain", "torch-extensions"
-)
 NAMESPACE = "default"
 JOBS_PATH = f"/apis/acceltrain.io/v1alpha1/namespaces/{NAMESPACE}/acceltrainjobs"
 JOB_LABEL = "acceltrain.io/job-name"
@@ -67,8 +66,6 @@ OPERATOR_STOP_SECONDS = 15.0
 # The demo job takes about two minutes on two cores; this is how long before giving up.
 JOB_TIMEOUT_SECONDS = 900.0
 FINISHED = ("Succeeded", "Failed")
-# The op DeepSpeed's CPU accelerator compiles on first use (torch cpp_extension name).
-SHM_OP = "deepspeed_shm_comm"
 
 
 class DemoError(RuntimeError):
@@ -93,49 +90,41 @@ class DemoPaths:
     def state_file(self) -> Path:
         return self.root / STATE_FILE
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
 
 # --- the job ------------------------------------------------------------------------------------
-def demo_document(checkpoints: Path, extensions_cache: Path = EXTENSIONS_CACHE) -> dict[str, Any]:
-    """``cpu-demo.yaml`` with its hostPaths moved: the checkpoint volume to
-    ``checkpoints/<name>``, the volume holding ``TORCH_EXTENSIONS_DIR`` (DeepSpeed's compiled ops)
-    to ``extensions_cache``, any other to ``checkpoints/<name>-<volume>``."""
-    document: dict[str, Any] = yaml.safe_load(DEMO_MANIFEST.read_text())
-    spec = document["spec"]
-    name = document["metadata"]["name"]
-    document["metadata"]["namespace"] = NAMESPACE
-    env = {item["name"]: item.get("value", "") for item in spec.get("env") or []}
-    extensions_dir = env.get("TORCH_EXTENSIONS_DIR", "")
-    for volume in spec.get("volumes") or []:
-        host_path = volume.get("hostPath")
-        if host_path is None:
-            continue
-        mount = volume["mountPath"].rstrip("/")
-        if mount == spec["checkpoint"]["path"].rstrip("/"):
-            host_path["path"] = str(checkpoints / name)
-        elif extensions_dir == mount or extensions_dir.startswith(mount + "/"):
-            # Outside the state directory, so that `make demo-down` does not throw away ops
-            # that take half a minute to compile.
-            host_path["path"] = str(extensions_cache)
-        else:
-            host_path["path"] = str(checkpoints / f"{name}-{volume['name']}")
-    return document
+def demo_documents() -> list[dict[str, Any]]:
+    """``cpu-demo.yaml``'s objects (its claim, then the job), in the demo's namespace."""
+    documents = [doc for doc in yaml.safe_load_all(DEMO_MANIFEST.read_text()) if doc]
+    for document in documents:
+        document["metadata"]["namespace"] = NAMESPACE
+    return documents
 
 
-def host_path_of(document: dict[str, Any], pod_path: str) -> Path | None:
-    """The host path behind a path inside the job's pods, through its hostPath volumes."""
+def demo_job(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(doc for doc in documents if doc["kind"] == "AccelTrainJob")
+
+
+def host_path_of(job: dict[str, Any], pod_path: str, claim_dirs: dict[str, Path]) -> Path | None:
+    """The host path behind a path inside the job's pods, through its claims (``claim_dirs``: the
+    host directory of each bound claim) and hostPath volumes."""
     best: tuple[int, Path] | None = None
-    for volume in document["spec"].get("volumes") or []:
+    for volume in job["spec"].get("volumes") or []:
         mount = volume["mountPath"].rstrip("/")
-        host = (volume.get("hostPath") or {}).get("path")
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        host = claim_dirs.get(claim) if claim else (volume.get("hostPath") or {}).get("path")
         if host is None or not (pod_path == mount or pod_path.startswith(mount + "/")):
             continue
         if best is None or len(mount) > best[0]:
             best = (len(mount), Path(host) / pod_path[len(mount) :].lstrip("/"))
     return None if best is None else best[1]
+
+
+def claims_of(job: dict[str, Any]) -> list[str]:
+    return [
+        volume["persistentVolumeClaim"]["claimName"]
+        for volume in job["spec"].get("volumes") or []
+        if "persistentVolumeClaim" in volume
+    ]
 
 
 # --- progress -----------------------------------------------------------------------------------
@@ -267,12 +256,12 @@ class Demo:
         cluster = self._cluster()
         self._install_crd(cluster)
         self._start_operator(cluster)
-        document = demo_document(self.paths.checkpoints)
-        self._build_deepspeed_op(document)
-        self._apply(cluster, document)
-        status = self._watch(cluster, document)
+        documents = demo_documents()
+        self._apply(cluster, documents)
+        job = demo_job(documents)
+        status = self._watch(cluster, job)
         self.say(f"(the demo took {_duration(time.monotonic() - started)} in all)")
-        return self._report(cluster, document, status)
+        return self._report(cluster, job, status)
 
     def _cluster(self) -> Cluster:
         with contextlib.suppress(ClusterError):
@@ -288,10 +277,17 @@ class Demo:
                     return existing
         self.say(
             "[1/4] local cluster: starting etcd, the control plane, kwok GPU nodes, "
-            "the process node and Prometheus ..."
+            "the real node (kubelet + containerd) and Prometheus ..."
         )
         began = time.monotonic()
-        cluster = Cluster(self.paths.cluster, gpu_nodes=GPU_NODES, gpus_per_node=8)
+        cluster = Cluster(
+            self.paths.cluster,
+            gpu_nodes=GPU_NODES,
+            gpus_per_node=8,
+            process_node=False,
+            real_node=True,
+            images=node_image_names(),
+        )
         cluster.start(timeout=120)
         self.say(
             f"      ready in {time.monotonic() - began:.1f} s: API server {cluster.api_url}, "
@@ -334,7 +330,7 @@ class Demo:
         argv = operator_argv(
             metrics_port=cluster.operator_metrics_port,
             liveness_port=liveness_port,
-            scrape_network=str(cluster.bridge_cidr),
+            scrape_network=str(cluster.real_node_cidr),
         )
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
         popen, record = spawn(
@@ -375,46 +371,9 @@ class Demo:
                 f"{_tail(self.paths.operator_log)}"
             )
 
-    def _build_deepspeed_op(self, document: dict[str, Any]) -> None:
-        """Compile DeepSpeed's CPU communication op into the job's op cache before the job starts.
-
-        Every rank would otherwise compile it on its first start, four compilers on two cores for
-        minutes, and the job's progress deadline counts that time as a stalled trainer.
-        """
-        env_list = document["spec"].get("env") or []
-        pod_dir = next(
-            (item["value"] for item in env_list if item["name"] == "TORCH_EXTENSIONS_DIR"), None
-        )
-        host_dir = host_path_of(document, pod_dir) if pod_dir else None
-        if host_dir is None:
-            return
-        built = host_dir / SHM_OP / f"{SHM_OP}.so"
-        if built.exists():
-            return
-        self.say(
-            f"      compiling DeepSpeed's CPU communication op once into {_shown(host_dir)} "
-            "(a minute or more) ..."
-        )
-        began = time.monotonic()
-        host_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(host_dir)}
-        script = (
-            "from deepspeed.accelerator import get_accelerator; "
-            "get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0 or not built.exists():
-            raise DemoError(
-                f"compiling DeepSpeed's op failed (exit {result.returncode}); it needs g++ and "
-                f"ninja (Debian: g++ ninja-build). The end of its output:\n"
-                + "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-            )
-        self.say(f"      compiled in {time.monotonic() - began:.0f} s")
-
     # ---- the job ---------------------------------------------------------------------------------
-    def _apply(self, cluster: Cluster, document: dict[str, Any]) -> None:
+    def _apply(self, cluster: Cluster, documents: list[dict[str, Any]]) -> None:
+        document = demo_job(documents)
         name = document["metadata"]["name"]
         api = cluster.admin_api()
         path = f"{JOBS_PATH}/{name}"
@@ -429,12 +388,13 @@ class Demo:
                         f"the previous {name} was not deleted within 120 s; run `make demo-down`"
                     )
                 time.sleep(0.5)
-        # A checkpoint left by an earlier run would be resumed, finishing the job at once.
-        shutil.rmtree(self.paths.checkpoints / name, ignore_errors=True)
-        for volume in document["spec"].get("volumes") or []:
-            if "hostPath" in volume:
-                Path(volume["hostPath"]["path"]).mkdir(parents=True, exist_ok=True)
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(document, sort_keys=False))
+        # A checkpoint left by an earlier run would be resumed, finishing the job at once: the
+        # job gets a new claim (and so a fresh volume) every run.
+        for claim in claims_of(document):
+            cluster.kubectl(
+                "delete", "pvc", claim, "-n", NAMESPACE, "--ignore-not-found", "--wait=true"
+            )
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents, sort_keys=False))
         spec = document["spec"]
         deepspeed = spec["deepspeed"]
         self.say(
@@ -533,10 +493,11 @@ class Demo:
         if phase != "Succeeded":
             self._report_failure(cluster, name, status)
             return 1
-        output = host_path_of(document, document["spec"]["checkpoint"]["path"] + "/output")
-        assert output is not None, "the demo job's checkpoint path is a hostPath volume"
-        self._report_evaluation(output)
-        self._report_artifacts(document, output)
+        claim_dirs = {claim: cluster.volume_path(NAMESPACE, claim) for claim in claims_of(document)}
+        checkpoints = host_path_of(document, document["spec"]["checkpoint"]["path"], claim_dirs)
+        assert checkpoints is not None, "the demo job's checkpoint path is on its claim"
+        self._report_evaluation(checkpoints / "output")
+        self._report_artifacts(document, checkpoints, claim_dirs)
         self._report_prometheus(cluster, name)
         self.say(
             f"\nkubectl: export KUBECONFIG={_shown(cluster.kubeconfig)}; "
@@ -551,8 +512,11 @@ class Demo:
                 f"  {condition.get('type')}={condition.get('status')} "
                 f"{condition.get('reason', '')}: {condition.get('message', '')}"
             )
-        for log in sorted(cluster.node_agent_state_dir.glob(f"pods/{NAMESPACE}_{name}-*/*.log")):
-            self.say(f"--- the end of {_shown(log)} ---\n{_tail(log, 20)}")
+        for pod in self._pods(cluster, name):
+            logs = cluster.kubectl(
+                "logs", "-n", NAMESPACE, pod, "-c", "trainer", "--tail=20", check=False
+            )
+            self.say(f"--- the end of pod {pod}'s log ---\n{logs.stdout}{logs.stderr}")
         self.say(f"operator log: {_shown(self.paths.operator_log)}")
         self.say("Everything is still running for a look around; tear down with `make demo-down`.")
 
@@ -572,9 +536,10 @@ class Demo:
         }
         self.say("  " + "  ".join(f"{key} {value:.4f}" for key, value in scores.items()))
 
-    def _report_artifacts(self, document: dict[str, Any], output: Path) -> None:
-        checkpoints = host_path_of(document, document["spec"]["checkpoint"]["path"])
-        assert checkpoints is not None
+    def _report_artifacts(
+        self, document: dict[str, Any], checkpoints: Path, claim_dirs: dict[str, Path]
+    ) -> None:
+        output = checkpoints / "output"
         steps = sorted(path.name for path in checkpoints.glob("step-*") if path.is_dir())
         self.say(f"\nCheckpoints:     {_shown(checkpoints)}/{{{','.join(steps)}}}")
         export_file = output / "export.json"
@@ -584,7 +549,7 @@ class Demo:
         exported = json.loads(export_file.read_text())
 
         def located(pod_path: str) -> str:
-            host = host_path_of(document, pod_path)
+            host = host_path_of(document, pod_path, claim_dirs)
             return _shown(host) if host is not None else pod_path
 
         line = (
@@ -691,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
                 return demo.up()
         demo.down()
         return 0
-    except (DemoError, ClusterError, MissingToolError) as error:
+    except (DemoError, ClusterError, MissingToolError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         if args.command == "up":
             print("tear down with `make demo-down`", file=sys.stderr)

@@ -51,6 +51,24 @@ def engine() -> str:
     raise ImageError("no image engine: start a Docker engine (`docker info`) or install podman")
 
 
+def node_image_names() -> list[str]:
+    """The operator and CPU trainer images, named by the Makefile (``make image-names``), which
+    the local cluster's real node runs."""
+    result = subprocess.run(
+        ["make", "-s", "--no-print-directory", "image-names"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    names = result.stdout.split()
+    if result.returncode != 0 or len(names) != 3:
+        raise ImageError(f"`make image-names` failed: {result.stderr.strip() or result.stdout}")
+    operator, _cuda_trainer, trainer_cpu = names
+    return [operator, trainer_cpu]
+
+
 def normalize_id(raw: str) -> str:
     """An engine's image ID as ``sha256:<64 hex>`` (podman prints the bare hex)."""
     text = raw.strip()
@@ -185,8 +203,10 @@ def import_images(
                 "import",
                 f"--snapshotter={snapshotter}",
                 # Only the unpacked snapshots are needed to run; keeping the layer blobs too
-                # would double the disk the (several GB) trainer image takes.
+                # would double the disk the (several GB) trainer image takes. Discarding needs
+                # the client-side import (--local) rather than the transfer service.
                 "--discard-unpacked-layers",
+                "--local",
                 f"--label={IMAGE_ID_LABEL}={identifier}",
                 str(archive),
             ],

@@ -159,6 +159,16 @@ def _failure_report(cluster: Cluster, namespace: str | None) -> str:
             )
             parts.append(f"----- kubectl get {what} -n {namespace} -----")
             parts.append(result.stdout + result.stderr)
+        if cluster.real_node:
+            for pod in cluster.kubectl(
+                "get", "pods", "-n", namespace, "-o", "name", check=False, timeout=20
+            ).stdout.split():
+                logs = cluster.kubectl(
+                    "logs", "-n", namespace, pod, "--all-containers", f"--tail={LOG_TAIL_LINES}",
+                    check=False, timeout=20,
+                )  # fmt: skip
+                parts.append(f"----- kubectl logs {pod} (last {LOG_TAIL_LINES} lines) -----")
+                parts.append(logs.stdout + logs.stderr)
         pods_dir = cluster.node_agent_state_dir / "pods"
         for log in sorted(pods_dir.glob(f"{namespace}_*/*.log")):
             parts.append(f"----- pod log {log} (last {LOG_TAIL_LINES} lines) -----")
@@ -174,7 +184,7 @@ def pytest_runtest_makereport(
     if not report.failed:
         return report
     funcargs = getattr(item, "funcargs", {})
-    running = funcargs.get("cluster")
+    running = funcargs.get("cluster") or funcargs.get("real_cluster")
     if not isinstance(running, Cluster):
         return report
     try:

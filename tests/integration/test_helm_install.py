@@ -1,14 +1,15 @@
 """Installing acceltrain as users do, into the local control plane, with RBAC enforced for real.
 
 ``helm install`` of ``charts/acceltrain`` and ``kubectl apply -k manifests/operator`` put the CRD,
-ServiceAccount, RBAC and Deployment into the real API server. The Deployment cannot run here (no
-image is pulled on this machine), so a ResourceQuota of zero pods in the install namespace keeps
-its pod from ever being created. The operator runs as a local process instead, under the
-installed ServiceAccount: a token from the TokenRequest API (``kubectl create token``) in a
-kubeconfig with the cluster's CA and address, so every request it makes is authorised with
-exactly the installed permissions. Under them it trains the CPU smoke example to Succeeded on
-the process node; with a verb taken away it fails with Forbidden; and the authorizer's answers
-for the ServiceAccount match the chart's rules (no secrets).
+ServiceAccount, RBAC and Deployment into the real API server. Here the Deployment is held back
+(a ResourceQuota of zero pods in the install namespace), and the operator runs as a local process
+under the installed ServiceAccount: a token from the TokenRequest API (``kubectl create token``)
+in a kubeconfig with the cluster's CA and address, so every request it makes is authorised with
+exactly the installed permissions. Under the kustomize install's permissions it trains the CPU
+smoke example to Succeeded on the process node; with a verb taken away it fails with Forbidden;
+and the authorizer's answers for the ServiceAccount match the chart's rules (no secrets). The
+chart's Deployment running from the operator image, training in trainer containers, is
+``test_real_node.py``.
 """
 
 from __future__ import annotations
@@ -202,28 +203,6 @@ def test_the_charts_service_account_may_do_what_the_operator_needs_and_read_no_s
         assert not _can_i(cluster, helm_install, verb, resource, namespace), (
             f"the chart's ServiceAccount may {verb} {resource}"
         )
-
-
-def test_the_operator_under_the_charts_service_account_trains_the_cpu_example(
-    cluster: Cluster,
-    kube: Api,
-    helm_install: Install,
-    deepspeed_ops: None,
-    namespace: str,
-    tmp_path: Path,
-) -> None:
-    # The chart's own Deployment exists and is held back only by the quota.
-    deployment = json.loads(
-        cluster.kubectl(
-            "get", "deployment", RELEASE, "-n", helm_install.namespace, "-o", "json"
-        ).stdout
-    )
-    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == RELEASE
-
-    status = _train_cpu_smoke(cluster, kube, helm_install, namespace, tmp_path)
-    assert status["progress"]["step"] == SMOKE_STEPS
-    assert status["restarts"] == 0
-    assert condition(status, constants.CONDITION_SUCCEEDED)["status"] == "True"
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """``make demo`` end to end, and Prometheus seeing what it ran.
 
 The demo driver (``python -m localcluster.demo up``, what ``make demo`` runs) starts its own local
-cluster in a temporary state directory, the operator, and the CPU demo job; the test checks its
+cluster in a temporary state directory, the operator, and the CPU demo job, which trains in
+trainer containers on the cluster's real node with its checkpoints on a claim; the test checks its
 exit code and report, then asks Prometheus what it scraped: the trainer pods it discovered through
 ``kubernetes_sd_configs`` and the operator's own metrics. ``down`` must leave nothing behind, and
 so must a Ctrl-C while the trainers run.
@@ -30,11 +31,13 @@ from localcluster.prometheus import query_range
 
 from .operator_harness import REPO_ROOT, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.trainer, pytest.mark.usefixtures("deepspeed_ops")]
+pytestmark = [pytest.mark.slow, pytest.mark.trainer, pytest.mark.real_node]
 
 # The demo takes about two minutes on two idle cores; shared cores can make it several times that.
 DEMO_TIMEOUT = 900
 JOB = "cpu-demo"
+# The pods' runAsUser: the trainer containers ran as this non-root user.
+TRAINER_UID = 1000
 
 
 def _demo(state: Path, command: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -65,7 +68,7 @@ def _recorded_processes(state: Path) -> list[ProcessRecord]:
 
 
 def _demo_pod_processes() -> list[int]:
-    """Pids of processes the node agent started for pods of the demo job."""
+    """Pids of the demo job's trainer processes (container processes are host processes too)."""
     marker = f"{ENV_POD_NAME}={JOB}-".encode()
     pids = []
     for entry in Path("/proc").iterdir():
@@ -107,11 +110,13 @@ def test_make_demo_trains_to_succeeded_and_prometheus_scraped_trainers_and_opera
         assert re.search(r"sparsity 0\.[45]\d", result.stdout), output
         peaks = re.findall(r"rank (\d+) \(pod [^)]+\): ([0-9.]+)", result.stdout)
         assert peaks and all(float(value) > 0 for _, value in peaks), output
-        output_dir = state / "checkpoints" / JOB / "output"
+        cluster = Cluster.attach(state / "cluster")
+        # The trainers wrote to the job's claim, a local volume of the real node.
+        output_dir = cluster.volume_path("default", f"{JOB}-checkpoints") / "output"
         assert (output_dir / "eval" / "final.json").exists()
         assert (output_dir / "model" / "config.json").exists()
+        assert (output_dir / "model" / "config.json").stat().st_uid == TRAINER_UID
 
-        cluster = Cluster.attach(state / "cluster")
         prometheus = cluster.prometheus_url
         assert prometheus is not None
         samples = _series(
@@ -123,7 +128,7 @@ def test_make_demo_trains_to_succeeded_and_prometheus_scraped_trainers_and_opera
             # `pod` and `node` come from the pod's discovery metadata (relabelling).
             assert labels["namespace"] == "default"
             assert labels["pod"].startswith(f"{JOB}-a1-")
-            assert labels["node"] == "acceltrain-cpu-0"
+            assert labels["node"] == "acceltrain-node-0"
             assert labels["job_name"] == JOB
         assert {series["metric"]["node_rank"] for series in samples} == {"0", "1"}
 

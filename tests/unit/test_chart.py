@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -328,3 +329,16 @@ def test_plain_manifests_build_with_kustomize() -> None:
         "ServiceAccount",
         "ClusterRole",
     } <= kinds
+
+
+def test_the_cpu_trainer_image_ships_the_torch_the_suite_tests() -> None:
+    """The trainer is tested against the venv's torch; an image with another torch fails at run
+    time (torch's elastic launcher changes its arguments between releases)."""
+    dockerfile = (REPO_ROOT / "trainer_image" / "Dockerfile.cpu").read_text()
+    pinned = re.search(r"^ARG TORCH_VERSION=(\S+)$", dockerfile, re.MULTILINE)
+    assert pinned, "trainer_image/Dockerfile.cpu has no ARG TORCH_VERSION"
+    tested = importlib.metadata.version("torch").split("+")[0]
+    assert pinned.group(1) == tested, (
+        f"Dockerfile.cpu pins torch {pinned.group(1)}, the suite runs {tested}: "
+        "set ARG TORCH_VERSION to the tested one"
+    )

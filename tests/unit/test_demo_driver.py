@@ -14,26 +14,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
 from accel_operator import api
 from localcluster.demo import (
     ProgressView,
-    demo_document,
+    claims_of,
+    demo_documents,
+    demo_job,
     host_path_of,
     progress_line,
 )
 
 
-def test_the_demo_job_keeps_its_checkpoints_under_the_state_dir_and_its_op_cache_outside(
-    tmp_path: Path,
-) -> None:
-    document = demo_document(tmp_path / "checkpoints", tmp_path / "cache")
-    host_paths = {v["name"]: v["hostPath"]["path"] for v in document["spec"]["volumes"]}
-    assert host_paths == {
-        "checkpoints": str(tmp_path / "checkpoints" / "cpu-demo"),
-        "extensions-cache": str(tmp_path / "cache"),
-    }
-    assert document["metadata"]["namespace"] == "default"
+def test_the_demo_applies_the_example_as_it_is_a_claim_for_its_checkpoints_and_the_job() -> None:
+    documents = demo_documents()
+    assert [document["kind"] for document in documents] == [
+        "PersistentVolumeClaim",
+        "AccelTrainJob",
+    ]
+    assert {document["metadata"]["namespace"] for document in documents} == {"default"}
+    job = demo_job(documents)
+    assert claims_of(job) == [documents[0]["metadata"]["name"]]
+    checkpoint_volume = next(
+        volume
+        for volume in job["spec"]["volumes"]
+        if volume["mountPath"] == job["spec"]["checkpoint"]["path"]
+    )
+    assert "persistentVolumeClaim" in checkpoint_volume
 
 
-def test_the_demo_job_is_the_documented_one_and_a_valid_spec(tmp_path: Path) -> None:
-    document = demo_document(tmp_path / "checkpoints", tmp_path / "cache")
+def test_the_demo_job_is_the_documented_one_and_a_valid_spec() -> None:
+    document = demo_job(demo_documents())
     spec = api.parse_spec(document["spec"], name=document["metadata"]["name"])
     assert (spec.workers, spec.procs_per_worker) == (2, 2)
     assert spec.deepspeed.zero.stage == 2
@@ -44,34 +51,37 @@ def test_the_demo_job_is_the_documented_one_and_a_valid_spec(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("pod_path", "expected"),
     [
-        ("/checkpoints", "ckpt"),
-        ("/checkpoints/output/model", "ckpt/output/model"),
+        ("/checkpoints", "pv-3"),
+        ("/checkpoints/output/model", "pv-3/output/model"),
         ("/var/cache/acceltrain/torch_extensions", "cache/torch_extensions"),
         ("/checkpointsX/model", None),
+        ("/data/train.jsonl", None),
         ("/elsewhere", None),
     ],
 )
-def test_pod_paths_map_to_host_paths_through_the_hostpath_volumes(
+def test_pod_paths_map_to_host_paths_through_bound_claims_and_hostpath_volumes(
     tmp_path: Path, pod_path: str, expected: str | None
 ) -> None:
-    document = {
+    job = {
         "spec": {
             "volumes": [
                 {
                     "name": "c",
                     "mountPath": "/checkpoints",
-                    "hostPath": {"path": str(tmp_path / "ckpt")},
+                    "persistentVolumeClaim": {"claimName": "ckpt"},
                 },
                 {
                     "name": "x",
                     "mountPath": "/var/cache/acceltrain",
                     "hostPath": {"path": str(tmp_path / "cache")},
                 },
+                # A claim that is not bound (no host directory known) maps nothing.
+                {"name": "d", "mountPath": "/data", "persistentVolumeClaim": {"claimName": "d"}},
                 {"name": "e", "mountPath": "/scratch", "emptyDir": {}},
             ]
         }
     }
-    found = host_path_of(document, pod_path)
+    found = host_path_of(job, pod_path, {"ckpt": tmp_path / "pv-3"})
     assert found == (None if expected is None else tmp_path / expected)
 
 
