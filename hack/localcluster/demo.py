@@ -49,7 +49,7 @@ import yaml
 
 from . import prometheus
 from .cluster import Cluster, ClusterError, free_port, operator_argv
-from .images import node_image_names
+from .images import ImageError, node_image_names
 from .kubeapi import ApiError
 from .processes import ProcessRecord, is_alive, spawn, stop
 from .tools import REPO_ROOT, MissingToolError
