@@ -95,13 +95,23 @@ def scrape_config(settings: PrometheusSettings) -> dict[str, Any]:
                 "regex": "Pending|Succeeded|Failed|Unknown",
                 "action": "drop",
             },
-            # An annotated pod may name its port and path; a `metrics` port needs neither.
+            # An annotated pod may name its port and path; a `metrics` port needs neither, and
+            # keeps its own number: every local rank serves on its own port, and rewriting them
+            # all to the annotation's would leave one target per pod (Prometheus drops the
+            # duplicates).
+            {
+                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                "regex": "metrics(-[0-9]+)?",
+                "replacement": "named",
+                "target_label": "__tmp_metrics_port",
+            },
             {
                 "source_labels": [
+                    "__tmp_metrics_port",
                     "__meta_kubernetes_pod_ip",
                     "__meta_kubernetes_pod_annotation_prometheus_io_port",
                 ],
-                "regex": "(.+);([0-9]+)",
+                "regex": ";(.+);([0-9]+)",
                 "replacement": "$1:$2",
                 "target_label": "__address__",
             },

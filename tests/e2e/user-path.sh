@@ -12,7 +12,9 @@
 # Environment: KUBECTL, HELM (binaries), KUBECONFIG and KUBE_CONTEXT (optional) select the
 # cluster; OPERATOR_IMAGE and TRAINER_CPU_IMAGE the images; E2E_NAMESPACE the job's namespace
 # (created; the release goes to acceltrain-system); E2E_TIMEOUT seconds for the job;
-# E2E_RELEASE the Helm release name. Leaves everything installed; the caller cleans up.
+# E2E_RELEASE the Helm release name; E2E_MAX_STEPS, when set, replaces the example's maxSteps
+# (on a fast machine its 40 steps are over in seconds, too short a window to look inside a running
+# trainer). Leaves everything installed; the caller cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -38,8 +40,11 @@ kubectl() { "$KUBECTL" "${context_flags[@]}" "$@"; }
 echo "operator: $(kubectl get pods -n acceltrain-system -l app.kubernetes.io/instance="$RELEASE" --no-headers)"
 
 kubectl create namespace "$NAMESPACE"
-sed -e "s|image: .*trainer-cpu.*|image: ${TRAINER_CPU_IMAGE}|" manifests/examples/cpu-smoke.yaml |
-	kubectl apply -n "$NAMESPACE" -f -
+edits=(-e "s|image: .*trainer-cpu.*|image: ${TRAINER_CPU_IMAGE}|")
+if [ -n "${E2E_MAX_STEPS:-}" ]; then
+	edits+=(-e "s|^    maxSteps: .*|    maxSteps: ${E2E_MAX_STEPS}|")
+fi
+sed "${edits[@]}" manifests/examples/cpu-smoke.yaml | kubectl apply -n "$NAMESPACE" -f -
 
 metrics_port() {
 	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -62,6 +67,7 @@ check_metrics() {
 	done
 	kill "$forward" 2>/dev/null || true
 	wait "$forward" 2>/dev/null || true
+	[ -n "$ok" ] || echo "no trainer metrics through port-forward to $pod yet"
 	[ -n "$ok" ]
 }
 
