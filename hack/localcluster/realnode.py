@@ -48,6 +48,8 @@ CLUSTER_DOMAIN = "cluster.local"
 # pause binary of `make tools`, since nothing can be pulled here.
 SANDBOX_IMAGE = "registry.k8s.io/pause:3.10.1"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Each node's sockets and kubelet root directory (see RealNodeSettings.short_dir).
+SHORT_DIRS = Path("/var/lib/acceltrain-nodes")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 # Directories that containerd's shims (sockets) and the CNI library (its result cache) create at
 # fixed places whatever they are configured with; removed again when empty and new.
@@ -122,12 +124,19 @@ class RealNodeSettings:
         return self.directory / "containerd"
 
     @property
+    def short_dir(self) -> Path:
+        """Where the sockets live: a Unix socket path may not exceed 107 bytes, and the state
+        directory (a pytest temporary directory, say) can be long. The kubelet's root directory
+        is here too, since the kubelet puts its own sockets (pod resources, plugins) in it."""
+        return SHORT_DIRS / self.prefix
+
+    @property
     def containerd_socket(self) -> Path:
-        return self.containerd_dir / "containerd.sock"
+        return self.short_dir / "containerd.sock"
 
     @property
     def kubelet_dir(self) -> Path:
-        return self.directory / "kubelet"
+        return self.short_dir / "kubelet"
 
     @property
     def pod_logs_dir(self) -> Path:
@@ -163,7 +172,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
   address = "{settings.containerd_socket}"
 
 [ttrpc]
-  address = "{state / "containerd.sock.ttrpc"}"
+  address = "{settings.short_dir / "containerd.sock.ttrpc"}"
 
 [plugins.'io.containerd.internal.v1.opt']
   path = "{state / "opt"}"
@@ -449,7 +458,12 @@ def storage_objects(settings: RealNodeSettings) -> list[tuple[str, dict[str, Any
 
 def write_files(settings: RealNodeSettings, *, ca_file: Path, serving: Any) -> None:
     """Every configuration file of the node (the kubeconfigs are written by the cluster)."""
-    for directory in (settings.directory, settings.cni_conf_dir, settings.pod_logs_dir):
+    for directory in (
+        settings.directory,
+        settings.cni_conf_dir,
+        settings.pod_logs_dir,
+        settings.short_dir,
+    ):
         directory.mkdir(parents=True, exist_ok=True)
     settings.path("containerd.toml").write_text(containerd_config(settings, CNI_BIN_DIR))
     (settings.cni_conf_dir / "10-acceltrain.conflist").write_text(
@@ -552,10 +566,16 @@ def clean_host(
         if str(path) not in dirs_before:
             with contextlib.suppress(OSError):
                 path.rmdir()
-    for point in mounts_under(settings.directory):
+    for point in mounts_under(settings.directory) + mounts_under(settings.short_dir):
         result = _run("umount", "--lazy", point, check=False)
         if result.returncode != 0:
             problems.append(f"mount {point}: {result.stderr.strip()}")
+    # Removed only with nothing mounted below it: a volume still mounted into a pod's directory
+    # would be emptied through the mount.
+    if settings.short_dir.exists() and not mounts_under(settings.short_dir):
+        shutil.rmtree(settings.short_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            SHORT_DIRS.rmdir()
     for hierarchy in _cgroup_hierarchies():
         problems += [f"cgroup {left}" for left in _remove_cgroup_tree(hierarchy / settings.prefix)]
     _run("nft", "delete", "table", "ip", settings.nft_table, check=False)

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from accel_trainer.config import ENV_POD_NAME
 from localcluster import Cluster
-from localcluster.demo import DEMO_MANIFEST
+from localcluster.demo import demo_documents, demo_job
 from localcluster.processes import ProcessRecord, is_alive
 from localcluster.prometheus import query_range
 
@@ -105,7 +104,7 @@ def test_make_demo_trains_to_succeeded_and_prometheus_scraped_trainers_and_opera
         assert "Exported model:" in result.stdout and "int8 copy:" in result.stdout, output
         assert "Tear down with `make demo-down`." in result.stdout
         # The live progress reached the last step with a throughput and a sparsity.
-        steps = yaml.safe_load(DEMO_MANIFEST.read_text())["spec"]["training"]["maxSteps"]
+        steps = demo_job(demo_documents())["spec"]["training"]["maxSteps"]
         assert re.search(rf"Succeeded\s+step +{steps}/{steps} ", result.stdout), output
         assert re.search(r"sparsity 0\.[45]\d", result.stdout), output
         peaks = re.findall(r"rank (\d+) \(pod [^)]+\): ([0-9.]+)", result.stdout)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster import Cluster
+from localcluster import Cluster, realnode
 from localcluster.prometheus import query
 
 from .operator_harness import REPO_ROOT, wait_for
@@ -264,7 +264,8 @@ def test_a_worker_container_killed_by_the_runtime_restarts_the_group_from_its_ch
 
 
 def test_stopping_the_cluster_leaves_no_trace_on_the_host(tmp_path: Path) -> None:
-    """Mounts, interfaces, cgroups, nftables rules and sysctls are as they were before."""
+    """Mounts, interfaces, cgroups, nftables rules and sysctls are as they were before. The
+    module's cluster still runs meanwhile, so this is also a second real node beside a first."""
     before = _host_snapshot()
     cluster = Cluster(
         tmp_path / "c", gpu_nodes=0, process_node=False, prometheus=False, real_node=True
@@ -304,4 +305,5 @@ def _host_snapshot() -> dict[str, Any]:
         if Path("/sys/fs/cgroup/cpu").is_dir()
         else [],
         "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+        "node dirs": sorted(str(p) for p in realnode.SHORT_DIRS.glob("*")),
     }
