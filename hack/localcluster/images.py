@@ -20,6 +20,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .tools import cache_path
+
 # The label that records which engine image an imported containerd image was exported from.
 IMAGE_ID_LABEL = "io.acceltrain.image-id"
 # The CRI plugin of the real node unpacks into this snapshotter (realnode's containerd config).
@@ -97,11 +99,7 @@ def image_id(name: str) -> str:
 
 def cache_dir() -> Path:
     """Where exported archives are kept between runs."""
-    configured = os.environ.get("ACCELTRAIN_IMAGE_CACHE")
-    if configured:
-        return Path(configured)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "acceltrain" / "images"
+    return cache_path("ACCELTRAIN_IMAGE_CACHE", "images")
 
 
 def _slug(name: str) -> str:

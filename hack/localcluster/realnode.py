@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from .processes import ProcessRecord, is_alive
+from .tools import cache_path
 
 NODE_LABELS = {"acceltrain.io/pool": "cpu"}
 CLUSTER_DOMAIN = "cluster.local"
@@ -241,11 +242,7 @@ CLAIM_GRACE_SECONDS = 300.0
 
 
 def roots_dir() -> Path:
-    configured = os.environ.get("ACCELTRAIN_NODE_CACHE")
-    if configured:
-        return Path(configured)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "acceltrain" / "node-roots"
+    return cache_path("ACCELTRAIN_NODE_CACHE", "node-roots")
 
 
 def _claim_is_live(claim: dict[str, Any]) -> bool:

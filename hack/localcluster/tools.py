@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,3 +41,13 @@ def kwok_stages_path(tools_dir: Path = TOOLS_DIR) -> Path:
     if not path.exists():
         raise MissingToolError(f"{path} does not exist: run `make tools` to install kwok")
     return path
+
+
+def cache_path(override_variable: str, name: str) -> Path:
+    """A directory kept between runs: ``$override_variable`` when set, else
+    ``${XDG_CACHE_HOME:-~/.cache}/acceltrain/<name>``."""
+    configured = os.environ.get(override_variable)
+    if configured:
+        return Path(configured)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "acceltrain" / name
