@@ -138,7 +138,7 @@ bench-trainer: venv
 # --- operator -----------------------------------------------------------------------------------
 # The operator in the foreground against the local cluster (`make cluster-up` first); Ctrl-C stops
 # it. Its metrics go to the port the cluster's Prometheus scrapes; trainer metrics are read only
-# from the process node's pod network. Extra flags: make operator OPERATOR_ARGS="--namespace demo".
+# from the process and real nodes' pod networks. Extra flags: make operator OPERATOR_ARGS="--namespace demo".
 OPERATOR_ARGS ?=
 CLUSTER_DIR ?= .cluster
 CLUSTER_STATE = $(CLUSTER_DIR)/state.json
@@ -149,7 +149,7 @@ operator: venv
 		-f manifests/crd/acceltrain.io_acceltrainjobs.yaml
 	KUBECONFIG=$(CLUSTER_DIR)/kubeconfig $(PY) -m accel_operator run --standalone --no-pod-logs \
 		--metrics-port $$($(PY) -c 'import json; print(json.load(open("$(CLUSTER_STATE)"))["ports"]["operator_metrics"])') \
-		--scrape-network $$($(PY) -c 'import json; print(json.load(open("$(CLUSTER_STATE)"))["bridge_cidr"])') \
+		$$($(PY) -c 'import json; s = json.load(open("$(CLUSTER_STATE)")); print(" ".join("--scrape-network " + c for c in (s["bridge_cidr"], s.get("real_node_cidr")) if c))') \
 		$(OPERATOR_ARGS)
 
 # Launch latency, API writes per launch and memory of the operator on kwok nodes (own cluster).
