@@ -474,7 +474,7 @@ def start_session(
             "-f",
             str(REPO_ROOT / "manifests/crd/acceltrain.io_acceltrainjobs.yaml"),
         )
-        cluster.kubectl("wait", "--for=condition=Established", "crd/acceltrainjobs.acceltrain.io")
+        cluster.wait_crd_established("acceltrainjobs.acceltrain.io")
     kube = KubeClient(load_api_client(str(kubeconfig)))
     namespace = f"{prefix}-{secrets.token_hex(3)}"
     kube.request(

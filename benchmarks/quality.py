@@ -157,9 +157,7 @@ def operator_process(cluster: Cluster, namespace: str, log: Path) -> Iterator[No
 
 def install_crd(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/acceltrainjobs.acceltrain.io", "--timeout=60s"
-    )
+    cluster.wait_crd_established("acceltrainjobs.acceltrain.io")
 
 
 def create_namespace(cluster: Cluster, name: str) -> None:

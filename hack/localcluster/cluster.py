@@ -712,6 +712,21 @@ class Cluster:
             self._wait(deadline, f"nodes {', '.join(created)}", lambda: self._nodes_ready(created))
         return created
 
+    def wait_crd_established(self, name: str, timeout: float = 60.0) -> None:
+        """Waits until the API server serves the resource of the CRD ``name``.
+
+        ``kubectl wait --for=condition=Established`` is not used: when it reads the CRD before
+        the API server has written any condition, it fails at once instead of waiting.
+        """
+        api = self.admin_api()
+
+        def established() -> bool:
+            crd = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            conditions = (crd.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        self._wait(time.monotonic() + timeout, f"CRD {name} Established", established)
+
     def delete_nodes(self, names: Iterable[str]) -> None:
         api = self.admin_api()
         for name in names:

@@ -297,12 +297,7 @@ class Demo:
 
     def _install_crd(self, cluster: Cluster) -> None:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-        cluster.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/acceltrainjobs.acceltrain.io",
-            "--timeout=60s",
-        )
+        cluster.wait_crd_established("acceltrainjobs.acceltrain.io")
         self.say("[2/4] CRD acceltrainjobs.acceltrain.io installed")
 
     # ---- the operator ----------------------------------------------------------------------------

@@ -106,9 +106,7 @@ def install_crd(cluster: Any) -> None:
     (an AccelTrainJob in ``default`` with one owned ConfigMap, deleted) shows when it is ready.
     """
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/acceltrainjobs.acceltrain.io", "--timeout=60s"
-    )
+    cluster.wait_crd_established("acceltrainjobs.acceltrain.io")
     kube = Api(cluster.kubeconfig)
     probe = f"gc-probe-{os.getpid()}"
     owner = kube.create_job("default", probe, gpu_spec())

@@ -22,9 +22,7 @@ EXAMPLES = sorted((REPO_ROOT / "manifests" / "examples").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def crd_installed(cluster: Cluster) -> Cluster:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/acceltrainjobs.acceltrain.io", "--timeout=60s"
-    )
+    cluster.wait_crd_established("acceltrainjobs.acceltrain.io")
     # Discovery of a new group lags the Established condition by a moment.
     deadline = time.monotonic() + 30
     while cluster.kubectl("get", "atj", "-A", check=False).returncode != 0:

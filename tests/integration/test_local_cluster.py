@@ -99,9 +99,7 @@ def test_a_custom_resource_can_be_defined_created_and_watched(
     cluster: Cluster, namespace: str, kube_api: k8s.ApiClient
 ) -> None:
     cluster.kubectl("apply", "-f", "-", input=WIDGET_CRD)
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/widgets.harness.acceltrain.io", "--timeout=30s"
-    )
+    cluster.wait_crd_established("widgets.harness.acceltrain.io", timeout=30)
     custom = k8s.CustomObjectsApi(kube_api)
     group, version, plural = "harness.acceltrain.io", "v1", "widgets"
     # Discovery of a new CRD lags its Established condition by a moment on a busy API server.
