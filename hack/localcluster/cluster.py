@@ -82,12 +82,38 @@ class KubectlError(ClusterError):
         self.result = result
 
 
+# Ports servers of the cluster listen on are picked below the kernel's ephemeral range: a port
+# from that range, free when picked, can be taken by an outgoing connection (the components open
+# many) before its server binds it.
+LISTEN_PORTS = range(20000, 32000)
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
-    """A loopback TCP port that is free now (the kernel picks it, so parallel clusters differ)."""
+    """A loopback TCP port that is free now, outside the ephemeral range where possible; chosen
+    at random so that parallel clusters differ."""
+    try:
+        ephemeral_low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 0
+    if ephemeral_low >= LISTEN_PORTS.stop:
+        for _ in range(200):
+            port = random.choice(LISTEN_PORTS)
+            if _port_is_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        kernel_pick: int = sock.getsockname()[1]
+        return kernel_pick
 
 
 def operator_argv(

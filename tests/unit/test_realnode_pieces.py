@@ -91,3 +91,12 @@ def test_a_claim_whose_cluster_never_started_containerd_expires(
     first = realnode.claim_root(tmp_path / "crashed")
     monkeypatch.setattr(realnode, "CLAIM_GRACE_SECONDS", 0.0)
     assert realnode.claim_root(tmp_path / "next") == first
+
+
+def test_cluster_ports_are_free_and_outside_the_range_outgoing_connections_use() -> None:
+    from localcluster.cluster import EPHEMERAL_RANGE, free_port
+
+    low, high = map(int, EPHEMERAL_RANGE.read_text().split())
+    ports = {free_port() for _ in range(20)}
+    assert all(not low <= port <= high for port in ports), ports
+    assert len(ports) > 1, "parallel clusters must not all get the same port"
