@@ -1,4 +1,4 @@
-"""The trainer's metrics contract (DESIGN.md §4, the README's metrics table), for the tests."""
+"""The trainer's metrics contract (the README's metrics table), for the tests."""
 
 from __future__ import annotations
 

@@ -237,6 +237,16 @@ class PodNetworks:
         for net in nets:
             self.release(net)
         remove_leftovers(self.names.prefix)
+        release_netns_dir()
+
+
+def release_netns_dir() -> None:
+    """``ip netns add`` makes /run/netns a mount of its own; once no namespace is left in it,
+    the mount and the directory go too, so that the host is left as it was found."""
+    if NETNS_RUN_DIR.is_dir() and not any(NETNS_RUN_DIR.iterdir()):
+        subprocess.run(["umount", str(NETNS_RUN_DIR)], capture_output=True, check=False)
+        with contextlib.suppress(OSError):
+            NETNS_RUN_DIR.rmdir()
 
 
 def remove_leftovers(prefix: str) -> None:

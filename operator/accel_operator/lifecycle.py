@@ -43,7 +43,7 @@ from typing import Literal
 
 from accel_operator import api, constants
 
-# The cap of the exponential restart backoff (DESIGN.md section 3).
+# The cap of the exponential restart backoff (runPolicy.backoffSeconds doubles up to it).
 MAX_BACKOFF_SECONDS = 600
 # How often a job that waits on nothing in particular is looked at again, as a safety net for
 # missed watch events.

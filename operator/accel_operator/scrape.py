@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# Series of the trainer's metrics contract (DESIGN.md section 4) that status.progress uses.
+# Series of the trainer's metrics contract (the README's metrics table) that status.progress uses.
 STEP = "acceltrain_step"
 STEPS_THIS_PROCESS = "acceltrain_optimizer_steps_total"
 SAMPLES_PER_SECOND = "acceltrain_samples_per_second"

@@ -1,4 +1,4 @@
-"""The layering rules of DESIGN.md hold: pure API and rendering, a one-way trainer contract."""
+"""The layering rules hold: pure API and rendering, a one-way trainer contract."""
 
 from __future__ import annotations
 

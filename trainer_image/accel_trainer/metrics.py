@@ -1,6 +1,6 @@
 """The trainer's Prometheus exporter and the throughput arithmetic behind it.
 
-Owns the per-rank metrics contract of DESIGN.md section 4: every series is prefixed
+Owns the per-rank metrics contract (the README's metrics table): every series is prefixed
 ``acceltrain_`` and labelled ``job``, ``namespace``, ``node_rank`` and ``rank``. The operator
 scrapes rank 0's exporter for ``status.progress``; Prometheus and the Grafana dashboard read all
 ranks. The training loop drives it::
