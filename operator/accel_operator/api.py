@@ -2,10 +2,10 @@
 
 Pure: pydantic models and validation only, no I/O. The model, data, training, pruning, export and
 metrics sections are the trainer contract's own models (:mod:`accel_trainer.config`), so the
-operator and the trainer cannot disagree on them. Every cross-field rule is checked here (in
-Python, with a message naming the field path and the fix) and, where CEL can express it, also
-in the CRD (see :data:`CEL_RULES`) so that ``kubectl apply`` rejects the spec before any object
-is created.
+operator and the trainer cannot disagree on them. The rules that span fields live once in the
+rule table (:mod:`accel_operator.rules`): the models here run its Python checks when a spec is
+parsed, and the CRD carries the same rules as CEL, so that ``kubectl apply`` refuses the spec
+before any object is created. Every message names the field path and the fix.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from accel_operator import constants
+from accel_operator import rules
 from accel_trainer.config import (
-    RESERVED_ENV_NAMES,
-    RESERVED_ENV_PREFIX,
     CamelModel,
     DataSpec,
     ExportSpec,
@@ -50,12 +48,24 @@ LabelValue = Annotated[str, Field(max_length=63)]
 # Kubernetes quantities ("2", "500m", "16Gi") arrive as integers or strings; both are accepted.
 Quantity = Annotated[
     int | str,
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "maxLength": 64}),
 ]
 
 
+class RuledModel(CamelModel):
+    """A model whose rules live in the rule table (:mod:`accel_operator.rules`)."""
+
+    @model_validator(mode="after")
+    def _table_rules(self) -> RuledModel:
+        problems = rules.model_problems(self)
+        if problems:
+            # One line per problem; parse_spec puts the model's path in front of each.
+            raise ValueError("\n".join(problems))
+        return self
+
+
 # --- pods and placement -------------------------------------------------------------------------
-class ResourcesSpec(CamelModel):
+class ResourcesSpec(RuledModel):
     """CPU, memory and other resources of each worker (GPUs come from devicesPerWorker)."""
 
     requests: Annotated[dict[str, Quantity], Field(max_length=16)] = Field(default_factory=dict)
@@ -75,7 +85,7 @@ class TaintEffect(str, enum.Enum):
     NO_EXECUTE = "NoExecute"
 
 
-class Toleration(CamelModel):
+class Toleration(RuledModel):
     """A toleration for the taints of the GPU node pool (Kubernetes' core/v1 Toleration)."""
 
     key: Annotated[str | None, Field(max_length=317)] = None
@@ -99,14 +109,14 @@ class NodeSelectorOperator(str, enum.Enum):
     LT = "Lt"
 
 
-class NodeSelectorRequirement(CamelModel):
+class NodeSelectorRequirement(RuledModel):
     """One label expression a node must satisfy."""
 
     key: Annotated[str, Field(min_length=1, max_length=317)]
     """Node label key."""
     operator: NodeSelectorOperator
     """In, NotIn, Exists, DoesNotExist, Gt or Lt."""
-    values: Annotated[list[LabelValue], Field(max_length=64)] = Field(default_factory=list)
+    values: Annotated[list[LabelValue], Field(max_length=32)] = Field(default_factory=list)
     """Label values for In/NotIn; one integer for Gt/Lt."""
 
 
@@ -153,7 +163,7 @@ class Affinity(CamelModel):
     """Node affinity (required and preferred terms)."""
 
 
-class NodePoolSpec(CamelModel):
+class NodePoolSpec(RuledModel):
     """Where the worker pods run: the GPU node pool's labels and taints."""
 
     node_selector: Annotated[dict[str, LabelValue], Field(max_length=32)] = Field(
@@ -192,7 +202,7 @@ class EnvVarSource(CamelModel):
         return self
 
 
-class EnvVar(CamelModel):
+class EnvVar(RuledModel):
     """An extra environment variable of the trainer container."""
 
     name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -241,7 +251,7 @@ class ConfigMapSource(CamelModel):
     """Name of the ConfigMap."""
 
 
-class VolumeSpec(CamelModel):
+class VolumeSpec(RuledModel):
     """A volume mounted into every worker: model weights, data, checkpoints."""
 
     name: Annotated[
@@ -448,120 +458,21 @@ class AccelTrainJobSpec(CamelModel):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> AccelTrainJobSpec:
-        problems = list(cross_field_problems(self))
+        problems = cross_field_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
 
 def cross_field_problems(spec: AccelTrainJobSpec) -> list[str]:
-    """Every rule that spans several fields, as messages naming the field path and the fix."""
-    problems: list[str] = []
-    zero = spec.deepspeed.zero
-    if spec.deepspeed.precision is Precision.FP16 and spec.on_cpu:
-        problems.append(
-            "deepspeed.precision: fp16 is not supported by DeepSpeed on CPU trainers "
-            "(devicesPerWorker: 0); use bf16 or fp32, or request GPUs"
-        )
-    overrides = spec.deepspeed.overrides
-    for half in ("fp16", "bf16"):
-        block = overrides.get(half)
-        if (
-            isinstance(block, dict)
-            and block.get("enabled")
-            and spec.deepspeed.precision.value != half
-        ):
-            problems.append(
-                f"deepspeed.overrides.{half}.enabled conflicts with deepspeed.precision "
-                f"({spec.deepspeed.precision.value}): fp16 and bf16 are exclusive; set "
-                f"deepspeed.precision: {half} and remove the override"
-            )
-    if zero.offload_optimizer is OffloadDevice.CPU and zero.stage < 1:
-        problems.append(
-            "deepspeed.zero.offloadOptimizer: cpu needs deepspeed.zero.stage >= 1; "
-            "raise the stage or set offloadOptimizer: none"
-        )
-    if zero.offload_params is OffloadDevice.CPU and zero.stage != 3:
-        problems.append(
-            "deepspeed.zero.offloadParams: cpu needs deepspeed.zero.stage: 3; "
-            "set the stage to 3 or offloadParams: none"
-        )
-    if spec.devices_per_worker > 0 and spec.procs_per_worker not in (None, spec.devices_per_worker):
-        problems.append(
-            f"procsPerWorker ({spec.procs_per_worker}) must equal devicesPerWorker "
-            f"({spec.devices_per_worker}) on GPU workers (one rank per GPU); omit procsPerWorker"
-        )
-    if spec.on_cpu and spec.training.optimizer.type.value == "lamb":
-        problems.append(
-            "training.optimizer.type: lamb needs GPUs (DeepSpeed's LAMB is a CUDA kernel); "
-            "use adamw on CPU trainers"
-        )
-    gpu_keys = [
-        key
-        for key in (*spec.resources.requests, *spec.resources.limits)
-        if key == constants.GPU_RESOURCE
-    ]
-    if gpu_keys:
-        problems.append(
-            f"resources: do not set {constants.GPU_RESOURCE}; it comes from devicesPerWorker"
-        )
-    for index, env in enumerate(spec.env):
-        if env.name in RESERVED_ENV_NAMES or env.name.startswith(RESERVED_ENV_PREFIX):
-            problems.append(
-                f"env[{index}].name: {env.name} is set by acceltrain for the rendezvous; "
-                f"rename it (reserved: {', '.join(sorted(RESERVED_ENV_NAMES))}, "
-                f"{RESERVED_ENV_PREFIX}*)"
-            )
-        if (env.value is None) == (env.value_from is None):
-            problems.append(f"env[{index}] ({env.name}): set exactly one of value or valueFrom")
-    names = [volume.name for volume in spec.volumes]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        problems.append(f"volumes: names must be unique, repeated: {', '.join(duplicates)}")
-    mounts = [volume.mount_path.rstrip("/") for volume in spec.volumes]
-    if constants.CONFIG_MOUNT_PATH in mounts:
-        problems.append(
-            f"volumes: mountPath {constants.CONFIG_MOUNT_PATH} is where acceltrain mounts the "
-            "trainer config; choose another path"
-        )
-    pruning = spec.pruning
-    if pruning is not None:
-        max_steps = spec.training.max_steps
-        if max_steps is not None and pruning.end_step > max_steps:
-            problems.append(
-                f"pruning.endStep ({pruning.end_step}) is after training.maxSteps ({max_steps}): "
-                "the target sparsity would never be reached; lower endStep"
-            )
-    if spec.model.config is not None:
-        max_positions = spec.model.config.max_position_embeddings
-        if spec.data.max_length > max_positions:
-            problems.append(
-                f"data.maxLength ({spec.data.max_length}) exceeds "
-                f"model.config.maxPositionEmbeddings ({max_positions}); raise the latter"
-            )
-    if spec.data.path is not None and spec.data.resolved_format() is None:
-        problems.append(
-            f"data.format: cannot infer the format of {spec.data.path}; set data.format "
-            "to jsonl, csv or conll"
-        )
-    if spec.checkpoint.resume and checkpoint_volume(spec) is None:
-        problems.append(
-            f"checkpoint.path ({spec.checkpoint.path}) is not on a persistentVolumeClaim or "
-            "hostPath volume, so a restarted attempt could not resume; add such a volume with a "
-            "mountPath containing it, or set checkpoint.resume: false"
-        )
-    return problems
+    """Every rule that spans the spec, as messages naming the field path and the fix.
 
-
-def checkpoint_volume(spec: AccelTrainJobSpec) -> VolumeSpec | None:
-    """The persistent volume whose mount holds ``checkpoint.path``, if any."""
-    path = spec.checkpoint.path.rstrip("/") + "/"
-    matches = [
-        volume
-        for volume in spec.volumes
-        if volume.persistent and path.startswith(volume.mount_path.rstrip("/") + "/")
+    The rules of the nested models (volumes, env, resources, tolerations, node requirements)
+    run when those models are validated; see :mod:`accel_operator.rules`."""
+    problems = [
+        rule.problem() for rule in rules.MODEL_RULES["AccelTrainJobSpec"] if rule.broken(spec)
     ]
-    return max(matches, key=lambda volume: len(volume.mount_path), default=None)
+    return problems + rules.override_problems(spec.deepspeed.overrides)
 
 
 def job_name_problems(name: str) -> list[str]:
@@ -724,20 +635,27 @@ def parse_spec(spec: dict[str, Any], *, name: str | None = None) -> AccelTrainJo
 
 
 def _describe(error: ValidationError) -> list[str]:
+    """One message per problem, each starting with the spec path it is about."""
     messages = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "value_error":
-            messages.append(message)
-        else:
-            where = f"spec.{path}" if path else "spec"
-            messages.append(f"{where}: {message}")
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"])
+        where = "spec" + path
+        for message in item["msg"].removeprefix("Value error, ").split("\n"):
+            if item["type"] != "value_error":
+                messages.append(f"{where}: {message}")
+            elif message.startswith((".", ":")):
+                # A rule of the table, relative to the model it sits on.
+                messages.append(f"{where}{message}")
+            elif path and not message.startswith(path.lstrip(".")):
+                messages.append(f"{where}: {message}")
+            else:
+                messages.append(message)
     return messages
 
 
-# CEL rules that mirror the cross-field checks above, so the API server rejects bad specs on
-# apply. Keyed by model; the CRD generator attaches them where that model appears.
+# CEL rules that mirror the validators of the trainer contract's models (accel_trainer.config),
+# so the API server rejects bad specs on apply. Keyed by model; the CRD generator attaches them
+# where that model appears, with the rules of accel_operator.rules.
 CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
     ModelSpec: [
         {
@@ -762,46 +680,6 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "rule": "self.startStep < self.endStep",
             "message": "pruning.startStep must be smaller than pruning.endStep",
         }
-    ],
-    ZeroSpec: [
-        {
-            "rule": "self.offloadOptimizer == 'none' || self.stage >= 1",
-            "message": "deepspeed.zero.offloadOptimizer: cpu needs deepspeed.zero.stage >= 1",
-        },
-        {
-            "rule": "self.offloadParams == 'none' || self.stage == 3",
-            "message": "deepspeed.zero.offloadParams: cpu needs deepspeed.zero.stage: 3",
-        },
-    ],
-    EnvVar: [
-        {
-            "rule": "!(self.name in ["
-            + ", ".join(f"'{name}'" for name in sorted(RESERVED_ENV_NAMES))
-            + f"]) && !self.name.startsWith('{RESERVED_ENV_PREFIX}')",
-            "message": "env[].name: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK, "
-            f"NODE_RANK and {RESERVED_ENV_PREFIX}* are reserved for the rendezvous; rename it",
-        },
-        {
-            "rule": "has(self.value) != has(self.valueFrom)",
-            "message": "env[]: set exactly one of value or valueFrom",
-        },
-    ],
-    AccelTrainJobSpec: [
-        {
-            "rule": "!(self.deepspeed.precision == 'fp16' && self.devicesPerWorker == 0)",
-            "message": "deepspeed.precision: fp16 is not supported by DeepSpeed on CPU trainers "
-            "(devicesPerWorker: 0); use bf16 or fp32",
-        },
-        {
-            "rule": "self.devicesPerWorker == 0 || !has(self.procsPerWorker) "
-            "|| self.procsPerWorker == self.devicesPerWorker",
-            "message": "procsPerWorker must equal devicesPerWorker on GPU workers; omit it",
-        },
-        {
-            "rule": "!has(self.pruning) || !has(self.training.maxSteps) "
-            "|| self.pruning.endStep <= self.training.maxSteps",
-            "message": "pruning.endStep must not be after training.maxSteps",
-        },
     ],
 }
 

@@ -66,6 +66,13 @@ DEEPSPEED_CONFIG_FILE = "ds_config.json"
 METRICS_PORT_NAME = "metrics"
 RENDEZVOUS_PORT_NAME = "rendezvous"
 SHM_VOLUME = "dshm"
+SHM_MOUNT_PATH = "/dev/shm"
+# The read-only root filesystem's writable stand-in: HOME, TMPDIR and caches.
+SCRATCH_VOLUME = "scratch"
+SCRATCH_MOUNT_PATH = "/scratch"
+# Volumes and mount paths every worker pod has; a user volume cannot take them.
+RESERVED_VOLUME_NAMES = (CONFIG_VOLUME, SCRATCH_VOLUME, SHM_VOLUME)
+RESERVED_MOUNT_PATHS = (CONFIG_MOUNT_PATH, SCRATCH_MOUNT_PATH, SHM_MOUNT_PATH)
 
 # Condition types on AccelTrainJob status.
 CONDITION_CREATED = "Created"

@@ -2,8 +2,9 @@
 
 pydantic emits JSON Schema 2020-12 with ``$defs``/``$ref``, ``anyOf`` with null for optional
 fields and numeric ``exclusiveMinimum``; Kubernetes wants a structural OpenAPI v3 schema. This
-module rewrites one into the other, attaches the CEL rules of :data:`api.CEL_RULES` and the
-immutability rules, and writes the CRD to ``manifests/crd/`` and ``charts/acceltrain/crds/``.
+module rewrites one into the other, attaches the CEL rules of :data:`api.CEL_RULES` and of the
+rule table (:mod:`accel_operator.rules`), declares the DeepSpeed keys overrides may not set, adds
+the immutability rules, and writes the CRD to ``manifests/crd/`` and ``charts/acceltrain/crds/``.
 
     python -m accel_operator.crdgen --write   # regenerate
     python -m accel_operator.crdgen --check   # fail if the files differ from the models
@@ -22,7 +23,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from accel_operator import api
+from accel_operator import api, rules
 
 CRD_FILE_NAME = f"{api.GROUP}_{api.PLURAL}.yaml"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,9 +53,10 @@ class _CelAwareGenerator(GenerateJsonSchema):
 
     def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
         json_schema = super().model_schema(schema)
-        rules = api.CEL_RULES.get(schema["cls"])
-        if rules:
-            json_schema["x-kubernetes-validations"] = copy.deepcopy(rules)
+        model = schema["cls"]
+        validations = [*api.CEL_RULES.get(model, []), *rules.cel_validations(model.__name__)]
+        if validations:
+            json_schema["x-kubernetes-validations"] = copy.deepcopy(validations)
         return json_schema
 
 
@@ -174,6 +176,11 @@ def spec_schema() -> dict[str, Any]:
     """The spec schema with immutability rules for every field a running job may not change."""
     schema = model_schema(api.AccelTrainJobSpec)
     properties = schema["properties"]
+    deepspeed = properties["deepspeed"]["properties"]
+    deepspeed["overrides"] = {
+        "description": deepspeed["overrides"].get("description", ""),
+        **rules.overrides_schema(),
+    }
     for name in list(properties):
         if name in api.MUTABLE_SPEC_FIELDS:
             continue
@@ -182,15 +189,15 @@ def spec_schema() -> dict[str, Any]:
     for name in list(run_policy):
         if name not in api.MUTABLE_RUN_POLICY_FIELDS:
             run_policy[name] = _immutable(run_policy[name], f"spec.runPolicy.{name}")
-    rules = list(schema.get("x-kubernetes-validations", []))
+    validations = list(schema.get("x-kubernetes-validations", []))
     for section in sorted(_optional_sections_of(api.AccelTrainJobSpec)):
-        rules.append(
+        validations.append(
             {
                 "rule": f"has(self.{section}) == has(oldSelf.{section})",
                 "message": f"spec.{section} cannot be added or removed on an existing job",
             }
         )
-    schema["x-kubernetes-validations"] = rules
+    schema["x-kubernetes-validations"] = validations
     return schema
 
 

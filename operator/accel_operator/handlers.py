@@ -22,7 +22,6 @@ because of the timer, and removes it when the timer stops.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -32,8 +31,11 @@ from typing import Any
 import kopf
 
 from accel_operator import api, constants, observe
+from accel_operator.kube import ApiError
 from accel_operator.reconcile import InvalidSpecError, Reconciler
 from accel_operator.workqueue import WorkQueue
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +175,12 @@ class _Fingerprints:
 
 def _quietly(reconciler: Reconciler, namespace: str, name: str) -> None:
     """Reconcile a queued job; the work queue logs other failures, the timer retries them."""
-    # An invalid spec was reported on the job's status and events when it was created.
-    with contextlib.suppress(InvalidSpecError):
+    try:
         reconciler.reconcile(namespace, name)
+    except InvalidSpecError:
+        # Reported on the job's status and events; nothing to retry.
+        pass
+    except ApiError as error:
+        # Reported on the job as an event; the timer retries with backoff. One line: the
+        # traceback of a refused request says nothing the message does not.
+        logger.warning("reconcile of %s/%s: %s; retrying", namespace, name, error)

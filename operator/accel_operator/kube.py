@@ -47,11 +47,18 @@ class ApiError(Exception):
     """The API server answered with an error status."""
 
     def __init__(self, method: str, path: str, status: int, body: str) -> None:
-        message = body
-        with contextlib.suppress(ValueError, AttributeError):
-            message = json.loads(body).get("message", body)
+        message: Any = body
+        causes: list[str] = []
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            decoded = json.loads(body)
+            message = decoded.get("message", body)
+            details = decoded.get("details") or {}
+            causes = [str(c["field"]) for c in details.get("causes", []) if "field" in c]
         super().__init__(f"{method} {path} -> HTTP {status}: {str(message)[:500]}")
         self.status = status
+        self.message = str(message)
+        self.fields = causes
+        """The object fields the API server names in its refusal (``details.causes``)."""
 
 
 def _path(kind: str, namespace: str, name: str | None = None, subresource: str = "") -> str:
@@ -196,6 +203,20 @@ class KubeClient:
         items: list[dict[str, Any]] = (answer or {}).get("items") or []
         return items
 
+    def list_create_failures(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The Job controller's FailedCreate events of one attempt's Job (pods it could not
+        create: admission, quota, an invalid pod)."""
+        selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+        answer = self.request(
+            "GET",
+            _path("Event", namespace),
+            verb="list",
+            resource="events",
+            query={"fieldSelector": selector},
+        )
+        items: list[dict[str, Any]] = (answer or {}).get("items") or []
+        return items
+
     def pod_log_tail(self, namespace: str, pod: str, lines: int = 20) -> str:
         """The trainer container's last log lines; empty when the node cannot serve logs."""
         try:
@@ -215,16 +236,20 @@ class KubeClient:
             return ""
         return text if isinstance(text, str) else json.dumps(text)
 
-    def apply(self, obj: Mapping[str, Any]) -> None:
-        """Server-side apply one rendered object under the operator's field manager."""
+    def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> None:
+        """Server-side apply one rendered object under the operator's field manager; with
+        ``dry_run`` the API server validates and admits it without storing anything."""
         metadata = obj["metadata"]
         kind = str(obj["kind"])
+        query = {"fieldManager": constants.FIELD_MANAGER, "force": "true"}
+        if dry_run:
+            query["dryRun"] = "All"
         self.request(
             "PATCH",
             _path(kind, metadata["namespace"], metadata["name"]),
-            verb="apply",
+            verb="dry-run" if dry_run else "apply",
             resource=_KINDS[kind][1],
-            query={"fieldManager": constants.FIELD_MANAGER, "force": "true"},
+            query=query,
             body=dict(obj),
             content_type=APPLY_CONTENT_TYPE,
         )

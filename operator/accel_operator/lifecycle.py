@@ -76,6 +76,15 @@ REASON_ATTEMPT_LOST = "AttemptDeleted"
 REASON_DEADLINE = "DeadlineExceeded"
 REASON_RESTART_LIMIT = "RestartLimitExceeded"
 REASON_INVALID_SPEC = "InvalidSpec"
+REASON_FAILED_CREATE = "FailedCreate"
+REASON_INVALID_IMAGE = "InvalidImage"
+# FailedCreate messages of causes that waiting cannot cure: an invalid pod, a pod security
+# violation, an admission webhook's denial. Quota and missing ServiceAccounts can be cured.
+_PERMANENT_CREATE_FAILURES = ("is invalid", "violates podsecurity", "denied the request")
+# Container waiting reasons that mean the image reference itself is wrong.
+_PERMANENT_WAITING_REASONS = ("InvalidImageName",)
+# Container waiting reasons of a normal start.
+_NORMAL_WAITING_REASONS = ("", "ContainerCreating", "PodInitializing")
 
 FINISHED_PHASES = frozenset({api.Phase.SUCCEEDED, api.Phase.FAILED})
 
@@ -100,6 +109,9 @@ class PodView:
     unschedulable_message: str = ""
     """The scheduler's reason while the pod cannot be placed (PodScheduled=False or the latest
     FailedScheduling event)."""
+    waiting_reason: str = ""
+    """Why the trainer container does not run yet (ErrImagePull, InvalidImageName, ...)."""
+    waiting_message: str = ""
 
     @property
     def started(self) -> bool:
@@ -128,6 +140,8 @@ class AttemptView:
     failed: bool = False
     failure_reason: str = ""
     failure_message: str = ""
+    create_failure: str = ""
+    """The Job controller's latest FailedCreate message while pods are missing."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,6 +383,7 @@ _EVENTFUL_TRUE = {
 }
 _EVENTFUL_FALSE = {
     (constants.CONDITION_SCHEDULED, REASON_GANG_TIMEOUT): "Warning",
+    (constants.CONDITION_SCHEDULED, REASON_FAILED_CREATE): "Warning",
     (constants.CONDITION_PROGRESSING, REASON_STALLED): "Warning",
     (constants.CONDITION_SUSPENDED, "Resumed"): "Normal",
 }
@@ -784,8 +799,62 @@ def _pending_description(spec: api.AccelTrainJobSpec, job: AttemptView, pods: li
             why = pod.unschedulable_message or (
                 f"bound to {pod.node_name}, not running yet" if pod.node_name else "not scheduled"
             )
+            if pod.waiting_reason:
+                why = f"{pod.waiting_reason}: {pod.waiting_message}".rstrip(": ")
             parts.append(f"{pod.name} ({why})")
     return "; ".join(parts)
+
+
+def _cannot_start(
+    spec: api.AccelTrainJobSpec,
+    state: _Status,
+    observed: Observed,
+    plan: _Plan,
+    job: AttemptView,
+    pods: list[PodView],
+) -> bool:
+    """Fail at once when the workers can never start (an image reference the runtime refuses,
+    pods Kubernetes will never admit); True when the job was failed."""
+    bad_image = next(
+        (pod for pod in pods if pod.waiting_reason in _PERMANENT_WAITING_REASONS), None
+    )
+    if bad_image is not None:
+        message = (
+            f"spec.image: the container runtime refuses the image of {bad_image.name} "
+            f"({bad_image.waiting_reason}: {bad_image.waiting_message}); fix spec.image and "
+            "recreate the AccelTrainJob"
+        )
+        _fail(state, REASON_INVALID_IMAGE, message)
+        _tear_down_all(observed, plan)
+        return True
+    if not job.create_failure or len(pods) >= spec.workers:
+        return False
+    message = (
+        f"the Job controller cannot create the worker pods of attempt {job.attempt}: "
+        f"{job.create_failure}"
+    )
+    if any(marker in job.create_failure.lower() for marker in _PERMANENT_CREATE_FAILURES):
+        _fail(state, REASON_FAILED_CREATE, message)
+        _tear_down_all(observed, plan)
+        return True
+    # Quota, a ServiceAccount still to be created: the gang timeout bounds the wait.
+    state.set(constants.CONDITION_SCHEDULED, False, REASON_FAILED_CREATE, message)
+    state.value.message = message
+    return False
+
+
+def _report_waiting_containers(state: _Status, pods: list[PodView]) -> None:
+    """Say which workers' containers cannot start yet and why (an image pull, a missing
+    Secret key): the gang timeout would otherwise be the first a user hears of it."""
+    stuck = [
+        f"{pod.name} ({pod.waiting_reason}: {pod.waiting_message})".replace(": )", ")")
+        for pod in pods
+        if not pod.started and pod.waiting_reason not in _NORMAL_WAITING_REASONS
+    ]
+    if stuck:
+        message = "worker containers cannot start yet: " + "; ".join(stuck)
+        state.set(constants.CONDITION_RUNNING, False, "ContainersWaiting", message)
+        state.value.message = message
 
 
 def _supervise(
@@ -837,6 +906,8 @@ def _supervise(
         value.message = message
         return
 
+    if _cannot_start(spec, state, observed, plan, job, pods):
+        return
     bound = sum(1 for pod in pods if pod.node_name)
     started = [pod for pod in pods if pod.started]
     if bound >= spec.workers:
@@ -846,7 +917,7 @@ def _supervise(
             "AllWorkersScheduled",
             f"all {spec.workers} worker(s) are bound to nodes",
         )
-    else:
+    elif not (job.create_failure and len(pods) < spec.workers):
         state.set(
             constants.CONDITION_SCHEDULED,
             False,
@@ -857,6 +928,7 @@ def _supervise(
 
     if len(started) < spec.workers:
         value.phase = api.Phase.STARTING
+        _report_waiting_containers(state, pods)
         # The gang clock runs from the Job's start. A Job created suspended for Kueue gets its
         # startTime only when the Job controller has seen it admitted: until then, wait.
         gang_start = job.started or (None if spec.run_policy.queue_name else job.created)

@@ -115,6 +115,7 @@ def pod_view(
     if not unschedulable and not (pod.get("spec") or {}).get("nodeName") and scheduler_messages:
         unschedulable = scheduler_messages.get(name, "")
     exit_code = terminated.get("exitCode") if terminated else None
+    waiting = state.get("waiting") or {}
     return PodView(
         name=name,
         attempt=attempt_of(pod) or 0,
@@ -128,6 +129,8 @@ def pod_view(
         exit_code=int(exit_code) if exit_code is not None else None,
         termination_message=str((terminated or {}).get("message") or ""),
         unschedulable_message=unschedulable,
+        waiting_reason=str(waiting.get("reason") or ""),
+        waiting_message=str(waiting.get("message") or ""),
     )
 
 
@@ -150,6 +153,21 @@ def scheduler_messages(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
         if pod not in latest or when >= latest[pod][0]:
             latest[pod] = (when, str(event.get("message") or ""))
     return {pod: message for pod, (_, message) in latest.items()}
+
+
+def latest_message(events: Iterable[Mapping[str, Any]]) -> str:
+    """The message of the most recent of ``events`` ("" when there are none)."""
+    latest = ("", "")
+    for event in events:
+        when = str(
+            event.get("lastTimestamp")
+            or event.get("eventTime")
+            or _metadata(event).get("creationTimestamp")
+            or ""
+        )
+        if when >= latest[0]:
+            latest = (when, str(event.get("message") or ""))
+    return latest[1]
 
 
 def needs_scheduler_events(pods: Iterable[PodView]) -> bool:

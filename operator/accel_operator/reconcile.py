@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from accel_operator import api, lifecycle, observe, render
+from accel_operator import api, lifecycle, observe, refusals, render
 from accel_operator.kube import ApiError, KubeClient
 from accel_operator.metrics import OperatorMetrics
 from accel_operator.scrape import ProgressScraper
@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], dt.datetime]
 
 REASON_API_ERROR = "ApiError"
+# The longest wait between retries of a job whose reconciles keep failing.
+MAX_RETRY_SECONDS = 300.0
 
 
 def utc_now() -> dt.datetime:
@@ -59,6 +61,8 @@ class _Gate:
     dirty: bool = False
     next_due: float = 0.0
     """Monotonic time when the job needs looking at again without any cluster change."""
+    failures: int = 0
+    """Reconciles in a row that failed; the retry delay doubles with each."""
 
 
 class Reconciler:
@@ -135,11 +139,15 @@ class Reconciler:
             raise
         except Exception:
             self.metrics.reconcile_errors.inc()
-            # Let the timer retry soon rather than wait for the next cluster change.
-            gate.next_due = time.monotonic() + self.progress_interval
+            # Let the timer retry rather than wait for the next cluster change; a busy or
+            # refusing API server is asked less and less often.
+            delay = min(MAX_RETRY_SECONDS, self.progress_interval * 2**gate.failures)
+            gate.failures += 1
+            gate.next_due = time.monotonic() + delay
             raise
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        gate.failures = 0
         gate.next_due = math.inf if requeue is None else time.monotonic() + requeue
 
     # --- one pass ----------------------------------------------------------------------------
@@ -191,7 +199,9 @@ class Reconciler:
         )
         ref = render.JobRef(name=name, namespace=namespace, uid=str(metadata.get("uid", "")))
         for create in decision.creates:
-            for child in render.render_attempt(spec, ref, create.attempt, self.defaults):
+            children = render.render_attempt(spec, ref, create.attempt, self.defaults)
+            self._preflight(body, status, children, now)
+            for child in children:
                 self.kube.apply(child)
         deferred = self._write(body, status, decision)
         for action in decision.deletes:
@@ -209,6 +219,32 @@ class Reconciler:
         if deferred is not None:
             return min(deferred, decision.requeue_after or deferred)
         return decision.requeue_after
+
+    def _preflight(
+        self,
+        body: dict[str, Any],
+        status: api.AccelTrainJobStatus,
+        children: list[dict[str, Any]],
+        now: dt.datetime,
+    ) -> None:
+        """Dry-run every child before the first is created: a child the API server refuses for
+        good fails the job (InvalidSpec, naming the spec field) with nothing left behind."""
+        for child in children:
+            try:
+                self.kube.apply(child, dry_run=True)
+            except ApiError as error:
+                if not refusals.is_permanent(error):
+                    raise
+                message = refusals.describe(child, error)
+                generation = int(body["metadata"].get("generation") or 0)
+                decision = lifecycle.invalid_spec(status, message, now, generation)
+                self._write(body, status, decision, force=True)
+                self.metrics.record_phase(
+                    body["metadata"]["namespace"],
+                    body["metadata"]["name"],
+                    decision.status.phase.value,
+                )
+                raise InvalidSpecError(message) from None
 
     def _report_api_error(self, body: dict[str, Any], error: ApiError) -> None:
         """A Warning event on the job when the API server refuses the operator (once per
@@ -303,6 +339,11 @@ class Reconciler:
             pods = [observe.pod_view(pod, messages) for pod in raw_pods]
         current = max([status.attempt, *(view.attempt for view in attempts)])
         current_job = next((view for view in attempts if view.attempt == current), None)
+        if current_job is not None and self._pods_missing(spec, current_job, pods):
+            events = self.kube.list_create_failures(namespace, current_job.name)
+            failure_message = observe.latest_message(events)
+            current_job = dataclasses.replace(current_job, create_failure=failure_message)
+            attempts = tuple(current_job if v.attempt == current else v for v in attempts)
         failure = None
         if (
             current_job is not None
@@ -322,6 +363,16 @@ class Reconciler:
             progress=progress,
             progress_visible=visible,
         )
+
+    @staticmethod
+    def _pods_missing(
+        spec: api.AccelTrainJobSpec, job: lifecycle.AttemptView, pods: list[lifecycle.PodView]
+    ) -> bool:
+        """Whether the running attempt has fewer pods than workers (then the Job controller's
+        FailedCreate events say why)."""
+        if job.complete or job.failed or job.suspended or job.deleting:
+            return False
+        return sum(1 for pod in pods if pod.attempt == job.attempt) < spec.workers
 
     def _failure(
         self, namespace: str, pods: list[lifecycle.PodView]

@@ -25,8 +25,6 @@ from accel_trainer.config import (
 )
 
 TERMINATION_GRACE_SECONDS = 120
-SCRATCH_VOLUME = "scratch"
-SCRATCH_MOUNT_PATH = "/scratch"
 TRAINER_COMMAND = ("python", "-m", "accel_trainer", "run", "--config")
 
 
@@ -525,10 +523,10 @@ def _container(
             "mountPath": constants.CONFIG_MOUNT_PATH,
             "readOnly": True,
         },
-        {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_MOUNT_PATH},
+        {"name": constants.SCRATCH_VOLUME, "mountPath": constants.SCRATCH_MOUNT_PATH},
     ]
     if not spec.on_cpu:
-        mounts.append({"name": constants.SHM_VOLUME, "mountPath": "/dev/shm"})
+        mounts.append({"name": constants.SHM_VOLUME, "mountPath": constants.SHM_MOUNT_PATH})
     for volume in spec.volumes:
         mount: dict[str, Any] = {"name": volume.name, "mountPath": volume.mount_path}
         if volume.read_only:
@@ -601,7 +599,7 @@ def _env(
     ]
     # The root filesystem is read-only: caches and temporary files go to the scratch volume,
     # unless the user points them elsewhere (a persistent extension cache, for instance).
-    defaults = {"HOME": SCRATCH_MOUNT_PATH, "TMPDIR": SCRATCH_MOUNT_PATH}
+    defaults = {"HOME": constants.SCRATCH_MOUNT_PATH, "TMPDIR": constants.SCRATCH_MOUNT_PATH}
     user_names = {variable.name for variable in spec.env}
     env.extend(
         {"name": name, "value": value} for name, value in defaults.items() if name not in user_names
@@ -618,7 +616,7 @@ def _volumes(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> list[dic
             "name": constants.CONFIG_VOLUME,
             "configMap": {"name": config_map_name(ref.name, attempt)},
         },
-        {"name": SCRATCH_VOLUME, "emptyDir": {}},
+        {"name": constants.SCRATCH_VOLUME, "emptyDir": {}},
     ]
     if not spec.on_cpu:
         volumes.append({"name": constants.SHM_VOLUME, "emptyDir": {"medium": "Memory"}})

@@ -120,13 +120,13 @@ REJECTIONS: list[tuple[str, dict[str, Any], str]] = [
     (
         "reserved env",
         {"env": [{"name": "MASTER_ADDR", "value": "x"}]},
-        "reserved for the rendezvous",
+        "are set by acceltrain for the rendezvous",
     ),
     ("pruning order", {"pruning": {"startStep": 5, "endStep": 5}}, "startStep must be smaller"),
     (
         "pruning past the end",
         {"pruning": {"startStep": 1, "endStep": 50}},
-        "endStep must not be after",
+        "spec.pruning.endStep: is after training.maxSteps",
     ),
     ("bad stage", {"deepspeed": {"zero": {"stage": 4}}}, "should be less than or equal to 3"),
     ("unknown field", {"wrokers": 2}, 'unknown field "spec.wrokers"'),

@@ -262,20 +262,76 @@ def test_a_queued_job_waits_suspended_for_admission_without_a_gang_timeout(
     wait_for("phase Succeeded", lambda: _phase(kube, namespace, name) == "Succeeded", timeout=60)
 
 
-def test_a_spec_the_operator_cannot_run_fails_with_the_field_named(
+def test_a_spec_whose_job_the_api_server_refuses_fails_at_once_with_nothing_created(
     kube: Api, namespace: str, operator: OperatorProcess
 ) -> None:
-    name = "no-volume"
+    name = "bad-priority"
+    # The CRD has no grammar for PriorityClass names; the Job's pod template validation does.
+    spec = {**gpu_spec(), "priorityClassName": "Not_A_Class"}
+    created = time.monotonic()
+    kube.create_job(namespace, name, spec)
+    wait_for("phase Failed", lambda: _phase(kube, namespace, name) == "Failed", timeout=30)
+    assert time.monotonic() - created < 5
+    failed = condition(kube.status(namespace, name), constants.CONDITION_FAILED)
+    assert failed["reason"] == "InvalidSpec"
+    assert failed["message"].startswith("spec.priorityClassName: the API server refuses the Job")
+    assert "Not_A_Class" in failed["message"]
+    assert kube.event_reasons(namespace, name).count("InvalidSpec") == 1
+    # The dry run came first: not even the ConfigMap or Service of the attempt exists.
+    assert not any(kube.children(namespace, name).values())
+    time.sleep(3)  # no retry loop: the operator does not come back to it
+    log = operator.log_path.read_text()
+    assert "Traceback" not in log
+    assert log.count("bad-priority") <= 3, log
+
+
+def test_pods_that_pod_security_refuses_fail_the_job_at_once_naming_the_reason(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    kube._request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}",
+        body={"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+        content_type="application/merge-patch+json",
+    )
+    name = "host-path"
     spec = gpu_spec()
-    # Resuming needs a checkpoint directory on a persistent volume; there is none.
-    spec["checkpoint"] = {"path": "/checkpoints", "resume": True}
+    spec["volumes"] = [{"name": "data", "mountPath": "/data", "hostPath": {"path": "/srv"}}]
     kube.create_job(namespace, name, spec)
     wait_for("phase Failed", lambda: _phase(kube, namespace, name) == "Failed", timeout=30)
     failed = condition(kube.status(namespace, name), constants.CONDITION_FAILED)
-    assert failed["reason"] == "InvalidSpec"
-    assert "checkpoint.path (/checkpoints)" in failed["message"]
-    assert "InvalidSpec" in kube.event_reasons(namespace, name)
-    assert not any(kube.children(namespace, name).values())
+    assert failed["reason"] == "FailedCreate"
+    assert "violates PodSecurity" in failed["message"]
+    assert "hostPath" in failed["message"]
+    assert "FailedCreate" in kube.event_reasons(namespace, name)
+    assert "GangTimeout" not in kube.event_reasons(namespace, name)
+    wait_for("the attempt to be torn down", lambda: not kube.children(namespace, name)["jobs"], 30)
+
+
+def test_pods_over_quota_wait_and_the_job_says_why(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    kube._request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/resourcequotas",
+        body={
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "gpus"},
+            "spec": {"hard": {"requests.nvidia.com/gpu": "2"}},
+        },
+    )
+    name = "over-quota"
+    kube.create_job(namespace, name, gpu_spec(workers=2, devices=2))
+
+    def says_why() -> dict[str, Any] | None:
+        found = condition(kube.status(namespace, name), constants.CONDITION_SCHEDULED)
+        return found if found.get("reason") == "FailedCreate" else None
+
+    scheduled = wait_for("the FailedCreate condition", says_why, timeout=30)
+    assert "exceeded quota" in scheduled["message"]
+    assert _phase(kube, namespace, name) == "Starting"
+    assert "exceeded quota" in kube.status(namespace, name)["message"]
 
 
 def test_killing_the_operator_at_random_moments_of_five_launches_leaves_exactly_their_children(

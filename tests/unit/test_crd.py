@@ -67,7 +67,9 @@ def test_only_deepspeed_overrides_preserve_unknown_fields() -> None:
     preserving = [
         path for path, node in _schemas(_root()) if node.get("x-kubernetes-preserve-unknown-fields")
     ]
-    assert preserving == [".spec.deepspeed.overrides"]
+    assert preserving[0] == ".spec.deepspeed.overrides"
+    # The owned DeepSpeed blocks are declared inside it only so that CEL can refuse them.
+    assert all(path.startswith(".spec.deepspeed.overrides.") for path in preserving[1:])
 
 
 def test_spec_fields_have_descriptions_for_kubectl_explain() -> None:
@@ -87,8 +89,9 @@ def test_cross_field_rules_are_cel_validations_with_messages() -> None:
     texts = " ".join(rule["rule"] for rule in rules)
     for fragment in (
         "has(self.pretrained) != has(self.config)",
-        "self.offloadOptimizer == 'none' || self.stage >= 1",
-        "self.offloadParams == 'none' || self.stage == 3",
+        "self.deepspeed.zero.offloadOptimizer == 'none' || self.deepspeed.zero.stage >= 1",
+        "self.deepspeed.zero.offloadParams == 'none' || self.deepspeed.zero.stage == 3",
+        "!(has(self.zero_optimization) && has(self.zero_optimization.stage))",
         "self.startStep < self.endStep",
         "self.deepspeed.precision == 'fp16' && self.devicesPerWorker == 0",
         "startsWith('ACCELTRAIN_')",

@@ -70,7 +70,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     ),
     "activation checkpointing": _variant(deepspeed={"activationCheckpointing": True}),
     "overrides merged last": _variant(
-        deepspeed={"zero": {"stage": 2}, "overrides": {"zero_optimization": {"overlap_comm": True}}}
+        deepspeed={
+            "zero": {"stage": 2},
+            "overrides": {"zero_optimization": {"round_robin_gradients": True}},
+        }
     ),
 }
 
@@ -146,14 +149,14 @@ def test_overrides_merge_into_nested_blocks_without_dropping_siblings() -> None:
             deepspeed={
                 "zero": {"stage": 2},
                 "overrides": {
-                    "zero_optimization": {"overlap_comm": True},
+                    "zero_optimization": {"round_robin_gradients": True},
                     "flops_profiler": {"enabled": True},
                 },
             }
         )
     )
     rendered = render.deepspeed_config(spec)
-    assert rendered["zero_optimization"]["overlap_comm"] is True
+    assert rendered["zero_optimization"]["round_robin_gradients"] is True
     assert rendered["zero_optimization"]["stage"] == 2
     assert rendered["flops_profiler"] == {"enabled": True}
 

@@ -333,7 +333,107 @@ def _deleted_job_restarts(d: lifecycle.Decision) -> None:
     assert condition(d, constants.CONDITION_RESTARTING).reason == "AttemptDeleted"
 
 
+def _forbidden_pods_fail_at_once(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.FAILED
+    failed = condition(d, constants.CONDITION_FAILED)
+    assert failed.reason == "FailedCreate"
+    assert "violates PodSecurity" in failed.message
+    assert d.actions == (DeleteAttempt(1),)
+    assert "FailedCreate" in reasons(d)
+
+
+def _quota_waits_and_says_why(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.STARTING
+    scheduled = condition(d, constants.CONDITION_SCHEDULED)
+    assert (scheduled.status, scheduled.reason) == ("False", "FailedCreate")
+    assert "exceeded quota" in scheduled.message
+    assert "exceeded quota" in d.status.message
+    assert [e.type for e in d.events if e.reason == "FailedCreate"] == ["Warning"]
+    assert d.actions == ()
+
+
+def _invalid_image_fails_naming_the_field(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.FAILED
+    failed = condition(d, constants.CONDITION_FAILED)
+    assert failed.reason == "InvalidImage"
+    assert failed.message.startswith("spec.image: the container runtime refuses the image")
+    assert "InvalidImageName" in failed.message
+    assert d.actions == (DeleteAttempt(1),)
+
+
+def _image_pull_backoff_is_shown_while_waiting(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.STARTING
+    running = condition(d, constants.CONDITION_RUNNING)
+    assert (running.status, running.reason) == ("False", "ContainersWaiting")
+    assert "bert-a1-1-x1 (ImagePullBackOff: Back-off pulling image)" in running.message
+    assert d.status.message == running.message
+
+
+PSA_DENIAL = (
+    'Error creating: pods "bert-a1-0-abcde" is forbidden: violates PodSecurity '
+    '"restricted:latest": runAsNonRoot != true'
+)
+QUOTA_DENIAL = 'Error creating: pods "bert-a1-1-x" is forbidden: exceeded quota: gpu, requested'
+
 CASES = [
+    Case(
+        "pods that pod security refuses fail the job at once",
+        make_spec(),
+        status_after(api.Phase.STARTING),
+        Observed(created=CREATED, attempts=(job(create_failure=PSA_DENIAL),)),
+        at(5),
+        _forbidden_pods_fail_at_once,
+    ),
+    Case(
+        "pods over quota wait, and the condition says why",
+        make_spec(),
+        status_after(api.Phase.STARTING),
+        Observed(created=CREATED, attempts=(job(create_failure=QUOTA_DENIAL),), pods=(pod(0),)),
+        at(5),
+        _quota_waits_and_says_why,
+    ),
+    Case(
+        "an image reference the runtime refuses fails the job at once",
+        make_spec(),
+        status_after(api.Phase.STARTING),
+        Observed(
+            created=CREATED,
+            attempts=(job(),),
+            pods=(
+                pod(0),
+                pod(
+                    1,
+                    "Pending",
+                    node_name="n1",
+                    waiting_reason="InvalidImageName",
+                    waiting_message='couldn\'t parse image name "Ghcr.io/X"',
+                ),
+            ),
+        ),
+        at(5),
+        _invalid_image_fails_naming_the_field,
+    ),
+    Case(
+        "an image that cannot be pulled yet shows in the scheduling condition",
+        make_spec(),
+        status_after(api.Phase.STARTING),
+        Observed(
+            created=CREATED,
+            attempts=(job(),),
+            pods=(
+                pod(0),
+                pod(
+                    1,
+                    "Pending",
+                    node_name="n1",
+                    waiting_reason="ImagePullBackOff",
+                    waiting_message="Back-off pulling image",
+                ),
+            ),
+        ),
+        at(5),
+        _image_pull_backoff_is_shown_while_waiting,
+    ),
     Case(
         "a new job creates attempt 1",
         make_spec(),

@@ -8,6 +8,7 @@ is deleted, and that a reconcile that changes nothing writes nothing.
 from __future__ import annotations
 
 import copy
+import json
 import datetime as dt
 from typing import Any, cast
 
@@ -41,6 +42,10 @@ class RecordingApi:
         self.jobs: list[dict[str, Any]] = []
         self.pods: list[dict[str, Any]] = []
         self.writes: list[tuple[str, str]] = []
+        self.dry_runs: list[str] = []
+
+    def refuse(self, obj: dict[str, Any]) -> None:
+        """Raise the API server's refusal of ``obj``, if it has one (none here)."""
 
     # reads
     def get_accel_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -55,11 +60,18 @@ class RecordingApi:
     def list_scheduling_events(self, namespace: str) -> list[dict[str, Any]]:
         return []
 
+    def list_create_failures(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return []
+
     def pod_log_tail(self, namespace: str, pod: str, lines: int = 20) -> str:
         return "accel-trainer: exit 75: rank 1: lost its peer"
 
     # writes
-    def apply(self, obj: dict[str, Any]) -> None:
+    def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> None:
+        self.refuse(obj)
+        if dry_run:
+            self.dry_runs.append(f"{obj['kind']}/{obj['metadata']['name']}")
+            return
         self.writes.append(("apply", f"{obj['kind']}/{obj['metadata']['name']}"))
         if obj["kind"] == "Job":
             created = copy.deepcopy(obj)
@@ -171,6 +183,48 @@ def test_a_spec_that_cannot_work_fails_the_job_and_creates_nothing() -> None:
     assert recording.writes == [("status", "Failed"), ("event", "InvalidSpec")]
 
 
+class InvalidJobApi(RecordingApi):
+    """An API server that finds the attempt's Job invalid, as it does a bad pod template."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        self.event_messages: list[str] = []
+
+    def refuse(self, obj: dict[str, Any]) -> None:
+        if obj["kind"] == "Job":
+            body = {
+                "message": 'Job.batch "bert-a1" is invalid: spec.template.spec.priorityClassName: '
+                'Invalid value: "Not_A_Name": a lowercase RFC 1123 subdomain must consist of',
+                "details": {"causes": [{"field": "spec.template.spec.priorityClassName"}]},
+            }
+            raise ApiError(
+                "PATCH", "/apis/batch/v1/namespaces/team-a/jobs/bert-a1", 422, json.dumps(body)
+            )
+
+    def post_event(self, accel_job: Any, event_type: str, reason: str, message: str) -> None:
+        super().post_event(accel_job, event_type, reason, message)
+        self.event_messages.append(f"{event_type} {reason}: {message}")
+
+
+def test_a_child_the_api_server_refuses_fails_the_job_naming_the_field_before_any_child_exists() -> (
+    None
+):
+    recording = InvalidJobApi(copy.deepcopy(MINIMAL_SPEC))
+    reconciler = _reconciler(recording)
+    with pytest.raises(InvalidSpecError, match="spec.priorityClassName"):
+        reconciler.reconcile("team-a", "bert")
+    # Nothing created: not the ConfigMap or Service the Job would have needed.
+    assert recording.writes == [("status", "Failed"), ("event", "InvalidSpec")]
+    assert recording.dry_runs == ["ConfigMap/bert-a1-config", "Service/bert"]
+    status = recording.job["status"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert failed["message"].startswith("spec.priorityClassName: the API server refuses the Job")
+    assert "Not_A_Name" in failed["message"]
+    # No retry: the job is not due again, however long one waits.
+    assert not reconciler.due("team-a", "bert")
+
+
 class ForbiddenJobsApi(RecordingApi):
     """An API server that refuses to create the attempt's Job, as RBAC without the verb does."""
 
@@ -178,7 +232,7 @@ class ForbiddenJobsApi(RecordingApi):
         super().__init__(spec)
         self.event_messages: list[str] = []
 
-    def apply(self, obj: dict[str, Any]) -> None:
+    def refuse(self, obj: dict[str, Any]) -> None:
         if obj["kind"] == "Job":
             raise ApiError(
                 "PATCH",
@@ -186,7 +240,6 @@ class ForbiddenJobsApi(RecordingApi):
                 403,
                 '{"message": "jobs.batch is forbidden: cannot create resource \\"jobs\\""}',
             )
-        super().apply(obj)
 
     def post_event(self, accel_job: Any, event_type: str, reason: str, message: str) -> None:
         super().post_event(accel_job, event_type, reason, message)

@@ -51,24 +51,23 @@ def ds(**changes: Any) -> dict[str, Any]:
         (
             ds(bf16={"enabled": False}, fp16={"enabled": True}),
             "cpu",
-            "fp16 is not supported by DeepSpeed on CPU trainers (device cpu): set "
-            "deepspeed.precision to bf16 or fp32",
+            "spec.deepspeed.precision: fp16 is not supported by DeepSpeed on CPU trainers",
         ),
         (ds(fp16={"enabled": True}), "cpu", "fp16 and bf16 are both enabled"),
         (
             ds(optimizer={"type": "Lamb", "params": {}}),
             "cpu",
-            "optimizer LAMB needs a GPU",
+            "spec.training.optimizer.type: lamb needs GPUs",
         ),
         (
             ds(zero_optimization={"stage": 2, "offload_param": {"device": "cpu"}}),
             "cpu",
-            "offload_param needs ZeRO stage 3 (stage is 2)",
+            "spec.deepspeed.zero.offloadParams: cpu needs deepspeed.zero.stage: 3",
         ),
         (
             ds(zero_optimization={"stage": 0, "offload_optimizer": {"device": "cpu"}}),
             "cpu",
-            "offload_optimizer needs ZeRO stage 1, 2 or 3",
+            "spec.deepspeed.zero.offloadOptimizer: cpu needs deepspeed.zero.stage >= 1",
         ),
         (ds(zero_optimization={"stage": 4}), "cpu", "zero_optimization.stage is 4"),
         ({k: v for k, v in DS.items() if k != "optimizer"}, "cpu", "no optimizer block"),
@@ -87,7 +86,7 @@ def test_a_max_length_beyond_the_position_embeddings_is_refused() -> None:
     too_long = config(data={"synthetic": {}, "maxLength": 128})
 
     with pytest.raises(
-        ConfigError, match=r"data.maxLength \(128\) exceeds .*maxPositionEmbeddings \(64\)"
+        ConfigError, match=r"spec.data.maxLength: data.maxLength exceeds .*maxPositionEmbeddings"
     ):
         validate(too_long, ds(), world_size=1)
 

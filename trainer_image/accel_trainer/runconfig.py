@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from accel_trainer import rules
 from accel_trainer.config import TrainerConfig
 from accel_trainer.errors import ConfigError, MissingInputError
 
@@ -121,6 +122,23 @@ def _offload_device(zero: dict[str, Any], key: str) -> str:
     return "none"
 
 
+def run_facts(config: TrainerConfig, ds_config: dict[str, Any]) -> rules.RunFacts:
+    """What the shared run rules look at, read from trainer.json and ds_config.json."""
+    zero = ds_config.get("zero_optimization") or {}
+    optimizer = ds_config.get("optimizer") or {}
+    architecture = config.model.config
+    return rules.RunFacts(
+        on_cpu=config.device == "cpu",
+        precision=precision_of(ds_config),
+        zero_stage=zero_stage_of(ds_config),
+        offload_optimizer=_offload_device(zero, "offload_optimizer") != "none",
+        offload_params=_offload_device(zero, "offload_param") != "none",
+        optimizer=str(optimizer.get("type", "")).lower(),
+        max_length=config.data.max_length,
+        max_positions=architecture.max_position_embeddings if architecture else None,
+    )
+
+
 def validate(config: TrainerConfig, ds_config: dict[str, Any], world_size: int) -> None:
     """Reject configurations that cannot run here, before any rank starts."""
     ds_file = config.deepspeed_config
@@ -128,11 +146,6 @@ def validate(config: TrainerConfig, ds_config: dict[str, Any], world_size: int) 
         _enabled(ds_config.get("bf16")) or _enabled(ds_config.get("bfloat16"))
     ):
         raise ConfigError(f"{ds_file}: fp16 and bf16 are both enabled: enable at most one")
-    if config.device == "cpu" and precision_of(ds_config) == "fp16":
-        raise ConfigError(
-            f"{ds_file}: fp16 is not supported by DeepSpeed on CPU trainers (device cpu): set "
-            "deepspeed.precision to bf16 or fp32, or run on GPUs (devicesPerWorker >= 1)"
-        )
     if config.device == "cuda":
         import torch
 
@@ -147,24 +160,12 @@ def validate(config: TrainerConfig, ds_config: dict[str, Any], world_size: int) 
             f"{ds_file}: no optimizer block: DeepSpeed builds the optimizer from ds_config.json, "
             "so it needs optimizer.type and optimizer.params"
         )
-    if str(optimizer["type"]).lower() == "lamb" and config.device == "cpu":
-        raise ConfigError(
-            f"{ds_file}: optimizer LAMB needs a GPU (DeepSpeed's LAMB is a fused CUDA kernel): "
-            "use adamw, adam or sgd on CPU trainers"
-        )
     stage = zero_stage_of(ds_config)
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"{ds_file}: zero_optimization.stage is {stage}: use 0, 1, 2 or 3")
-    zero = ds_config.get("zero_optimization") or {}
-    if _offload_device(zero, "offload_param") != "none" and stage != 3:
-        raise ConfigError(
-            f"{ds_file}: offload_param needs ZeRO stage 3 (stage is {stage}): set "
-            "deepspeed.zero.stage to 3 or deepspeed.zero.offloadParams to none"
-        )
-    if _offload_device(zero, "offload_optimizer") != "none" and stage == 0:
-        raise ConfigError(
-            f"{ds_file}: offload_optimizer needs ZeRO stage 1, 2 or 3: raise deepspeed.zero.stage"
-        )
+    broken = rules.problems(rules.RUN_RULES, run_facts(config, ds_config))
+    if broken:
+        raise ConfigError(f"{ds_file}: " + "; ".join(broken))
     micro = ds_config.get("train_micro_batch_size_per_gpu", config.training.micro_batch_size)
     accumulation = ds_config.get(
         "gradient_accumulation_steps", config.training.gradient_accumulation
@@ -178,13 +179,6 @@ def validate(config: TrainerConfig, ds_config: dict[str, Any], world_size: int) 
         raise ConfigError(
             f"{ds_file}: train_micro_batch_size_per_gpu and gradient_accumulation_steps must be "
             "positive integers"
-        )
-    architecture = config.model.config
-    if architecture is not None and config.data.max_length > architecture.max_position_embeddings:
-        raise ConfigError(
-            f"data.maxLength ({config.data.max_length}) exceeds "
-            f"model.config.maxPositionEmbeddings ({architecture.max_position_embeddings}): lower "
-            "data.maxLength or raise maxPositionEmbeddings"
         )
     if world_size < 1:
         raise ConfigError("the world size must be at least 1: check procsPerWorker and workers")
