@@ -17,6 +17,8 @@ TRAINER_CONTRACT_FAMILIES = {
     "acceltrain_sparsity_ratio": "gauge",
     "acceltrain_loss_scale": "gauge",
     "acceltrain_device_memory_bytes": "gauge",
+    "acceltrain_estimated_memory_bytes": "gauge",
+    "acceltrain_memory_budget_bytes": "gauge",
     "acceltrain_step_seconds": "histogram",
     "acceltrain_checkpoint_seconds": "histogram",
     "acceltrain_last_checkpoint_step": "gauge",

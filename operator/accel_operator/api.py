@@ -44,6 +44,15 @@ MAX_JOB_NAME_LENGTH = 63 - len("-a") - MAX_ATTEMPT_DIGITS - len("-") - MAX_INDEX
 JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 ShortString = Annotated[str, Field(min_length=1, max_length=253)]
+# The name of a Kubernetes object (a DNS-1123 subdomain): ServiceAccount, PriorityClass, claim.
+ObjectName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    ),
+]
 LabelValue = Annotated[str, Field(max_length=63)]
 # Kubernetes quantities ("2", "500m", "16Gi") arrive as integers or strings; both are accepted.
 Quantity = Annotated[
@@ -179,7 +188,7 @@ class NodePoolSpec(RuledModel):
 class KeyRef(CamelModel):
     """A key of a Secret or ConfigMap in the job's namespace."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253)]
+    name: ObjectName
     """Name of the Secret or ConfigMap."""
     key: Annotated[str, Field(min_length=1, max_length=253)]
     """Key inside it."""
@@ -222,7 +231,7 @@ class HostPathType(str, enum.Enum):
 class PvcSource(CamelModel):
     """A PersistentVolumeClaim in the job's namespace."""
 
-    claim_name: Annotated[str, Field(min_length=1, max_length=253)]
+    claim_name: ObjectName
     """Name of the claim; ReadWriteMany when workers on several nodes share a checkpoint dir."""
 
 
@@ -247,7 +256,7 @@ class EmptyDirSource(CamelModel):
 class ConfigMapSource(CamelModel):
     """Files from a ConfigMap."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253)]
+    name: ObjectName
     """Name of the ConfigMap."""
 
 
@@ -414,9 +423,9 @@ class AccelTrainJobSpec(CamelModel):
     """CPU and memory of each worker."""
     node_pool: NodePoolSpec = Field(default_factory=NodePoolSpec)
     """Node selector, tolerations and affinity of the workers."""
-    priority_class_name: Annotated[str | None, Field(min_length=1, max_length=253)] = None
+    priority_class_name: ObjectName | None = None
     """PriorityClass of the worker pods."""
-    service_account_name: Annotated[str | None, Field(min_length=1, max_length=253)] = None
+    service_account_name: ObjectName | None = None
     """ServiceAccount of the worker pods (for example to read a model from object storage)."""
     env: Annotated[list[EnvVar], Field(max_length=128)] = Field(default_factory=list)
     """Extra env vars of the trainer container."""
@@ -559,6 +568,10 @@ class Progress(CamelModel):
     """Estimated time to finish, like 1h02m."""
     last_step_time: str | None = None
     """When the step last advanced (RFC 3339)."""
+    estimated_memory_bytes: Annotated[int | None, Field(ge=0)] = None
+    """The trainer's start-up estimate of one rank's memory (model states and activations)."""
+    memory_budget_bytes: Annotated[int | None, Field(ge=0)] = None
+    """The memory one rank has: its GPU, or the container's limit over its local ranks."""
 
 
 class CheckpointStatus(CamelModel):

@@ -169,6 +169,10 @@ class ProgressSample:
     sparsity: float | None = None
     checkpoint_step: int | None = None
     """Step of the latest complete checkpoint the trainer wrote."""
+    estimated_memory_bytes: int | None = None
+    """The trainer's start-up estimate of one rank's memory need (model states, activations)."""
+    memory_budget_bytes: int | None = None
+    """The memory one rank has, as the trainer's preflight saw it."""
 
     @property
     def first_step_reported(self) -> bool:
@@ -366,6 +370,8 @@ def update_progress(
         ),
         eta=eta,
         last_step_time=last_step_time,
+        estimated_memory_bytes=sample.estimated_memory_bytes,
+        memory_budget_bytes=sample.memory_budget_bytes,
     )
 
 

@@ -595,6 +595,16 @@ def _env(
         _field_env(constants.ENV_POD_NAME, "metadata.name"),
         _field_env(constants.ENV_POD_IP, "status.podIP"),
         {"name": constants.ENV_METRICS_PORT, "value": str(spec.metrics.port)},
+        # The memory preflight's budget (the node's allocatable memory without a limit).
+        {
+            "name": constants.ENV_MEMORY_LIMIT_BYTES,
+            "valueFrom": {
+                "resourceFieldRef": {
+                    "containerName": constants.TRAINER_CONTAINER,
+                    "resource": "limits.memory",
+                }
+            },
+        },
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     # The root filesystem is read-only: caches and temporary files go to the scratch volume,

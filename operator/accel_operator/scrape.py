@@ -34,6 +34,9 @@ MFU = "acceltrain_mfu_ratio"
 LOSS = "acceltrain_loss"
 SPARSITY = "acceltrain_sparsity_ratio"
 CHECKPOINT_STEP = "acceltrain_last_checkpoint_step"
+# The memory preflight's estimate for one rank (kind="device") and the memory the rank has.
+ESTIMATED_MEMORY = "acceltrain_estimated_memory_bytes"
+MEMORY_BUDGET = "acceltrain_memory_budget_bytes"
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
@@ -46,6 +49,8 @@ def _rank_values(text: str, rank: str) -> dict[str, float]:
             labels: Mapping[str, str] = sample.labels
             if "rank" in labels and labels["rank"] != rank:
                 continue
+            if "kind" in labels:
+                values[f"{sample.name}:{labels['kind']}"] = float(sample.value)
             # One value per name: the rank's own series, not the per-kind breakdowns.
             if sample.name in values and "kind" in labels:
                 continue
@@ -84,6 +89,9 @@ def parse_metrics(text: str, *, rank: str = "0") -> ProgressSample | None:
         sparsity=_finite(values.get(SPARSITY)),
         # -1 before the first checkpoint of the run.
         checkpoint_step=optional_int(CHECKPOINT_STEP),
+        # 0 until the preflight has run, or when the budget is unknown.
+        estimated_memory_bytes=optional_int(f"{ESTIMATED_MEMORY}:device") or None,
+        memory_budget_bytes=optional_int(MEMORY_BUDGET) or None,
     )
 
 

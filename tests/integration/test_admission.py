@@ -109,6 +109,18 @@ CASES: list[tuple[str, Callable[[Spec], None], str, str]] = [
         "image reference",
     ),
     (
+        "a PriorityClass name that is not an object name",
+        lambda s: s.update(priorityClassName="Not_A_Class"),
+        ".priorityClassName",
+        "should match",
+    ),
+    (
+        "a ServiceAccount name with a space",
+        lambda s: s.update(serviceAccountName="trainer sa"),
+        ".serviceAccountName",
+        "should match",
+    ),
+    (
         "request above its limit",
         lambda s: s.update(resources={"requests": {"cpu": 2}, "limits": {"cpu": "1500m"}}),
         ".resources.requests",

@@ -265,24 +265,25 @@ def test_a_queued_job_waits_suspended_for_admission_without_a_gang_timeout(
 def test_a_spec_whose_job_the_api_server_refuses_fails_at_once_with_nothing_created(
     kube: Api, namespace: str, operator: OperatorProcess
 ) -> None:
-    name = "bad-priority"
-    # The CRD has no grammar for PriorityClass names; the Job's pod template validation does.
-    spec = {**gpu_spec(), "priorityClassName": "Not_A_Class"}
+    name = "bad-key"
+    # The CRD has no grammar for Secret keys; the Job's pod template validation does.
+    key_ref = {"name": "hub", "key": "token file"}
+    spec = {**gpu_spec(), "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": key_ref}}]}
     created = time.monotonic()
     kube.create_job(namespace, name, spec)
     wait_for("phase Failed", lambda: _phase(kube, namespace, name) == "Failed", timeout=30)
     assert time.monotonic() - created < 5
     failed = condition(kube.status(namespace, name), constants.CONDITION_FAILED)
     assert failed["reason"] == "InvalidSpec"
-    assert failed["message"].startswith("spec.priorityClassName: the API server refuses the Job")
-    assert "Not_A_Class" in failed["message"]
+    assert failed["message"].startswith("spec.env: the API server refuses the Job")
+    assert "token file" in failed["message"]
     assert kube.event_reasons(namespace, name).count("InvalidSpec") == 1
     # The dry run came first: not even the ConfigMap or Service of the attempt exists.
     assert not any(kube.children(namespace, name).values())
     time.sleep(3)  # no retry loop: the operator does not come back to it
     log = operator.log_path.read_text()
     assert "Traceback" not in log
-    assert log.count("bad-priority") <= 3, log
+    assert log.count("bad-key") <= 3, log
 
 
 def test_pods_that_pod_security_refuses_fail_the_job_at_once_naming_the_reason(

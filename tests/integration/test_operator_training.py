@@ -154,6 +154,34 @@ def test_a_permanent_trainer_error_fails_the_job_after_one_attempt(
     assert trainer_line in status["message"]
 
 
+def test_a_model_that_cannot_fit_the_memory_limit_fails_at_once_naming_what_would_fit(
+    kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    name = "too-big"
+    spec = cpu_spec(tmp_path / "checkpoints", workers=1, procs=2, maxRestarts=3)
+    # 200 MiB over two ranks for a 100M-parameter model: the preflight refuses before DeepSpeed
+    # allocates (the process node does not enforce the limit; the trainer reads it through the
+    # downward API all the same).
+    spec["model"]["config"] = {
+        "architecture": "bert",
+        "hiddenSize": 768,
+        "numLayers": 12,
+        "numHeads": 12,
+        "maxPositionEmbeddings": 32,
+    }
+    spec["resources"] = {"limits": {"memory": "200Mi"}}
+    kube.create_job(namespace, name, spec)
+    _wait_phase(kube, namespace, name, "Failed", TRAINING_TIMEOUT)
+    status = _status(kube, namespace, name)
+    assert (status["attempt"], status["restarts"]) == (1, 0)
+    assert status["lastExitCode"] == 67
+    failed = condition(status, constants.CONDITION_FAILED)
+    assert "memory: training needs" in failed["message"]
+    assert "a rank has 100.0 MiB" in failed["message"]
+    assert "deepspeed.zero.stage: 3" in failed["message"]
+    assert "resources.limits.memory" in failed["message"]
+
+
 def test_suspend_stops_the_pods_after_a_checkpoint_and_resume_continues_from_it(
     crd: Any, kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -199,12 +199,15 @@ def trainer_env() -> dict[str, str]:
     return env
 
 
-def start_trainer(job: Job, *args: str) -> subprocess.Popen[str]:
-    """Start ``python -m accel_trainer run`` for ``job`` in its own process group."""
+def start_trainer(
+    job: Job, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start ``python -m accel_trainer run`` for ``job`` in its own process group; ``env`` adds
+    to the test environment (the operator's ACCELTRAIN_ variables are not inherited)."""
     return subprocess.Popen(
         [sys.executable, "-m", "accel_trainer", "run", "--config", str(job.config_path), *args],
         cwd=job.directory,
-        env=trainer_env(),
+        env={**trainer_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -244,8 +247,10 @@ def kill_trainer(process: subprocess.Popen[str]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def run_trainer(job: Job, *args: str, timeout: float = RUN_TIMEOUT_S) -> Run:
-    process = start_trainer(job, *args)
+def run_trainer(
+    job: Job, *args: str, timeout: float = RUN_TIMEOUT_S, env: Mapping[str, str] | None = None
+) -> Run:
+    process = start_trainer(job, *args, env=env)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -127,3 +127,24 @@ def test_the_latest_checkpoint_step_is_read_from_the_trainer() -> None:
     after = scrape.parse_metrics(prometheus_client.generate_latest(metrics.registry).decode())
     assert after is not None
     assert after.checkpoint_step == 1
+
+
+def test_the_memory_preflight_estimate_reaches_the_job_status() -> None:
+    metrics = TrainerMetrics(job="bert", namespace="team-a", node_rank=0, rank=0)
+    metrics.record_step(
+        step=1, samples=8, tokens=512, step_seconds=0.25, loss=1.0, learning_rate=1e-4
+    )
+    before = scrape.parse_metrics(prometheus_client.generate_latest(metrics.registry).decode())
+    assert before is not None
+    assert (before.estimated_memory_bytes, before.memory_budget_bytes) == (None, None)
+    metrics.record_memory_estimate(device_bytes=3 << 30, host_bytes=1 << 30, budget_bytes=8 << 30)
+    sample = scrape.parse_metrics(prometheus_client.generate_latest(metrics.registry).decode())
+    assert sample is not None
+    assert sample.estimated_memory_bytes == 3 << 30
+    assert sample.memory_budget_bytes == 8 << 30
+    spec = api.parse_spec(copy.deepcopy(MINIMAL_SPEC), name="bert")
+    now = dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc)
+    progress = lifecycle.update_progress(spec, api.Progress(), sample, now)
+    shown = progress.model_dump(by_alias=True)
+    assert shown["estimatedMemoryBytes"] == 3 << 30
+    assert shown["memoryBudgetBytes"] == 8 << 30

@@ -8,8 +8,8 @@ is deleted, and that a reconcile that changes nothing writes nothing.
 from __future__ import annotations
 
 import copy
-import json
 import datetime as dt
+import json
 from typing import Any, cast
 
 import pytest
@@ -206,12 +206,10 @@ class InvalidJobApi(RecordingApi):
         self.event_messages.append(f"{event_type} {reason}: {message}")
 
 
-def test_a_child_the_api_server_refuses_fails_the_job_naming_the_field_before_any_child_exists() -> (
-    None
-):
+def test_a_child_the_api_server_refuses_fails_the_job_naming_the_field_before_any_exists() -> None:
     recording = InvalidJobApi(copy.deepcopy(MINIMAL_SPEC))
     reconciler = _reconciler(recording)
-    with pytest.raises(InvalidSpecError, match="spec.priorityClassName"):
+    with pytest.raises(InvalidSpecError, match=r"spec\.priorityClassName"):
         reconciler.reconcile("team-a", "bert")
     # Nothing created: not the ConfigMap or Service the Job would have needed.
     assert recording.writes == [("status", "Failed"), ("event", "InvalidSpec")]

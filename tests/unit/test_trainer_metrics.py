@@ -222,6 +222,26 @@ def test_cuda_device_memory_replaces_rss_once_cuda_is_in_use(
     assert "device_memory_bytes_rss" not in metrics.snapshot()
 
 
+def test_the_memory_estimate_and_budget_are_exported_by_kind() -> None:
+    metrics = make_metrics()
+    gib = 1024**3
+    before = scrape(metrics)
+
+    metrics.record_memory_estimate(device_bytes=3 * gib, host_bytes=gib, budget_bytes=16 * gib)
+    text = scrape(metrics)
+
+    for kind in ("device", "host"):
+        assert sample_value(before, "acceltrain_estimated_memory_bytes", kind=kind) == 0
+    assert sample_value(before, "acceltrain_memory_budget_bytes") == 0
+    assert sample_value(text, "acceltrain_estimated_memory_bytes", kind="device") == 3 * gib
+    assert sample_value(text, "acceltrain_estimated_memory_bytes", kind="host") == gib
+    assert sample_value(text, "acceltrain_memory_budget_bytes") == 16 * gib
+
+    metrics.record_memory_estimate(device_bytes=3 * gib, host_bytes=0, budget_bytes=None)
+
+    assert sample_value(scrape(metrics), "acceltrain_memory_budget_bytes") == 0  # unknown
+
+
 def test_instances_keep_separate_registries() -> None:
     rank0 = TrainerMetrics(job="j", namespace="ns", node_rank=0, rank=0)
     rank1 = TrainerMetrics(job="j", namespace="ns", node_rank=0, rank=1)

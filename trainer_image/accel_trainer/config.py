@@ -28,6 +28,10 @@ ENV_NODE_RANK = "ACCELTRAIN_NODE_RANK"
 ENV_POD_NAME = "ACCELTRAIN_POD_NAME"
 ENV_POD_IP = "ACCELTRAIN_POD_IP"
 ENV_METRICS_PORT = "ACCELTRAIN_METRICS_PORT"
+# The container's memory limit in bytes, from the downward API (resourceFieldRef limits.memory;
+# Kubernetes reports the node's allocatable memory when the container has no limit). A CPU
+# trainer splits it over its local ranks as the budget of the memory preflight (memoryfit.py).
+ENV_MEMORY_LIMIT_BYTES = "ACCELTRAIN_MEMORY_LIMIT_BYTES"
 # Set by Kubernetes for Indexed Jobs; the node rank when ENV_NODE_RANK is absent.
 ENV_JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
 ENV_MASTER_ADDR = "MASTER_ADDR"

@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 METRIC_PREFIX: Final = "acceltrain"
 LABEL_NAMES: Final = ("job", "namespace", "node_rank", "rank")
 DEFAULT_RATE_WINDOW_STEPS: Final = 20
+# The kind label of acceltrain_estimated_memory_bytes: where the estimated bytes live.
+MEMORY_ESTIMATE_KINDS: Final = ("device", "host")
 
 # Steps range from milliseconds (a tiny model on a GPU) to minutes (a large ZeRO-3 model with
 # offload on CPU); checkpoints from a fraction of a second to the better part of an hour.
@@ -505,6 +507,20 @@ class TrainerMetrics:
             "process rss on CPU.",
             extra_labels=("kind",),
         )
+        self._estimated_memory = gauge(
+            "estimated_memory_bytes",
+            "Memory the start-up preflight estimates this rank needs for model states and "
+            "activations: device (all of it on a CPU trainer) and host (offloaded optimizer "
+            "state and parameters); 0 until estimated.",
+            extra_labels=("kind",),
+        )
+        for kind in MEMORY_ESTIMATE_KINDS:
+            self._estimated_memory.labels(**self.labels, kind=kind)
+        self._memory_budget = gauge(
+            "memory_budget_bytes",
+            "Memory this rank has as the preflight sees it: its GPU, or on a CPU trainer the "
+            "container's memory limit over the pod's local ranks; 0 when not known.",
+        ).labels(**self.labels)
         self._step_seconds = histogram(
             "step_seconds", "Wall-clock seconds of one optimizer step.", STEP_SECONDS_BUCKETS
         ).labels(**self.labels)
@@ -712,6 +728,21 @@ class TrainerMetrics:
             self._device_memory.remove(*self.labels.values(), stale)
             self._latest.pop(f"device_memory_bytes_{stale}", None)
         self._memory_kinds = set(readings)
+
+    def record_memory_estimate(
+        self, *, device_bytes: int, host_bytes: int, budget_bytes: int | None
+    ) -> None:
+        """Export the preflight's per-rank estimate and budget (None: no budget known, 0)."""
+        if device_bytes < 0 or host_bytes < 0 or (budget_bytes is not None and budget_bytes < 0):
+            raise ValueError(
+                f"memory figures must be bytes >= 0, got device {device_bytes}, host "
+                f"{host_bytes}, budget {budget_bytes}"
+            )
+        for kind, value in zip(MEMORY_ESTIMATE_KINDS, (device_bytes, host_bytes), strict=True):
+            self._estimated_memory.labels(**self.labels, kind=kind).set(value)
+            self._latest[f"estimated_memory_bytes_{kind}"] = float(value)
+        self._memory_budget.set(budget_bytes or 0)
+        self._latest["memory_budget_bytes"] = float(budget_bytes or 0)
 
     def snapshot(self) -> dict[str, float]:
         """Current values for a log line, keyed by metric name without the prefix."""

@@ -141,28 +141,55 @@ def build_model(
     return model
 
 
+def empty_model(spec: ModelSpec, tokenizer: Any, label_names: list[str]) -> Any:
+    """The model :func:`build_model` builds, on the meta device: every shape, no weights.
+
+    Nothing is allocated; a pretrained model contributes only its config.json. Checkpointing
+    and the embedding-size check are left out: neither changes the parameter count.
+    """
+    if spec.config is not None:
+        config = _architecture_config(spec.config, tokenizer, spec.task, label_names)
+    else:
+        assert spec.pretrained is not None  # ModelSpec guarantees one source
+        config = _pretrained_config(spec.pretrained, spec.task, label_names)
+    with torch.device("meta"):
+        return _auto_class(spec.task).from_config(config)
+
+
 def load_pretrained(name_or_path: str, task: Task, label_names: list[str]) -> Any:
     """A pretrained model with a head sized for ``label_names`` (a new head when it differs)."""
-    from transformers import AutoConfig
-
-    local = os.path.exists(name_or_path)
+    config = _pretrained_config(name_or_path, task, label_names)
     try:
-        config = AutoConfig.from_pretrained(
-            name_or_path, local_files_only=local, **_label_kwargs(task, label_names)
-        )
         return _auto_class(task).from_pretrained(
             name_or_path,
             config=config,
-            local_files_only=local,
+            local_files_only=os.path.exists(name_or_path),
             ignore_mismatched_sizes=True,
             dtype=torch.float32,
         )
     except (OSError, ValueError) as error:
-        raise MissingInputError(
-            f"model.pretrained: cannot load '{name_or_path}' "
-            f"({' '.join(str(error).split())[:200]}): give a directory with config.json and "
-            "weights mounted in the pod, or a hub name the pod can download"
-        ) from None
+        raise _cannot_load(name_or_path, error) from None
+
+
+def _pretrained_config(name_or_path: str, task: Task, label_names: list[str]) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            name_or_path,
+            local_files_only=os.path.exists(name_or_path),
+            **_label_kwargs(task, label_names),
+        )
+    except (OSError, ValueError) as error:
+        raise _cannot_load(name_or_path, error) from None
+
+
+def _cannot_load(name_or_path: str, error: Exception) -> MissingInputError:
+    return MissingInputError(
+        f"model.pretrained: cannot load '{name_or_path}' "
+        f"({' '.join(str(error).split())[:200]}): give a directory with config.json and "
+        "weights mounted in the pod, or a hub name the pod can download"
+    )
 
 
 def model_shape(model: Any) -> ModelShape:

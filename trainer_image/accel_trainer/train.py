@@ -7,8 +7,9 @@ Launch (the launcher starts one of these per local rank; see :mod:`accel_trainer
 
 Setup: read and check the data (before the process group, so bad data fails every rank alike),
 join the process group, pick the checkpoint to resume from, get the tokenizer and encode the
-data, build the model and let DeepSpeed build the engine, optimizer and scheduler from
-``ds_config.json``, restore the checkpoint, start the metrics exporter.
+data, check that the model states and activations fit one rank's memory (exit 67 if not; see
+:mod:`accel_trainer.memoryfit`), build the model and let DeepSpeed build the engine, optimizer
+and scheduler from ``ds_config.json``, restore the checkpoint, start the metrics exporter.
 
 Train: for each optimizer step, ``gradient_accumulation_steps`` micro-batches of forward and
 backward, the engine step, then the pruning masks; metrics after every step, a log line every
@@ -35,11 +36,11 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from accel_trainer import evaluate, export, tokenization
+from accel_trainer import evaluate, export, memoryfit, tokenization
 from accel_trainer.checkpoint import TOKENIZER_DIR, CheckpointStore, TrainState
 from accel_trainer.config import ExitCode, TrainerConfig
 from accel_trainer.data import DataPosition, ShardedOrder, TokenizedSplit, load_corpus, tokenize
-from accel_trainer.errors import TrainerError
+from accel_trainer.errors import OutOfMemoryError, TrainerError
 from accel_trainer.metrics import TrainerMetrics
 from accel_trainer.models import build_model, model_shape
 from accel_trainer.pruning import Pruner
@@ -206,6 +207,7 @@ class Recipe:
         )
         self.total_steps = self._total_steps()
 
+        self.memory = self._check_memory_fit()
         model = build_model(
             config.model,
             self.tokenizer,
@@ -283,6 +285,33 @@ class Recipe:
         assert training.epochs is not None  # TrainingSpec guarantees one of them
         return max(1, training.epochs * self.order.micro_steps_per_epoch // self.accumulation)
 
+    def _check_memory_fit(self) -> memoryfit.MemoryEstimate:
+        """Refuse (exit 67) a run whose model states and activations cannot fit one rank's
+        memory, before the model is built; when any rank does not fit, every rank refuses with
+        the first such rank's message, so no rank is left waiting in DeepSpeed's collectives."""
+        config, info = self.config, self.info
+        shape = memoryfit.count_parameters(config, self.tokenizer, self.label_names)
+        setup = memoryfit.setup_for(
+            config,
+            self.ds_config,
+            shape,
+            world_size=info.world_size,
+            seq_length=self.train_split.seq_length,
+        )
+        budget = memoryfit.memory_budget(
+            config.device, local_rank=info.local_rank, local_world_size=info.local_world_size
+        )
+        estimate = memoryfit.estimate(setup, budget)
+        log(info, estimate.describe())
+        refusals: list[str | None] = [None] * info.world_size
+        torch_dist.all_gather_object(
+            refusals, None if estimate.fits else estimate.failure_message()
+        )
+        refusal = next((message for message in refusals if message is not None), None)
+        if refusal is not None:
+            raise OutOfMemoryError(refusal)
+        return estimate
+
     def _engine(self, model: Any) -> Any:
         import deepspeed
         from deepspeed.utils import logger as ds_logger
@@ -353,6 +382,12 @@ class Recipe:
             namespace=config.job.namespace,
             node_rank=info.node_rank,
             rank=info.rank,
+        )
+        budget = self.memory.budget
+        metrics.record_memory_estimate(
+            device_bytes=self.memory.device_total,
+            host_bytes=self.memory.host_total,
+            budget_bytes=budget.bytes if budget is not None else None,
         )
         port = config.metrics.port + info.local_rank
         try:
