@@ -156,6 +156,13 @@ operator: venv
 bench-operator: venv tools
 	$(PY) benchmarks/operator_launch.py
 
+# Thousands of hostile variants of the examples against the API server and the operator: refused
+# at apply with the field, or valid children, or Failed/InvalidSpec within 5 s (own cluster).
+ADMISSION_ARGS ?=
+.PHONY: bench-admission
+bench-admission: venv tools
+	$(PY) benchmarks/admission.py $(ADMISSION_ARGS)
+
 # 1000 AccelTrainJobs x 8 workers in bursts on kwok nodes: launch p50/p99, operator RSS and CPU,
 # API requests per job, every job Succeeded. Smaller: make bench-scale SCALE_ARGS="--jobs 100".
 SCALE_ARGS ?=

@@ -377,6 +377,19 @@ def fuzz(kube: KubeClient, namespace: str, cases: int) -> Tally:
 
 
 # --- a sample created for real, with the operator running ------------------------------------
+def after_apply_cases() -> list[Spec]:
+    """Specs the API server accepts that cannot run: only the operator can refuse them, so they
+    time the apply-to-Failed path (the installation sets no default image here; Secret keys and
+    ConfigMap names the CRD does not model are refused by the Job's validation)."""
+    base = next(spec for spec in example_specs() if spec.get("devicesPerWorker") == 0)
+    no_image = {key: value for key, value in base.items() if key != "image"}
+    bad_key = {
+        **base,
+        "env": [{"name": "HUB", "valueFrom": {"secretKeyRef": {"name": "s", "key": "a b"}}}],
+    }
+    return [no_image, bad_key]
+
+
 def _phase_and_reason(kube: KubeClient, namespace: str, name: str) -> tuple[str, str]:
     body = kube.get_accel_job(namespace, name) or {}
     status = body.get("status") or {}
@@ -389,8 +402,10 @@ def live(kube: KubeClient, namespace: str, tally: Tally, per_kind: int) -> tuple
     seconds of those that must fail, and how many were created."""
     seconds: list[float] = []
     created = 0
+    known = [spec for spec in after_apply_cases() for _ in range(per_kind)]
     for kind in (OPERATOR_RULE, CHILD_REFUSED, CLEAN):
-        for index, spec in enumerate(tally.samples.get(kind, [])[:per_kind]):
+        specs = tally.samples.get(kind, [])[:per_kind] + (known if kind == OPERATOR_RULE else [])
+        for index, spec in enumerate(specs):
             name = f"live-{kind.split()[1][:4].strip(',')}-{index}"
             must_fail = kind != CLEAN
             if not must_fail:

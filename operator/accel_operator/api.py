@@ -22,6 +22,7 @@ from accel_trainer.config import (
     DataSpec,
     ExportSpec,
     MetricsSpec,
+    ModelArchitectureSpec,
     ModelSpec,
     PruningSpec,
     TrainingSpec,
@@ -196,19 +197,13 @@ class KeyRef(CamelModel):
     """Start the pod even if the key is missing."""
 
 
-class EnvVarSource(CamelModel):
+class EnvVarSource(RuledModel):
     """Where an env var's value comes from; set exactly one."""
 
     secret_key_ref: KeyRef | None = None
     """A key of a Secret (for example a hub token)."""
     config_map_key_ref: KeyRef | None = None
     """A key of a ConfigMap."""
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> EnvVarSource:
-        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
-            raise ValueError("env[].valueFrom: set exactly one of secretKeyRef or configMapKeyRef")
-        return self
 
 
 class EnvVar(RuledModel):
@@ -279,21 +274,6 @@ class VolumeSpec(RuledModel):
     """Use pod-lifetime scratch space (lost when the pod group restarts)."""
     config_map: ConfigMapSource | None = None
     """Use the files of a ConfigMap."""
-
-    @model_validator(mode="after")
-    def _exactly_one_source(self) -> VolumeSpec:
-        sources = [
-            self.persistent_volume_claim,
-            self.host_path,
-            self.empty_dir,
-            self.config_map,
-        ]
-        if sum(source is not None for source in sources) != 1:
-            raise ValueError(
-                f"volumes[{self.name}]: set exactly one of persistentVolumeClaim, hostPath, "
-                "emptyDir or configMap"
-            )
-        return self
 
     @property
     def persistent(self) -> bool:
@@ -680,6 +660,16 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
         {
             "rule": "has(self.path) != has(self.synthetic)",
             "message": "data: set exactly one of data.path or data.synthetic",
+        },
+        {
+            "rule": "!(has(self.synthetic) && has(self.evalPath))",
+            "message": "data.evalPath cannot be used with data.synthetic: remove evalPath",
+        },
+    ],
+    ModelArchitectureSpec: [
+        {
+            "rule": "self.hiddenSize % self.numHeads == 0",
+            "message": "model.config.hiddenSize must be divisible by model.config.numHeads",
         }
     ],
     TrainingSpec: [

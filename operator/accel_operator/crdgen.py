@@ -24,6 +24,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from accel_operator import api, rules
+from accel_trainer import rules as trainer_rules
 
 CRD_FILE_NAME = f"{api.GROUP}_{api.PLURAL}.yaml"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -367,11 +368,97 @@ def render_api_docs() -> str:
                 f"| `{name}`{marker} | {_type_of(child)} | {shown_default} | {_bounds(child)} "
                 f"| {description.replace('|', '/')} |"
             )
-        rules = [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
-        if rules:
-            lines += ["", "Rules:", *[f"- {message}" for message in rules]]
+        messages = [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
+        if messages:
+            lines += ["", "Rules:", *[f"- {message}" for message in messages]]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _enforcement_docs())
+
+
+# What the API server cannot know when the spec is applied, and who catches it instead.
+AFTER_APPLY = (
+    (
+        "A child Kubernetes refuses for a reason the CRD does not model (for example a Secret "
+        "key with a space in env[].valueFrom)",
+        "the operator dry-runs every child before the first exists: Failed/InvalidSpec naming "
+        "the spec field, nothing created, no retry",
+    ),
+    (
+        "No spec.image and no default trainer image in the installation",
+        "the operator: Failed/InvalidSpec naming spec.image",
+    ),
+    (
+        "Pods Kubernetes will not admit: pod security, an admission webhook's denial, an "
+        "invalid pod",
+        "the Job controller's FailedCreate event: Failed/FailedCreate at once",
+    ),
+    (
+        "Pods over a ResourceQuota, a missing ServiceAccount",
+        "FailedCreate: Scheduled=False/FailedCreate with the reason; the job waits up to "
+        "runPolicy.gangTimeoutSeconds",
+    ),
+    (
+        "An image reference the container runtime refuses (InvalidImageName)",
+        "the operator: Failed/InvalidImage naming spec.image",
+    ),
+    (
+        "An image that cannot be pulled, a Secret that does not exist yet",
+        "the operator: Running=False/ContainersWaiting with the kubelet's reason",
+    ),
+    (
+        "A model that cannot fit a rank's memory",
+        "the trainer's memory preflight: exit 67 (permanent), naming the fields that would make "
+        "it fit; status.progress.estimatedMemoryBytes shows the estimate",
+    ),
+)
+
+
+def _enforcement_docs() -> list[str]:
+    """docs/api.md's account of where every rule is enforced, from the rule table itself."""
+    run_rules = {rule.name for rule in trainer_rules.RUN_RULES}
+    lines = [
+        "## Where each rule is enforced",
+        "",
+        "Every rule of the rule table (`operator/accel_operator/rules.py`) is enforced by the API "
+        "server at `kubectl apply` (CEL, with the message below on the field) and again by the "
+        "operator when it reads the spec; the run rules are also checked by the trainer before "
+        "any rank starts, for configs run by hand. Rules on list items apply to each item. The "
+        "rules of the trainer contract's sections (model, data, training, pruning) are listed "
+        "under those sections above, and are enforced the same way.",
+        "",
+        "| rule | on | field | message | API server | operator | trainer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, table in rules.MODEL_RULES.items():
+        for rule in table:
+            api_server = "yes" if rule.cel else "no"
+            trainer = "yes" if rule.name in run_rules else ""
+            field = f"`{rule.field.lstrip('.')}`" if rule.field else ""
+            message = rule.message.replace("|", "/")
+            lines.append(
+                f"| {rule.name} | {model} | {field} | {message} | {api_server} | yes | {trainer} |"
+            )
+    lines += [
+        "",
+        "### What `deepspeed.overrides` may set",
+        "",
+        "Any DeepSpeed key except those a typed field renders; these are refused at apply "
+        "(and by the operator) with the field to use instead:",
+        "",
+        "| DeepSpeed key | set it with |",
+        "|---|---|",
+        *[f"| `{key.dotted}` | `{key.typed_field}` |" for key in rules.OWNED_OVERRIDE_KEYS],
+        "",
+        "### Checked after apply",
+        "",
+        "What depends on the cluster or the node cannot be checked at apply:",
+        "",
+        "| problem | caught by |",
+        "|---|---|",
+        *[f"| {problem} | {caught} |" for problem, caught in AFTER_APPLY],
+        "",
+    ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -277,7 +277,17 @@ _RESERVED_MOUNTS = (
 )
 _ENV_NAMES = ", ".join(sorted(RESERVED_ENV_NAMES))
 
+_VOLUME_SOURCES = ("persistent_volume_claim", "host_path", "empty_dir", "config_map")
+
 VOLUME_RULES: tuple[Rule[Any], ...] = (
+    Rule(
+        name="volume-one-source",
+        field="",
+        message="set exactly one of persistentVolumeClaim, hostPath, emptyDir or configMap",
+        broken=lambda volume: sum(getattr(volume, s) is not None for s in _VOLUME_SOURCES) != 1,
+        cel="[has(self.persistentVolumeClaim), has(self.hostPath), has(self.emptyDir), "
+        "has(self.configMap)].exists_one(x, x)",
+    ),
     Rule(
         name="volume-name-not-reserved",
         field=".name",
@@ -377,6 +387,18 @@ def _cel_each_resource(check: str) -> str:
         f"self.{part}.all(k, {check.replace('{part}', part)})" for part in ("requests", "limits")
     )
 
+
+ENV_SOURCE_RULES: tuple[Rule[Any], ...] = (
+    Rule(
+        name="env-source-one-reference",
+        field="",
+        message="set exactly one of secretKeyRef or configMapKeyRef",
+        broken=lambda source: (
+            (source.secret_key_ref is None) == (source.config_map_key_ref is None)
+        ),
+        cel="has(self.secretKeyRef) != has(self.configMapKeyRef)",
+    ),
+)
 
 RESOURCE_RULES: tuple[Rule[Any], ...] = (
     Rule(
@@ -519,6 +541,7 @@ MODEL_RULES: dict[str, tuple[Rule[Any], ...]] = {
     "AccelTrainJobSpec": (*map(_run_rule_on_spec, RUN_RULES), *SPEC_RULES),
     "VolumeSpec": VOLUME_RULES,
     "EnvVar": ENV_RULES,
+    "EnvVarSource": ENV_SOURCE_RULES,
     "ResourcesSpec": RESOURCE_RULES,
     "Toleration": TOLERATION_RULES,
     "NodeSelectorRequirement": NODE_REQUIREMENT_RULES,

@@ -124,3 +124,39 @@ def test_check_mode_reports_drift(tmp_path: Any, monkeypatch: Any, capsys: Any) 
     assert "run `make crd`" in capsys.readouterr().err
     assert crdgen.main(["--write"]) == 0
     assert crdgen.main(["--check"]) == 0
+
+
+def _models_of(model: type[Any], seen: set[type[Any]]) -> set[type[Any]]:
+    """``model`` and every pydantic model its fields hold, at any depth."""
+    import typing
+
+    from pydantic import BaseModel
+
+    if model in seen:
+        return seen
+    seen.add(model)
+    for info in model.model_fields.values():
+        pending = [info.annotation]
+        while pending:
+            annotation = pending.pop()
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                _models_of(annotation, seen)
+            pending.extend(typing.get_args(annotation))
+    return seen
+
+
+def test_every_model_the_operator_validates_is_checked_by_the_api_server_too() -> None:
+    """A Python-only rule lets `kubectl apply` accept a spec the operator then fails."""
+    from accel_operator import rules
+
+    unchecked = []
+    for model in _models_of(api.AccelTrainJobSpec, set()):
+        # The rule table's validators are checked rule by rule below.
+        table_validators = {"_table_rules", "_cross_field_rules"}
+        validators = set(model.__pydantic_decorators__.model_validators)
+        if validators - table_validators and model not in api.CEL_RULES:
+            unchecked.append(model.__name__)
+        if validators & table_validators:
+            table = rules.MODEL_RULES[model.__name__]
+            unchecked += [rule.name for rule in table if rule.cel is None]
+    assert unchecked == []
