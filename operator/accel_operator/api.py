@@ -495,7 +495,8 @@ class Condition(CamelModel):
     """A standard metav1.Condition."""
 
     type: Annotated[str, Field(min_length=1, max_length=316)]
-    """Created, Scheduled, Running, Progressing, Restarting, Suspended, Succeeded or Failed."""
+    """Created, Scheduled, Running, Progressing, Restarting, Suspended, Succeeded, Failed or
+    Reconciled (False while the operator retries requests the API server refused)."""
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: Annotated[str, Field(min_length=1, max_length=1024)]

@@ -85,3 +85,6 @@ CONDITION_RESTARTING = "Restarting"
 CONDITION_SUSPENDED = "Suspended"
 CONDITION_SUCCEEDED = "Succeeded"
 CONDITION_FAILED = "Failed"
+# False while the API server keeps refusing the operator's requests for a reason retrying may
+# cure (throttling, a timeout, a permission an administrator can grant); True again after.
+CONDITION_RECONCILED = "Reconciled"

@@ -511,6 +511,8 @@ def decide(
     plan = _Plan()
     state.value.observed_generation = observed.generation
     _step(spec, state, observed, plan, progress_interval)
+    if state.condition(constants.CONDITION_RECONCILED) is not None:
+        state.set(constants.CONDITION_RECONCILED, True, "Reconciled", "the API server answers")
     new_status = state.value
     requeue = min(plan.due) if plan.due else None
     if new_status.phase not in FINISHED_PHASES:
@@ -523,6 +525,16 @@ def decide(
         restart_reason=plan.restart_reason,
         launch_seconds=plan.launch_seconds,
     )
+
+
+def api_retrying(
+    status: api.AccelTrainJobStatus, message: str, now: dt.datetime, generation: int
+) -> Decision:
+    """The decision while the API server refuses the operator for a reason retrying may cure:
+    the job keeps its phase, and a condition says why nothing moves and when it is retried."""
+    state = _Status(status, now, generation)
+    state.set(constants.CONDITION_RECONCILED, False, "ApiRetrying", message)
+    return Decision(status=state.value, events=())
 
 
 def invalid_spec(

@@ -180,6 +180,7 @@ class Reconciler:
             requeue = self._reconcile_spec(body, spec, status, now)
         except ApiError as error:
             self._report_api_error(body, error)
+            self._mark_retrying(body, status, error, now)
             raise
         self._last_api_error.pop((namespace, name), None)
         return requeue
@@ -245,6 +246,25 @@ class Reconciler:
                     decision.status.phase.value,
                 )
                 raise InvalidSpecError(message) from None
+
+    def _mark_retrying(
+        self,
+        body: dict[str, Any],
+        status: api.AccelTrainJobStatus,
+        error: ApiError,
+        now: dt.datetime,
+    ) -> None:
+        """Say on the job's status that the operator retries (best effort: the API server that
+        refused the last request may refuse this one too)."""
+        gate = self._gate(body["metadata"]["namespace"], body["metadata"]["name"])
+        delay = min(MAX_RETRY_SECONDS, self.progress_interval * 2**gate.failures)
+        message = f"{error}; retrying in {delay:.0f} s"
+        generation = int(body["metadata"].get("generation") or 0)
+        decision = lifecycle.api_retrying(status, message, now, generation)
+        try:
+            self._write(body, status, decision, force=True)
+        except Exception as writing:
+            logger.debug("could not mark %s as retrying: %s", body["metadata"]["name"], writing)
 
     def _report_api_error(self, body: dict[str, Any], error: ApiError) -> None:
         """A Warning event on the job when the API server refuses the operator (once per

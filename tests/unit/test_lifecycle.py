@@ -926,3 +926,19 @@ def test_job_conditions_become_the_attempt_outcome() -> None:
     assert (view.attempt, view.failed, view.failure_reason) == (3, True, "PodFailurePolicy")
     assert view.started == at(1)
     assert observe.attempt_view({"metadata": {"name": "unrelated"}}) is None
+
+
+def test_a_job_marked_retrying_is_marked_reconciled_once_the_api_server_answers() -> None:
+    spec = make_spec()
+    retrying = lifecycle.api_retrying(
+        status_after(api.Phase.RUNNING), "HTTP 429: slow down; retrying in 6 s", at(10), 1
+    )
+    reconciled = condition(retrying, constants.CONDITION_RECONCILED)
+    assert (reconciled.status, reconciled.reason) == ("False", "ApiRetrying")
+    assert retrying.status.phase is api.Phase.RUNNING
+    observed = Observed(created=CREATED, attempts=(job(),), pods=running_pods())
+    after = lifecycle.decide(spec, retrying.status, observed, at(20))
+    assert condition(after, constants.CONDITION_RECONCILED).status == "True"
+    # A job that never had trouble carries no such condition.
+    fresh = lifecycle.decide(spec, status_after(api.Phase.RUNNING), observed, at(20))
+    assert all(c.type != constants.CONDITION_RECONCILED for c in fresh.status.conditions)

@@ -255,4 +255,10 @@ def test_a_refused_request_is_reported_once_on_the_job_and_nothing_claims_to_sta
     assert recording.event_messages[0].startswith("Warning ApiError: PATCH /apis/batch/v1/")
     assert "forbidden" in recording.event_messages[0]
     assert "ServiceAccount lacks this permission" in recording.event_messages[0]
-    assert not any(write[0] == "status" for write in recording.writes)
+    # The status says the operator retries, and nothing claims the attempt started.
+    assert {write for write in recording.writes if write[0] == "status"} == {("status", "Pending")}
+    reconciled = next(c for c in recording.job["status"]["conditions"] if c["type"] == "Reconciled")
+    assert (reconciled["status"], reconciled["reason"]) == ("False", "ApiRetrying")
+    assert "HTTP 403" in reconciled["message"]
+    assert "retrying in" in reconciled["message"]
+    assert recording.job["status"]["attempt"] == 0
