@@ -230,7 +230,7 @@ CASES: list[tuple[str, Patch, str | None]] = [
                 }
             ],
         ),
-        "spec.volumes[0]: set exactly one of persistentVolumeClaim, hostPath, emptyDir or configMap",
+        "spec.volumes[0]: set exactly one of persistentVolumeClaim, hostPath, emptyDir",
     ),
     (
         "a volume over the config mount is refused",
