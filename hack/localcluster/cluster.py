@@ -482,7 +482,7 @@ class Cluster:
             kwok.argv(
                 binaries["kwok"],
                 kubeconfig=self.kubeconfig,
-                stages=stages,
+                stages=kwok.write_stages(stages, self.state_dir / "kwok" / "stages.yaml"),
                 server_port=ports.kwok,
                 configuration=kwok_configuration,
             ),

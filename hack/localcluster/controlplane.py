@@ -97,6 +97,12 @@ def etcd_argv(binary: Path, data_dir: Path, ports: Ports) -> list[str]:
     ]
 
 
+# Native gang scheduling (Kubernetes 1.35, alpha): the Workload API in the API server and the
+# controller manager, the gang plugin in the scheduler. Users' clusters turn on the same gates.
+FEATURE_GATES = "GenericWorkload=true,GangScheduling=true"
+WORKLOAD_API = "scheduling.k8s.io/v1alpha1=true"
+
+
 def apiserver_argv(
     binary: Path, pki: Pki, ports: Ports, cert_dir: Path, *, node_address: str | None = None
 ) -> list[str]:
@@ -117,6 +123,8 @@ def apiserver_argv(
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--allow-privileged=true",
         "--profiling=false",
+        f"--feature-gates={FEATURE_GATES}",
+        f"--runtime-config={WORKLOAD_API}",
         "--v=1",
     ]
 
@@ -180,6 +188,7 @@ def controller_manager_argv(
         # Scale tests create and delete hundreds of pods; the default 20 QPS makes GC crawl.
         "--kube-api-qps=200",
         "--kube-api-burst=400",
+        f"--feature-gates={FEATURE_GATES}",
         "--v=1",
     ]
 
@@ -203,5 +212,6 @@ def scheduler_argv(
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         *_serving_flags(pki, ports.scheduler),
+        f"--feature-gates={FEATURE_GATES}",
         "--v=1",
     ]

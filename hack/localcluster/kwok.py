@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 MANAGED_ANNOTATION = "kwok.x-k8s.io/node"
 MANAGED_VALUE = "fake"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -40,6 +42,27 @@ options:
   nodePlayStageParallelism: 8
   nodeLeaseParallelism: 8
 """
+
+
+# A Job pod on a kwok node completes at once, unless its first container's env names how long
+# it runs (a duration such as "30s"): benchmarks of contention need pods that hold their GPUs.
+RUN_DURATION_ENV = "KWOK_RUN_DURATION"
+_RUN_DURATION_QUERY = f'.spec.containers[0].env[]? | select(.name == "{RUN_DURATION_ENV}") | .value'
+
+
+def write_stages(built: Path, path: Path) -> Path:
+    """The stages of the built kwok, with the Job-pod completion delayed by
+    :data:`RUN_DURATION_ENV` where a pod sets it."""
+    documents = [doc for doc in yaml.safe_load_all(built.read_text()) if doc]
+    for document in documents:
+        if document.get("kind") == "Stage" and document["metadata"]["name"] == "pod-complete":
+            document["spec"]["delay"] = {
+                "durationMilliseconds": 0,
+                "durationFrom": {"expressionFrom": _RUN_DURATION_QUERY},
+            }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    return path
 
 
 def write_configuration(path: Path) -> Path:

@@ -27,6 +27,7 @@ A value the operator cannot use stops it at startup with a message naming the va
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
@@ -184,6 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = OperatorOptions(resync_interval=args.resync_interval, max_workers=args.max_workers)
     metrics = OperatorMetrics()
     kube = KubeClient(load_api_client(args.kubeconfig, pool_size=options.api_connections), metrics)
+    defaults = dataclasses.replace(defaults, native_gang=kube.serves_workloads())
+    logging.getLogger("accel_operator").info(
+        "gang scheduling: %s",
+        "native (the API server serves scheduling.k8s.io/v1alpha1 Workloads)"
+        if defaults.native_gang
+        else "no Workload API on this cluster; gangPolicy Auto means Timeout",
+    )
     reconciler = Reconciler(
         kube,
         scraper=ProgressScraper(networks),

@@ -360,6 +360,14 @@ class CheckpointSpec(CamelModel):
     """Resume a restarted attempt from the latest complete checkpoint."""
 
 
+class GangPolicy(str, enum.Enum):
+    AUTO = "Auto"
+    NATIVE = "Native"
+    TIMEOUT = "Timeout"
+    VOLCANO = "Volcano"
+    COSCHEDULING = "Coscheduling"
+
+
 class RunPolicy(CamelModel):
     """Restarts, deadlines, clean-up and gang behaviour of the pod group."""
 
@@ -374,13 +382,23 @@ class RunPolicy(CamelModel):
     suspend: bool = False
     """Set true to stop the pods (after a checkpoint); false resumes from it (mutable)."""
     gang_timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 300
-    """All pods of an attempt must run within this, or the attempt is torn down and retried."""
+    """All pods of an attempt must run within this, or the attempt is torn down and retried.
+    An attempt the cluster had no room for is retried without spending a restart; under a gang
+    policy that binds nothing before all fit, one with no pod placed simply keeps waiting."""
     progress_deadline_seconds: Annotated[int | None, Field(ge=10)] = None
     """Mark the job Stalled when the step does not advance for this long. The clock starts when
     every worker runs, so it also bounds start-up (model load, DeepSpeed's one-time op build on
     a new node): leave room for that."""
     restart_on_stall: bool = True
     """Restart the attempt (from its checkpoint) when it stalls."""
+    gang_policy: GangPolicy = GangPolicy.AUTO
+    """How the workers are placed all or nothing: Auto (Native where the cluster serves
+    scheduling.k8s.io/v1alpha1 Workloads, else Timeout), Native (kube-scheduler binds no worker
+    until all fit), Timeout (pods bind one by one; gangTimeoutSeconds tears down a partial
+    attempt), Volcano or Coscheduling (a PodGroup for that scheduler)."""
+    scheduler_name: ObjectName | None = None
+    """schedulerName of the worker pods; Volcano defaults to volcano, Coscheduling needs the name
+    of the scheduler-plugins scheduler."""
     queue_name: Annotated[str | None, Field(min_length=1, max_length=63)] = None
     """Kueue LocalQueue; the Job is created suspended with kueue.x-k8s.io/queue-name."""
 
@@ -578,7 +596,12 @@ class AccelTrainJobStatus(CamelModel):
     attempt: Annotated[int, Field(ge=0)] = 0
     """Current attempt (pod group) number, from 1."""
     restarts: Annotated[int, Field(ge=0)] = 0
-    """Whole-group restarts so far."""
+    """Whole-group restarts so far (they spend runPolicy.maxRestarts)."""
+    gang_retries: Annotated[int, Field(ge=0)] = 0
+    """Attempts torn down because the cluster placed only part of the group in time; they
+    spend no restart."""
+    gang_policy: GangPolicy | None = None
+    """The gang policy in force for the current attempt (Auto resolved for this cluster)."""
     workers: WorkerCounts = Field(default_factory=WorkerCounts)
     """Pods of the current attempt."""
     progress: Progress = Field(default_factory=Progress)

@@ -61,6 +61,23 @@ class ApiError(Exception):
         """The object fields the API server names in its refusal (``details.causes``)."""
 
 
+# apiVersion -> plural of the gang objects the operator writes (see accel_operator.gang).
+_GANG_PLURALS = {
+    "scheduling.k8s.io/v1alpha1": "workloads",
+    "scheduling.volcano.sh/v1beta1": "podgroups",
+    "scheduling.x-k8s.io/v1alpha1": "podgroups",
+}
+
+
+def _object_path(api_version: str, kind: str, namespace: str, name: str) -> tuple[str, str]:
+    """(path, plural) of a namespaced object the operator writes."""
+    if kind in _KINDS:
+        return _path(kind, namespace, name), _KINDS[kind][1]
+    plural = _GANG_PLURALS[api_version]
+    path = f"/apis/{api_version}/namespaces/{quote(namespace, safe='')}/{plural}"
+    return f"{path}/{quote(name, safe='')}", plural
+
+
 def _path(kind: str, namespace: str, name: str | None = None, subresource: str = "") -> str:
     prefix, plural = _KINDS[kind]
     path = f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}"
@@ -217,6 +234,18 @@ class KubeClient:
         items: list[dict[str, Any]] = (answer or {}).get("items") or []
         return items
 
+    def serves_workloads(self) -> bool:
+        """Whether the API server serves scheduling.k8s.io/v1alpha1 Workloads (native gang
+        scheduling); False on clusters without the GenericWorkload feature."""
+        try:
+            answer = self.request(
+                "GET", "/apis/scheduling.k8s.io/v1alpha1", verb="get", resource="discovery"
+            )
+        except ApiError:
+            return False
+        resources = (answer or {}).get("resources") or []
+        return any(item.get("name") == "workloads" for item in resources)
+
     def pod_log_tail(self, namespace: str, pod: str, lines: int = 20) -> str:
         """The trainer container's last log lines; empty when the node cannot serve logs."""
         try:
@@ -240,15 +269,17 @@ class KubeClient:
         """Server-side apply one rendered object under the operator's field manager; with
         ``dry_run`` the API server validates and admits it without storing anything."""
         metadata = obj["metadata"]
-        kind = str(obj["kind"])
+        path, plural = _object_path(
+            str(obj["apiVersion"]), str(obj["kind"]), metadata["namespace"], metadata["name"]
+        )
         query = {"fieldManager": constants.FIELD_MANAGER, "force": "true"}
         if dry_run:
             query["dryRun"] = "All"
         self.request(
             "PATCH",
-            _path(kind, metadata["namespace"], metadata["name"]),
+            path,
             verb="dry-run" if dry_run else "apply",
-            resource=_KINDS[kind][1],
+            resource=plural,
             query=query,
             body=dict(obj),
             content_type=APPLY_CONTENT_TYPE,
@@ -273,8 +304,11 @@ class KubeClient:
             raise
         return True
 
-    def delete_attempt(self, namespace: str, job: str, attempt: int) -> None:
-        """Delete an attempt's Job in the foreground (it goes after its pods) and its ConfigMap."""
+    def delete_attempt(
+        self, namespace: str, job: str, attempt: int, group: tuple[str, str] | None = None
+    ) -> None:
+        """Delete an attempt's Job in the foreground (it goes after its pods), its ConfigMap,
+        and its gang object (``group``: its apiVersion and kind) when it has one."""
         self._delete(
             "Job",
             namespace,
@@ -289,6 +323,10 @@ class KubeClient:
             resource="configmaps",
             body={"propagationPolicy": "Background"},
         )
+        if group is not None:
+            path, plural = _object_path(*group, namespace, render.attempt_job_name(job, attempt))
+            with contextlib.suppress(ApiError):
+                self.request("DELETE", path, verb="delete", resource=plural, body={})
 
     def delete_pod(self, namespace: str, pod: str) -> None:
         """Delete a worker pod whose Job is already gone (a leftover of a torn-down attempt)."""

@@ -41,7 +41,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from accel_operator import api, constants
+from accel_operator import api, constants, gang
 
 # The cap of the exponential restart backoff (runPolicy.backoffSeconds doubles up to it).
 MAX_BACKOFF_SECONDS = 600
@@ -71,6 +71,7 @@ EXIT_CODE_MEANINGS = {
 # Reasons of restarts and failures; they are condition reasons, event reasons and metric labels.
 REASON_WORKER_FAILED = "WorkerFailed"
 REASON_GANG_TIMEOUT = "GangTimeout"
+REASON_WAITING_FOR_CAPACITY = "WaitingForCapacity"
 REASON_STALLED = "Stalled"
 REASON_ATTEMPT_LOST = "AttemptDeleted"
 REASON_DEADLINE = "DeadlineExceeded"
@@ -188,6 +189,8 @@ class Observed:
     created: dt.datetime
     """The AccelTrainJob's creationTimestamp."""
     generation: int = 0
+    native_gang: bool = False
+    """Whether the API server serves Workloads (native gang scheduling)."""
     attempts: tuple[AttemptView, ...] = ()
     pods: tuple[PodView, ...] = ()
     """Worker pods of every attempt that still has some."""
@@ -398,10 +401,18 @@ _EVENTFUL_FALSE = {
 class _Status:
     """A mutable copy of the status with condition helpers that keep transition times honest."""
 
-    def __init__(self, status: api.AccelTrainJobStatus, now: dt.datetime, generation: int):
+    def __init__(
+        self,
+        status: api.AccelTrainJobStatus,
+        now: dt.datetime,
+        generation: int,
+        native_gang: bool = False,
+    ):
         self.value = status.model_copy(deep=True)
         self.now = now
         self.generation = generation
+        self.native_gang = native_gang
+        """Whether the cluster serves Workloads (the Auto gang policy is then Native)."""
 
     def condition(self, kind: str) -> api.Condition | None:
         return next((c for c in self.value.conditions if c.type == kind), None)
@@ -507,7 +518,7 @@ def decide(
     progress_interval: float = 3.0,
 ) -> Decision:
     """The next status, actions and events for one AccelTrainJob (see the module docstring)."""
-    state = _Status(status, now, observed.generation)
+    state = _Status(status, now, observed.generation, observed.native_gang)
     plan = _Plan()
     state.value.observed_generation = observed.generation
     _step(spec, state, observed, plan, progress_interval)
@@ -644,11 +655,14 @@ def _record_new_attempt(spec: api.AccelTrainJobSpec, state: _Status, attempt: in
     value.next_attempt_time = None
     if value.start_time is None:
         value.start_time = format_time(state.now)
+    placement = gang.in_force(spec, state.native_gang)
+    value.gang_policy = placement.policy
     state.set(
         constants.CONDITION_CREATED,
         True,
         "AttemptCreated",
-        f"attempt {attempt} created: {spec.workers} worker pod(s), world size {spec.world_size}",
+        f"attempt {attempt} created: {spec.workers} worker pod(s), world size "
+        f"{spec.world_size}; gang {placement.note}",
     )
     state.lower(constants.CONDITION_RESTARTING, "AttemptStarted", f"attempt {attempt} started")
     if state.is_true(constants.CONDITION_SUSPENDED):
@@ -861,6 +875,66 @@ def _cannot_start(
     return False
 
 
+def _gang_timeout(
+    spec: api.AccelTrainJobSpec,
+    state: _Status,
+    observed: Observed,
+    plan: _Plan,
+    job: AttemptView,
+    pods: list[PodView],
+    progress_interval: float,
+) -> None:
+    """Not every worker runs after runPolicy.gangTimeoutSeconds. An attempt with no worker
+    placed holds nothing: it keeps waiting for room. One the cluster placed only in part holds
+    nodes others could use: it is torn down and retried after the backoff, without spending a
+    restart (waiting for capacity is not a failure; activeDeadlineSeconds bounds the wait).
+    Anything else (workers placed but not starting) is a failure and spends a restart."""
+    limit = spec.run_policy.gang_timeout_seconds
+    pending = _pending_description(spec, job, pods)
+    waiting = [pod for pod in pods if not pod.started]
+    capacity = not job.create_failure and all(not pod.node_name for pod in waiting)
+    if capacity and not any(pod.node_name for pod in pods):
+        message = (
+            f"all {spec.workers} worker(s) of attempt {job.attempt} wait for room together; "
+            f"no node is held. Pending: {pending}"
+        )
+        state.set(constants.CONDITION_SCHEDULED, False, REASON_WAITING_FOR_CAPACITY, message)
+        state.value.message = message
+        plan.requeue(progress_interval)
+        return
+    message = (
+        f"not every worker of attempt {job.attempt} was running within "
+        f"runPolicy.gangTimeoutSeconds ({limit} s); the attempt was torn down so that no "
+        f"node resources stay held. Pending: {pending}"
+    )
+    state.set(constants.CONDITION_SCHEDULED, False, REASON_GANG_TIMEOUT, message)
+    if capacity:
+        _retry_for_capacity(spec, state, plan, job.attempt, message)
+        return
+    _restart_or_fail(spec, state, observed, plan, job.attempt, REASON_GANG_TIMEOUT, message)
+
+
+def _retry_for_capacity(
+    spec: api.AccelTrainJobSpec, state: _Status, plan: _Plan, attempt: int, message: str
+) -> None:
+    """Tear a partly placed attempt down and retry it; no restart is spent."""
+    value = state.value
+    delay = spec.run_policy.backoff_seconds
+    value.gang_retries += 1
+    value.phase = api.Phase.RESTARTING
+    value.next_attempt_time = format_time(state.now + dt.timedelta(seconds=delay))
+    retry_message = (
+        f"capacity retry {value.gang_retries} (spends no restart): attempt {attempt + 1} starts "
+        f"in {delay} s; {message}"
+    )
+    value.message = retry_message
+    state.set(constants.CONDITION_RESTARTING, True, REASON_GANG_TIMEOUT, retry_message)
+    state.lower(constants.CONDITION_RUNNING, "Restarting", f"attempt {attempt} is being replaced")
+    plan.delete(attempt)
+    plan.restart_reason = REASON_GANG_TIMEOUT
+    plan.requeue(delay)
+
+
 def _report_waiting_containers(state: _Status, pods: list[PodView]) -> None:
     """Say which workers' containers cannot start yet and why (an image pull, a missing
     Secret key): the gang timeout would otherwise be the first a user hears of it."""
@@ -958,14 +1032,7 @@ def _supervise(
         if left > 0:
             plan.requeue(left)
             return
-        pending = _pending_description(spec, job, pods)
-        message = (
-            f"not every worker of attempt {job.attempt} was running within "
-            f"runPolicy.gangTimeoutSeconds ({limit} s); the attempt was torn down so that no "
-            f"node resources stay held. Pending: {pending}"
-        )
-        state.set(constants.CONDITION_SCHEDULED, False, REASON_GANG_TIMEOUT, message)
-        _restart_or_fail(spec, state, observed, plan, job.attempt, REASON_GANG_TIMEOUT, message)
+        _gang_timeout(spec, state, observed, plan, job, pods, progress_interval)
         return
 
     running_since = max((pod.running_since for pod in started if pod.running_since), default=now)

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from accel_operator import api, lifecycle, observe, refusals, render
+from accel_operator import api, gang, lifecycle, observe, refusals, render
 from accel_operator.kube import ApiError, KubeClient
 from accel_operator.metrics import OperatorMetrics
 from accel_operator.scrape import ProgressScraper
@@ -211,7 +211,7 @@ class Reconciler:
                 self.kube.delete_accel_job(namespace, name, ref.uid)
                 self.forget(namespace, name)
                 return None
-            self._delete_attempt(namespace, name, action.attempt, observed)
+            self._delete_attempt(namespace, name, action.attempt, observed, spec)
         if decision.restart_reason:
             self.metrics.restarts.labels(reason=decision.restart_reason).inc()
         if decision.launch_seconds is not None:
@@ -287,9 +287,17 @@ class Reconciler:
             logger.warning("could not post event %s: %s", REASON_API_ERROR, posting)
 
     def _delete_attempt(
-        self, namespace: str, name: str, attempt: int, observed: lifecycle.Observed
+        self,
+        namespace: str,
+        name: str,
+        attempt: int,
+        observed: lifecycle.Observed,
+        spec: api.AccelTrainJobSpec,
     ) -> None:
-        self.kube.delete_attempt(namespace, name, attempt)
+        policy = gang.in_force(spec, self.defaults.native_gang).policy
+        group = gang.group_object(policy, spec, "", {})
+        kind = (str(group["apiVersion"]), str(group["kind"])) if group else None
+        self.kube.delete_attempt(namespace, name, attempt, kind)
         if observed.attempt(attempt) is None:
             # The Job is gone already, so its garbage collection will not take these pods.
             for pod in observed.pods_of(attempt):
@@ -375,6 +383,7 @@ class Reconciler:
         if status.phase not in lifecycle.FINISHED_PHASES and current_job is not None:
             progress, visible = self._progress(spec, pods, current)
         return lifecycle.Observed(
+            native_gang=self.defaults.native_gang,
             created=lifecycle.parse_time(metadata.get("creationTimestamp")) or self.clock(),
             generation=int(metadata.get("generation") or 0),
             attempts=attempts,

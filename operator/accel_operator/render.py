@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from accel_operator import api, constants
+from accel_operator import api, constants, gang
 from accel_trainer.config import (
     CheckpointConfig,
     JobIdentity,
@@ -38,6 +38,9 @@ class ClusterDefaults:
     """Node selector of GPU workers whose spec.nodePool.nodeSelector is empty."""
     gpu_tolerations: tuple[dict[str, Any], ...] = ()
     """Tolerations added to every GPU worker."""
+    native_gang: bool = False
+    """Whether the API server serves scheduling.k8s.io/v1alpha1 Workloads (detected at start-up):
+    the Auto gang policy is then Native."""
 
 
 class MissingImageError(ValueError):
@@ -401,13 +404,17 @@ def render_job(
 ) -> dict[str, Any]:
     """The Indexed batch/v1 Job of one attempt: one pod per worker, all or nothing."""
     labels = attempt_labels(ref.name, attempt)
+    name = attempt_job_name(ref.name, attempt)
+    policy = gang.in_force(spec, defaults.native_gang).policy
+    grouped = gang.pod_additions(policy, spec, name)
+    pod_spec = {**_pod_spec(spec, ref, attempt, defaults), **grouped["spec"]}
     job_labels = dict(labels)
     if spec.run_policy.queue_name:
         job_labels[constants.LABEL_KUEUE_QUEUE] = spec.run_policy.queue_name
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(attempt_job_name(ref.name, attempt), ref, job_labels),
+        "metadata": _metadata(name, ref, job_labels),
         "spec": {
             "completionMode": "Indexed",
             "completions": spec.workers,
@@ -430,13 +437,14 @@ def render_job(
             "suspend": spec.run_policy.queue_name is not None,
             "template": {
                 "metadata": {
-                    "labels": labels,
+                    "labels": {**labels, **grouped["labels"]},
                     "annotations": {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(spec.metrics.port),
+                        **grouped["annotations"],
                     },
                 },
-                "spec": _pod_spec(spec, ref, attempt, defaults),
+                "spec": pod_spec,
             },
         },
     }
@@ -647,9 +655,16 @@ def render_attempt(
     attempt: int,
     defaults: ClusterDefaults = ClusterDefaults(),
 ) -> list[dict[str, Any]]:
-    """Every child of one attempt, in the order they should be applied."""
+    """Every child of one attempt, in the order they should be applied: the gang object
+    before the Job whose pods name it."""
+    name = attempt_job_name(ref.name, attempt)
+    policy = gang.in_force(spec, defaults.native_gang).policy
+    group = gang.group_object(
+        policy, spec, name, _metadata(name, ref, attempt_labels(ref.name, attempt))
+    )
     return [
         render_config_map(spec, ref, attempt),
         render_service(spec, ref),
+        *([group] if group is not None else []),
         render_job(spec, ref, attempt, defaults),
     ]

@@ -257,6 +257,17 @@ SPEC_RULES: tuple[Rule[Any], ...] = (
         f"(self.checkpoint.path + '/').startsWith({_CEL_MOUNT}))",
     ),
     Rule(
+        name="coscheduling-needs-scheduler",
+        field=".runPolicy.schedulerName",
+        message="gangPolicy Coscheduling needs the name of the scheduler-plugins scheduler that "
+        "runs the Coscheduling plugin; set runPolicy.schedulerName",
+        broken=lambda spec: (
+            spec.run_policy.gang_policy.value == "Coscheduling"
+            and not spec.run_policy.scheduler_name
+        ),
+        cel="self.runPolicy.gangPolicy != 'Coscheduling' || has(self.runPolicy.schedulerName)",
+    ),
+    Rule(
         name="volume-names-unique",
         field=".volumes",
         message="two volumes have the same name; give each its own",

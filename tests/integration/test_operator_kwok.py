@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from accel_operator import api, constants
+from localcluster import kwok
 
 from .operator_harness import (
     REPO_ROOT,
@@ -147,7 +148,7 @@ def test_a_job_gets_owned_children_runs_on_gpu_nodes_and_deletion_removes_them(
     )
 
 
-def test_the_gang_guard_tears_down_an_attempt_that_cannot_be_placed_and_retries(
+def test_an_attempt_no_node_can_take_waits_holding_nothing_and_spending_no_restart(
     kube: Api, namespace: str, operator: OperatorProcess
 ) -> None:
     name = "too-big"
@@ -157,17 +158,42 @@ def test_the_gang_guard_tears_down_an_attempt_that_cannot_be_placed_and_retries(
         name,
         gpu_spec(workers=2, devices=16, gangTimeoutSeconds=3, backoffSeconds=2, maxRestarts=5),
     )
+
+    def waiting() -> dict[str, Any] | None:
+        status = kube.status(namespace, name)
+        found = condition(status, constants.CONDITION_SCHEDULED)
+        return status if found.get("reason") == "WaitingForCapacity" else None
+
+    status = wait_for("the capacity wait after the gang timeout", waiting, timeout=60)
+    scheduled = condition(status, constants.CONDITION_SCHEDULED)
+    assert "wait for room together; no node is held" in scheduled["message"]
+    assert "Insufficient nvidia.com/gpu" in scheduled["message"]
+    time.sleep(5)
+    status = kube.status(namespace, name)
+    assert (status["attempt"], status["restarts"], status.get("gangRetries", 0)) == (1, 0, 0)
+    assert status["phase"] == "Starting"
+
+
+def test_the_timeout_guard_tears_down_a_partly_placed_attempt_without_spending_a_restart(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    name = "partial"
+    # Five 8-GPU workers on four 8-GPU nodes: four bind and hold their GPUs, one never fits.
+    spec = gpu_spec(workers=5, devices=8, gangTimeoutSeconds=3, backoffSeconds=2, maxRestarts=1)
+    spec["runPolicy"]["gangPolicy"] = "Timeout"
+    # The bound workers keep running (and holding their GPUs) on the kwok nodes.
+    spec["env"] = [{"name": kwok.RUN_DURATION_ENV, "value": "600s"}]
+    kube.create_job(namespace, name, spec)
     status = wait_for(
-        "a gang timeout",
-        lambda: (s := kube.status(namespace, name)).get("restarts", 0) >= 1 and s,
+        "a capacity retry",
+        lambda: (s := kube.status(namespace, name)).get("gangRetries", 0) >= 1 and s,
         timeout=60,
     )
+    assert status["restarts"] == 0
+    assert status["gangPolicy"] == "Timeout"
     scheduled = condition(status, constants.CONDITION_SCHEDULED)
     assert (scheduled["status"], scheduled["reason"]) == ("False", "GangTimeout")
-    assert f"{name}-a1-0" in scheduled["message"]
-    assert f"{name}-a1-1" in scheduled["message"]
     assert "Insufficient nvidia.com/gpu" in scheduled["message"]
-    assert status["nextAttemptTime"]
 
     def attempt_one_gone() -> bool:
         children = kube.children(namespace, name)
@@ -188,7 +214,13 @@ def test_the_gang_guard_tears_down_an_attempt_that_cannot_be_placed_and_retries(
     )
     events = kube.events(namespace, name)
     assert any(e["reason"] == "GangTimeout" and e["type"] == "Warning" for e in events)
-    assert 'acceltrain_operator_restarts_total{reason="GangTimeout"}' in operator.metrics()
+    # maxRestarts is 1, yet the job keeps retrying: capacity retries spend no restart.
+    wait_for(
+        "a second capacity retry",
+        lambda: kube.status(namespace, name).get("gangRetries", 0) >= 2,
+        timeout=60,
+    )
+    assert kube.status(namespace, name)["phase"] != "Failed"
 
 
 def test_the_active_deadline_fails_the_job_and_removes_its_pods(
@@ -387,3 +419,70 @@ def test_killing_the_operator_at_random_moments_of_five_launches_leaves_exactly_
         if cm["metadata"]["name"] != "kube-root-ca.crt"
     ]
     assert len(all_jobs) == len(all_maps) == 5
+
+
+class BindingSampler:
+    """Samples, every 50 ms, how many worker pods of each job hold a node (bound, not
+    finished)."""
+
+    def __init__(self, kube: Api, namespace: str, jobs: list[str]) -> None:
+        self.kube, self.namespace, self.jobs = kube, namespace, jobs
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pods = self.kube.items(f"/api/v1/namespaces/{self.namespace}/pods")
+            bound: dict[str, int] = dict.fromkeys(self.jobs, 0)
+            for item in pods:
+                owner = item["metadata"].get("labels", {}).get(constants.LABEL_JOB_NAME)
+                finished = (item.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                # A finished pod keeps its nodeName but no longer holds the node's GPUs.
+                if owner in bound and item["spec"].get("nodeName") and not finished:
+                    bound[owner] += 1
+            self.samples.append((time.monotonic(), bound))
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def partial_seconds(self, job: str, workers: int) -> float:
+        """How long ``job`` had some but not all of its workers bound, over the samples."""
+        partial = [when for when, bound in self.samples if 0 < bound[job] < workers]
+        return (max(partial) - min(partial)) if partial else 0.0
+
+
+def test_native_gang_places_two_jobs_that_cannot_both_fit_whole_and_in_turn(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    # Each job needs 5 x 4 of the 4 x 8 kwok GPUs (62 %): the two cannot run side by side.
+    jobs = ["gang-a", "gang-b"]
+    sampler = BindingSampler(kube, namespace, jobs)
+    try:
+        for name in jobs:
+            spec = gpu_spec(workers=5, devices=4)
+            # Each job's workers hold their GPUs for 3 s on the kwok nodes.
+            spec["env"] = [{"name": kwok.RUN_DURATION_ENV, "value": "3s"}]
+            kube.create_job(namespace, name, spec)
+        for name in jobs:
+            wait_for(
+                f"{name} Succeeded",
+                lambda n=name: _phase(kube, namespace, n) == "Succeeded",  # type: ignore[misc]
+                timeout=120,
+            )
+    finally:
+        sampler.stop()
+    for name in jobs:
+        status = kube.status(namespace, name)
+        assert status["gangPolicy"] == "Native"
+        assert (status["restarts"], status.get("gangRetries", 0)) == (0, 0)
+        created = condition(status, constants.CONDITION_CREATED)
+        assert "gang Native: kube-scheduler binds no worker until all 5 fit" in created["message"]
+        # Binding is all at once: no sample shows a part of a gang holding GPUs for longer
+        # than the scheduler takes to bind five pods.
+        assert sampler.partial_seconds(name, 5) < 1.0, sampler.samples
+    # In turn: at no sample did both jobs hold GPUs.
+    assert not any(all(bound[n] for n in jobs) for _, bound in sampler.samples)

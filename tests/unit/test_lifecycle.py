@@ -154,7 +154,9 @@ def _pending_within_gang_timeout(d: lifecycle.Decision) -> None:
 def _gang_timeout_tears_down(d: lifecycle.Decision) -> None:
     assert d.actions == (DeleteAttempt(1),)
     assert d.status.phase is api.Phase.RESTARTING
-    assert d.status.restarts == 1
+    # Waiting for capacity is not a failure: no restart is spent, the retry is counted apart.
+    assert (d.status.restarts, d.status.gang_retries) == (0, 1)
+    assert "spends no restart" in d.status.message
     assert d.status.next_attempt_time == ts(61 + 10)
     scheduled = condition(d, constants.CONDITION_SCHEDULED)
     assert (scheduled.status, scheduled.reason) == ("False", "GangTimeout")

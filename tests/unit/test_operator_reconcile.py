@@ -83,7 +83,9 @@ class RecordingApi:
         self.writes.append(("status", str(status["phase"])))
         self.job["status"] = copy.deepcopy(status)
 
-    def delete_attempt(self, namespace: str, job: str, attempt: int) -> None:
+    def delete_attempt(
+        self, namespace: str, job: str, attempt: int, group: tuple[str, str] | None = None
+    ) -> None:
         self.writes.append(("delete", f"attempt {attempt}"))
 
     def delete_pod(self, namespace: str, pod: str) -> None:
