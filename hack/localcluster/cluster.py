@@ -209,10 +209,12 @@ class Cluster:
         real_node_cidr: str | None = None,
         images: Sequence[str] = (),
         tools_dir: Path = TOOLS_DIR,
+        native_gang: bool = True,
     ) -> None:
         """``real_node``: also run a kubelet + containerd node (``acceltrain-node-0``) with
         cluster DNS; ``images`` are imported into its containerd at start (built by ``make
-        images``; the sandbox image is always imported)."""
+        images``; the sandbox image is always imported). ``native_gang``: serve the Workload
+        API and run the scheduler's gang scheduling (off: a cluster as before Kubernetes 1.35)."""
         if gpu_nodes < 0:
             raise ValueError(f"gpu_nodes must be >= 0, got {gpu_nodes}")
         if gpus_per_node < 0:
@@ -227,6 +229,7 @@ class Cluster:
         self.real_node_cidr = real_node_cidr
         self.images = tuple(images)
         self.tools_dir = tools_dir
+        self.native_gang = native_gang
         self._ip_forward_before: str | None = None
         self._host_dirs_before: list[str] = []
         self._containerd_root: Path | None = None
@@ -449,6 +452,7 @@ class Cluster:
                 ports,
                 self.state_dir / "pki" / "apiserver",
                 node_address=node_address,
+                native_gang=self.native_gang,
             ),
         )
         self._wait(deadline, "kube-apiserver", self._apiserver_ready)
@@ -461,6 +465,7 @@ class Cluster:
                 ports,
                 self.pki_dir / "controller-manager.kubeconfig",
                 self.state_dir,
+                native_gang=self.native_gang,
             ),
         )
         scheduler_config = self.pki_dir / "scheduler-config.yaml"
@@ -473,6 +478,7 @@ class Cluster:
                 ports,
                 self.pki_dir / "scheduler.kubeconfig",
                 scheduler_config,
+                native_gang=self.native_gang,
             ),
         )
         kwok_configuration = self.state_dir / "kwok" / "configuration.yaml"

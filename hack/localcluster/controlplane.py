@@ -103,8 +103,20 @@ FEATURE_GATES = "GenericWorkload=true,GangScheduling=true"
 WORKLOAD_API = "scheduling.k8s.io/v1alpha1=true"
 
 
+def _gang_flags(native_gang: bool, *, api: bool = False) -> list[str]:
+    if not native_gang:
+        return []
+    return [f"--feature-gates={FEATURE_GATES}", *([f"--runtime-config={WORKLOAD_API}"] * api)]
+
+
 def apiserver_argv(
-    binary: Path, pki: Pki, ports: Ports, cert_dir: Path, *, node_address: str | None = None
+    binary: Path,
+    pki: Pki,
+    ports: Ports,
+    cert_dir: Path,
+    *,
+    node_address: str | None = None,
+    native_gang: bool = True,
 ) -> list[str]:
     """``node_address``: the real node's bridge address, where pods reach the API server."""
     return [
@@ -123,8 +135,7 @@ def apiserver_argv(
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--allow-privileged=true",
         "--profiling=false",
-        f"--feature-gates={FEATURE_GATES}",
-        f"--runtime-config={WORKLOAD_API}",
+        *_gang_flags(native_gang, api=True),
         "--v=1",
     ]
 
@@ -166,7 +177,13 @@ def _serving_flags(pki: Pki, port: int) -> list[str]:
 
 
 def controller_manager_argv(
-    binary: Path, pki: Pki, ports: Ports, kubeconfig: Path, state_dir: Path
+    binary: Path,
+    pki: Pki,
+    ports: Ports,
+    kubeconfig: Path,
+    state_dir: Path,
+    *,
+    native_gang: bool = True,
 ) -> list[str]:
     return [
         str(binary),
@@ -188,7 +205,7 @@ def controller_manager_argv(
         # Scale tests create and delete hundreds of pods; the default 20 QPS makes GC crawl.
         "--kube-api-qps=200",
         "--kube-api-burst=400",
-        f"--feature-gates={FEATURE_GATES}",
+        *_gang_flags(native_gang),
         "--v=1",
     ]
 
@@ -204,7 +221,13 @@ def write_scheduler_config(path: Path, kubeconfig: Path) -> None:
 
 
 def scheduler_argv(
-    binary: Path, pki: Pki, ports: Ports, kubeconfig: Path, config: Path
+    binary: Path,
+    pki: Pki,
+    ports: Ports,
+    kubeconfig: Path,
+    config: Path,
+    *,
+    native_gang: bool = True,
 ) -> list[str]:
     return [
         str(binary),
@@ -212,6 +235,6 @@ def scheduler_argv(
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         *_serving_flags(pki, ports.scheduler),
-        f"--feature-gates={FEATURE_GATES}",
+        *_gang_flags(native_gang),
         "--v=1",
     ]

@@ -248,7 +248,8 @@ class OperatorProcess:
             metrics_port=self.metrics_port,
             liveness_port=self.liveness_port,
             resync_interval_seconds=1,
-            scrape_network=str(self.cluster.bridge_cidr),
+            # Without a process node nothing is scraped; loopback stands in for its network.
+            scrape_network=str(self.cluster.bridge_cidr or "127.0.0.0/8"),
         )
         self.starts += 1
         with self.log_path.open("ab") as log:
