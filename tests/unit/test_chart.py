@@ -49,6 +49,9 @@ EXPECTED_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
     ("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"},
+    ("scheduling.k8s.io", "workloads"): {"create", "patch", "delete"},
+    ("scheduling.volcano.sh", "podgroups"): {"create", "patch", "delete"},
+    ("scheduling.x-k8s.io", "podgroups"): {"create", "patch", "delete"},
 }
 
 

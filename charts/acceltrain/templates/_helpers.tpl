@@ -77,4 +77,12 @@ those who may update the owner's finalizers.
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
   verbs: ["list", "watch", "patch"]
+# Gang objects of the attempts (runPolicy.gangPolicy): native Workloads, Volcano and
+# scheduler-plugins PodGroups.
+- apiGroups: ["scheduling.k8s.io"]
+  resources: ["workloads"]
+  verbs: ["create", "patch", "delete"]
+- apiGroups: ["scheduling.volcano.sh", "scheduling.x-k8s.io"]
+  resources: ["podgroups"]
+  verbs: ["create", "patch", "delete"]
 {{- end -}}
