@@ -163,6 +163,11 @@ ADMISSION_ARGS ?=
 bench-admission: venv tools
 	$(PY) benchmarks/admission.py $(ADMISSION_ARGS)
 
+# Gang policies under contention: 50 eight-worker jobs offered at once to room for 20 (kwok).
+.PHONY: bench-gang
+bench-gang: venv tools
+	$(PY) benchmarks/gang.py
+
 # 1000 AccelTrainJobs x 8 workers in bursts on kwok nodes: launch p50/p99, operator RSS and CPU,
 # API requests per job, every job Succeeded. Smaller: make bench-scale SCALE_ARGS="--jobs 100".
 SCALE_ARGS ?=
