@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from accel_operator import rules
+from accel_operator import constants, rules
 from accel_trainer.config import (
     CamelModel,
     DataSpec,
@@ -649,6 +649,23 @@ def parse_spec(spec: dict[str, Any], *, name: str | None = None) -> AccelTrainJo
     if problems:
         raise SpecError("invalid AccelTrainJob: " + "; ".join(problems))
     return parsed
+
+
+def with_kueue_labels(spec: AccelTrainJobSpec, labels: dict[str, str]) -> AccelTrainJobSpec:
+    """The spec with the queue of the standard ``kueue.x-k8s.io/queue-name`` label users put on
+    the AccelTrainJob, as if runPolicy.queueName named it; raises :class:`SpecError` when the
+    two name different queues."""
+    label = labels.get(constants.LABEL_KUEUE_QUEUE)
+    queue = spec.run_policy.queue_name
+    if label is None or label == queue:
+        return spec
+    if queue is not None:
+        raise SpecError(
+            f"invalid AccelTrainJob: spec.runPolicy.queueName ({queue}) and the label "
+            f"{constants.LABEL_KUEUE_QUEUE} ({label}) name different queues; keep one"
+        )
+    run_policy = spec.run_policy.model_copy(update={"queue_name": label})
+    return spec.model_copy(update={"run_policy": run_policy})
 
 
 def _describe(error: ValidationError) -> list[str]:

@@ -48,6 +48,7 @@ ROLE_WORKER = "worker"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "acceltrain-operator"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_LABEL_PREFIX = "kueue.x-k8s.io/"
 LABEL_JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 # The operator's own settings, set by the Helm chart's Deployment (templates/deployment.yaml).

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from accel_operator import api, gang, lifecycle, observe, refusals, render
+from accel_operator import api, constants, gang, lifecycle, observe, refusals, render
 from accel_operator.kube import ApiError, KubeClient
 from accel_operator.metrics import OperatorMetrics
 from accel_operator.scrape import ProgressScraper
@@ -166,7 +166,8 @@ class Reconciler:
         status = _status_of(body)
         now = self.clock()
         try:
-            spec = api.parse_spec(body.get("spec") or {}, name=name)
+            labels = metadata.get("labels") or {}
+            spec = api.with_kueue_labels(api.parse_spec(body.get("spec") or {}, name=name), labels)
             render.trainer_image(spec, self.defaults)
         except (api.SpecError, render.MissingImageError) as error:
             decision = lifecycle.invalid_spec(
@@ -198,7 +199,16 @@ class Reconciler:
         decision = lifecycle.decide(
             spec, status, observed, now, progress_interval=self.progress_interval
         )
-        ref = render.JobRef(name=name, namespace=namespace, uid=str(metadata.get("uid", "")))
+        kueue = tuple(
+            sorted(
+                (key, str(value))
+                for key, value in (metadata.get("labels") or {}).items()
+                if key.startswith(constants.KUEUE_LABEL_PREFIX)
+            )
+        )
+        ref = render.JobRef(
+            name=name, namespace=namespace, uid=str(metadata.get("uid", "")), kueue_labels=kueue
+        )
         for create in decision.creates:
             children = render.render_attempt(spec, ref, create.attempt, self.defaults)
             self._preflight(body, status, children, now)

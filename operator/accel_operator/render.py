@@ -130,6 +130,8 @@ class JobRef:
     name: str
     namespace: str
     uid: str
+    kueue_labels: tuple[tuple[str, str], ...] = ()
+    """The AccelTrainJob's Kueue labels (kueue.x-k8s.io/*), passed on to each attempt's Job."""
 
 
 # --- names --------------------------------------------------------------------------------------
@@ -408,7 +410,7 @@ def render_job(
     policy = gang.in_force(spec, defaults.native_gang).policy
     grouped = gang.pod_additions(policy, spec, name)
     pod_spec = {**_pod_spec(spec, ref, attempt, defaults), **grouped["spec"]}
-    job_labels = dict(labels)
+    job_labels = {**labels, **dict(ref.kueue_labels)}
     if spec.run_policy.queue_name:
         job_labels[constants.LABEL_KUEUE_QUEUE] = spec.run_policy.queue_name
     return {

@@ -49,8 +49,9 @@ def test_without_the_workload_api_auto_means_timeout_and_the_job_says_so(
         status = kube.status(namespace, "auto")
         assert status["gangPolicy"] == "Timeout"
         created = condition(status, constants.CONDITION_CREATED)
-        assert "gang Timeout: this cluster does not serve scheduling.k8s.io/v1alpha1" in (
-            created["message"]
+        assert (
+            "gang Timeout: this cluster does not serve scheduling.k8s.io/v1alpha1"
+            in (created["message"])
         )
         job = kube.children(namespace, "auto")["jobs"][0]
         assert "workloadRef" not in job["spec"]["template"]["spec"]

@@ -116,3 +116,29 @@ def test_workers_placed_but_never_starting_spend_a_restart_at_the_gang_timeout()
     decision = lifecycle.decide(_spec(), status_after(api.Phase.STARTING), observed, at(300))
     assert decision.actions == (DeleteAttempt(1),)
     assert (decision.status.restarts, decision.status.gang_retries) == (1, 0)
+
+
+def test_the_standard_kueue_labels_on_the_job_queue_it_and_reach_each_attempt() -> None:
+    labels = {
+        "kueue.x-k8s.io/queue-name": "team-a",
+        "kueue.x-k8s.io/priority-class": "high",
+        "team": "nlp",
+    }
+    spec = api.with_kueue_labels(_spec(), labels)
+    assert spec.run_policy.queue_name == "team-a"
+    ref = render.JobRef(
+        name="bert",
+        namespace="team-a",
+        uid="uid-1",
+        kueue_labels=tuple(sorted((k, v) for k, v in labels.items() if k.startswith("kueue"))),
+    )
+    job_object = render.render_job(spec, ref, 1, render.ClusterDefaults(trainer_image="img:1"))
+    assert job_object["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job_object["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "high"
+    assert "team" not in job_object["metadata"]["labels"]
+    assert job_object["spec"]["suspend"] is True  # Kueue admits it
+
+
+def test_a_queue_label_naming_another_queue_than_the_spec_is_refused() -> None:
+    with pytest.raises(api.SpecError, match=r"spec\.runPolicy\.queueName \(a\) and the label"):
+        api.with_kueue_labels(_spec(queueName="a"), {"kueue.x-k8s.io/queue-name": "b"})
