@@ -58,3 +58,22 @@ def test_import_linter_contracts_hold() -> None:
     assert linter, "import-linter is part of the dev extra"
     result = subprocess.run([linter], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_operator_image_carries_every_trainer_module_the_operator_imports() -> None:
+    """The operator image copies only a few trainer modules; an import of another one would
+    crash the operator pod at start-up."""
+    imported: set[str] = set()
+    for path in OPERATOR.glob("*.py"):
+        for tree_node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(tree_node, ast.ImportFrom) and tree_node.module == "accel_trainer":
+                imported.update(f"accel_trainer.{alias.name}" for alias in tree_node.names)
+        imported.update(name for name in _imports(path) if name.startswith("accel_trainer."))
+    modules = {name for name in imported if (TRAINER / f"{name.split('.')[1]}.py").exists()}
+    dockerfile = (REPO_ROOT / "operator" / "Dockerfile").read_text()
+    missing = [
+        name
+        for name in sorted(modules)
+        if f"trainer_image/accel_trainer/{name.split('.')[1]}.py" not in dockerfile
+    ]
+    assert missing == []
