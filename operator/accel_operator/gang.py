@@ -33,10 +33,18 @@ VOLCANO_SCHEDULER = "volcano"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 
-# Policies under which an attempt waiting for room holds nothing: no pod binds before all fit.
-HOLDS_NOTHING_WHILE_WAITING = frozenset(
-    {api.GangPolicy.NATIVE, api.GangPolicy.VOLCANO, api.GangPolicy.COSCHEDULING}
-)
+# (apiVersion, kind) of each policy's gang object; Timeout has none.
+GROUP_KINDS: dict[api.GangPolicy, tuple[str, str]] = {
+    api.GangPolicy.NATIVE: (WORKLOAD_API_VERSION, "Workload"),
+    api.GangPolicy.VOLCANO: (VOLCANO_API_VERSION, "PodGroup"),
+    api.GangPolicy.COSCHEDULING: (COSCHEDULING_API_VERSION, "PodGroup"),
+}
+# The plural each gang object's apiVersion serves it under.
+PLURALS = {
+    WORKLOAD_API_VERSION: "workloads",
+    VOLCANO_API_VERSION: "podgroups",
+    COSCHEDULING_API_VERSION: "podgroups",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +53,6 @@ class InForce:
 
     policy: api.GangPolicy
     note: str
-
-    @property
-    def holds_nothing_while_waiting(self) -> bool:
-        return self.policy in HOLDS_NOTHING_WHILE_WAITING
 
 
 def in_force(spec: api.AccelTrainJobSpec, native_available: bool) -> InForce:
@@ -90,33 +94,23 @@ def group_object(
     metadata: dict[str, Any],
 ) -> dict[str, Any] | None:
     """The gang object of one attempt (named like its Job), or None under Timeout."""
+    kind = GROUP_KINDS.get(policy)
+    if kind is None:
+        return None
     workers = spec.workers
     if policy is api.GangPolicy.NATIVE:
-        return {
-            "apiVersion": WORKLOAD_API_VERSION,
-            "kind": "Workload",
-            "metadata": metadata,
-            "spec": {
-                "controllerRef": {"apiGroup": "batch", "kind": "Job", "name": name},
-                "podGroups": [{"name": POD_GROUP_NAME, "policy": {"gang": {"minCount": workers}}}],
-            },
+        group: dict[str, Any] = {
+            "controllerRef": {"apiGroup": "batch", "kind": "Job", "name": name},
+            "podGroups": [{"name": POD_GROUP_NAME, "policy": {"gang": {"minCount": workers}}}],
         }
-    timeout = spec.run_policy.gang_timeout_seconds
-    if policy is api.GangPolicy.VOLCANO:
-        return {
-            "apiVersion": VOLCANO_API_VERSION,
-            "kind": "PodGroup",
-            "metadata": metadata,
-            "spec": {"minMember": workers, **_queue(spec)},
+    elif policy is api.GangPolicy.VOLCANO:
+        group = {"minMember": workers, **_queue(spec)}
+    else:
+        group = {
+            "minMember": workers,
+            "scheduleTimeoutSeconds": spec.run_policy.gang_timeout_seconds,
         }
-    if policy is api.GangPolicy.COSCHEDULING:
-        return {
-            "apiVersion": COSCHEDULING_API_VERSION,
-            "kind": "PodGroup",
-            "metadata": metadata,
-            "spec": {"minMember": workers, "scheduleTimeoutSeconds": timeout},
-        }
-    return None
+    return {"apiVersion": kind[0], "kind": kind[1], "metadata": metadata, "spec": group}
 
 
 def _queue(spec: api.AccelTrainJobSpec) -> dict[str, Any]:

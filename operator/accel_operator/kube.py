@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import kubernetes
 
-from accel_operator import api, constants, render
+from accel_operator import api, constants, gang, render
 from accel_operator.metrics import OperatorMetrics
 
 logger = logging.getLogger(__name__)
@@ -61,19 +61,11 @@ class ApiError(Exception):
         """The object fields the API server names in its refusal (``details.causes``)."""
 
 
-# apiVersion -> plural of the gang objects the operator writes (see accel_operator.gang).
-_GANG_PLURALS = {
-    "scheduling.k8s.io/v1alpha1": "workloads",
-    "scheduling.volcano.sh/v1beta1": "podgroups",
-    "scheduling.x-k8s.io/v1alpha1": "podgroups",
-}
-
-
 def _object_path(api_version: str, kind: str, namespace: str, name: str) -> tuple[str, str]:
     """(path, plural) of a namespaced object the operator writes."""
     if kind in _KINDS:
         return _path(kind, namespace, name), _KINDS[kind][1]
-    plural = _GANG_PLURALS[api_version]
+    plural = gang.PLURALS[api_version]
     path = f"/apis/{api_version}/namespaces/{quote(namespace, safe='')}/{plural}"
     return f"{path}/{quote(name, safe='')}", plural
 

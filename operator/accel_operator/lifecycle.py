@@ -115,6 +115,13 @@ class PodView:
     waiting_message: str = ""
 
     @property
+    def waiting(self) -> str:
+        """The waiting reason and the kubelet's message, as one line ("" when not waiting)."""
+        if not self.waiting_message:
+            return self.waiting_reason
+        return f"{self.waiting_reason}: {self.waiting_message}"
+
+    @property
     def started(self) -> bool:
         """Whether the pod got as far as running its container (and maybe finished)."""
         return self.phase in ("Running", "Succeeded") or (
@@ -791,15 +798,26 @@ def _restart_or_fail(
         return
     delay = backoff_seconds(spec, value.restarts)
     value.restarts += 1
-    value.phase = api.Phase.RESTARTING
-    due = state.now + dt.timedelta(seconds=delay)
-    value.next_attempt_time = format_time(due)
-    restart_message = (
+    _replace_attempt(
+        state,
+        plan,
+        attempt,
+        delay,
+        reason,
         f"restart {value.restarts}/{budget}: attempt {attempt + 1} starts in {delay} s "
-        f"(after the pods of attempt {attempt} are gone); {message}"
+        f"(after the pods of attempt {attempt} are gone); {message}",
     )
-    value.message = restart_message
-    state.set(constants.CONDITION_RESTARTING, True, reason, restart_message)
+
+
+def _replace_attempt(
+    state: _Status, plan: _Plan, attempt: int, delay: int, reason: str, message: str
+) -> None:
+    """Tear ``attempt`` down; the next one is created ``delay`` seconds later."""
+    value = state.value
+    value.phase = api.Phase.RESTARTING
+    value.next_attempt_time = format_time(state.now + dt.timedelta(seconds=delay))
+    value.message = message
+    state.set(constants.CONDITION_RESTARTING, True, reason, message)
     state.lower(constants.CONDITION_RUNNING, "Restarting", f"attempt {attempt} is being replaced")
     plan.delete(attempt)
     plan.restart_reason = reason
@@ -832,7 +850,7 @@ def _pending_description(spec: api.AccelTrainJobSpec, job: AttemptView, pods: li
                 f"bound to {pod.node_name}, not running yet" if pod.node_name else "not scheduled"
             )
             if pod.waiting_reason:
-                why = f"{pod.waiting_reason}: {pod.waiting_message}".rstrip(": ")
+                why = pod.waiting
             parts.append(f"{pod.name} ({why})")
     return "; ".join(parts)
 
@@ -853,7 +871,7 @@ def _cannot_start(
     if bad_image is not None:
         message = (
             f"spec.image: the container runtime refuses the image of {bad_image.name} "
-            f"({bad_image.waiting_reason}: {bad_image.waiting_message}); fix spec.image and "
+            f"({bad_image.waiting}); fix spec.image and "
             "recreate the AccelTrainJob"
         )
         _fail(state, REASON_INVALID_IMAGE, message)
@@ -918,28 +936,24 @@ def _retry_for_capacity(
     spec: api.AccelTrainJobSpec, state: _Status, plan: _Plan, attempt: int, message: str
 ) -> None:
     """Tear a partly placed attempt down and retry it; no restart is spent."""
-    value = state.value
     delay = spec.run_policy.backoff_seconds
-    value.gang_retries += 1
-    value.phase = api.Phase.RESTARTING
-    value.next_attempt_time = format_time(state.now + dt.timedelta(seconds=delay))
-    retry_message = (
-        f"capacity retry {value.gang_retries} (spends no restart): attempt {attempt + 1} starts "
-        f"in {delay} s; {message}"
+    state.value.gang_retries += 1
+    _replace_attempt(
+        state,
+        plan,
+        attempt,
+        delay,
+        REASON_GANG_TIMEOUT,
+        f"capacity retry {state.value.gang_retries} (spends no restart): attempt {attempt + 1} "
+        f"starts in {delay} s; {message}",
     )
-    value.message = retry_message
-    state.set(constants.CONDITION_RESTARTING, True, REASON_GANG_TIMEOUT, retry_message)
-    state.lower(constants.CONDITION_RUNNING, "Restarting", f"attempt {attempt} is being replaced")
-    plan.delete(attempt)
-    plan.restart_reason = REASON_GANG_TIMEOUT
-    plan.requeue(delay)
 
 
 def _report_waiting_containers(state: _Status, pods: list[PodView]) -> None:
     """Say which workers' containers cannot start yet and why (an image pull, a missing
     Secret key): the gang timeout would otherwise be the first a user hears of it."""
     stuck = [
-        f"{pod.name} ({pod.waiting_reason}: {pod.waiting_message})".replace(": )", ")")
+        f"{pod.name} ({pod.waiting})"
         for pod in pods
         if not pod.started and pod.waiting_reason not in _NORMAL_WAITING_REASONS
     ]

@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -130,6 +130,11 @@ class Reconciler:
                 gate.running = False
             raise
 
+    def _retry_delay(self, gate: _Gate) -> float:
+        """Seconds before the next retry of a job whose reconciles keep failing: doubling from
+        the progress interval, up to :data:`MAX_RETRY_SECONDS`."""
+        return float(min(MAX_RETRY_SECONDS, self.progress_interval * 2**gate.failures))
+
     def _timed(self, namespace: str, name: str, gate: _Gate) -> None:
         started = time.monotonic()
         try:
@@ -141,9 +146,8 @@ class Reconciler:
             self.metrics.reconcile_errors.inc()
             # Let the timer retry rather than wait for the next cluster change; a busy or
             # refusing API server is asked less and less often.
-            delay = min(MAX_RETRY_SECONDS, self.progress_interval * 2**gate.failures)
+            gate.next_due = time.monotonic() + self._retry_delay(gate)
             gate.failures += 1
-            gate.next_due = time.monotonic() + delay
             raise
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
@@ -170,12 +174,7 @@ class Reconciler:
             spec = api.with_kueue_labels(api.parse_spec(body.get("spec") or {}, name=name), labels)
             render.trainer_image(spec, self.defaults)
         except (api.SpecError, render.MissingImageError) as error:
-            decision = lifecycle.invalid_spec(
-                status, str(error), now, int(metadata.get("generation") or 0)
-            )
-            self._write(body, status, decision, force=True)
-            self.metrics.record_phase(namespace, name, decision.status.phase.value)
-            raise InvalidSpecError(str(error)) from None
+            self._fail_invalid_spec(body, status, str(error), now)
 
         try:
             requeue = self._reconcile_spec(body, spec, status, now)
@@ -246,16 +245,25 @@ class Reconciler:
             except ApiError as error:
                 if not refusals.is_permanent(error):
                     raise
-                message = refusals.describe(child, error)
-                generation = int(body["metadata"].get("generation") or 0)
-                decision = lifecycle.invalid_spec(status, message, now, generation)
-                self._write(body, status, decision, force=True)
-                self.metrics.record_phase(
-                    body["metadata"]["namespace"],
-                    body["metadata"]["name"],
-                    decision.status.phase.value,
-                )
-                raise InvalidSpecError(message) from None
+                self._fail_invalid_spec(body, status, refusals.describe(child, error), now)
+
+    def _fail_invalid_spec(
+        self,
+        body: dict[str, Any],
+        status: api.AccelTrainJobStatus,
+        message: str,
+        now: dt.datetime,
+    ) -> NoReturn:
+        """Fail the job for a spec that cannot work (Failed/InvalidSpec, one event); nothing
+        retries it."""
+        metadata = body["metadata"]
+        generation = int(metadata.get("generation") or 0)
+        decision = lifecycle.invalid_spec(status, message, now, generation)
+        self._write(body, status, decision, force=True)
+        self.metrics.record_phase(
+            metadata["namespace"], metadata["name"], decision.status.phase.value
+        )
+        raise InvalidSpecError(message) from None
 
     def _mark_retrying(
         self,
@@ -266,8 +274,9 @@ class Reconciler:
     ) -> None:
         """Say on the job's status that the operator retries (best effort: the API server that
         refused the last request may refuse this one too)."""
-        gate = self._gate(body["metadata"]["namespace"], body["metadata"]["name"])
-        delay = min(MAX_RETRY_SECONDS, self.progress_interval * 2**gate.failures)
+        delay = self._retry_delay(
+            self._gate(body["metadata"]["namespace"], body["metadata"]["name"])
+        )
         message = f"{error}; retrying in {delay:.0f} s"
         generation = int(body["metadata"].get("generation") or 0)
         decision = lifecycle.api_retrying(status, message, now, generation)
@@ -305,9 +314,7 @@ class Reconciler:
         spec: api.AccelTrainJobSpec,
     ) -> None:
         policy = gang.in_force(spec, self.defaults.native_gang).policy
-        group = gang.group_object(policy, spec, "", {})
-        kind = (str(group["apiVersion"]), str(group["kind"])) if group else None
-        self.kube.delete_attempt(namespace, name, attempt, kind)
+        self.kube.delete_attempt(namespace, name, attempt, gang.GROUP_KINDS.get(policy))
         if observed.attempt(attempt) is None:
             # The Job is gone already, so its garbage collection will not take these pods.
             for pod in observed.pods_of(attempt):

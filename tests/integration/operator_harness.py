@@ -140,6 +140,31 @@ def install_crd(cluster: Any) -> None:
     wait_for("the garbage collector to know AccelTrainJobs", collected, timeout=120)
 
 
+def kubectl_apply(
+    cluster: Any, namespace: str, document: dict[str, Any], *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """``kubectl apply -n namespace [flags] -f -`` of one document, as a user runs it; the
+    result is returned whatever the exit code (refusals are what some tests look for)."""
+    return subprocess.run(
+        [
+            str(REPO_ROOT / ".tools" / "bin" / "kubectl"),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "apply",
+            "-n",
+            namespace,
+            *flags,
+            "-f",
+            "-",
+        ],
+        input=yaml.safe_dump(document),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
 class Api:
     """The reads and writes the tests make, as plain dicts."""
 

@@ -15,13 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import yaml
 
 from accel_operator import rules
 from accel_operator.api import SpecError, parse_spec
 from localcluster import Cluster
 
-from .operator_harness import REPO_ROOT
+from .operator_harness import kubectl_apply
 
 Spec = dict[str, Any]
 
@@ -50,22 +49,7 @@ def _apply(cluster: Cluster, namespace: str, spec: Spec) -> subprocess.Completed
         "metadata": {"name": "admission", "namespace": namespace},
         "spec": spec,
     }
-    return subprocess.run(
-        [
-            str(REPO_ROOT / ".tools" / "bin" / "kubectl"),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "apply",
-            "--dry-run=server",
-            "-f",
-            "-",
-        ],
-        input=yaml.safe_dump(document),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return kubectl_apply(cluster, namespace, document, "--dry-run=server")
 
 
 def _pool(**pool: Any) -> Callable[[Spec], None]:

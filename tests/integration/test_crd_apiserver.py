@@ -14,6 +14,8 @@ import yaml
 
 from localcluster import Cluster
 
+from .operator_harness import kubectl_apply
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
 EXAMPLES = sorted((REPO_ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -34,24 +36,7 @@ def crd_installed(cluster: Cluster) -> Cluster:
 def _apply(
     cluster: Cluster, namespace: str, document: dict[str, Any], *flags: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            str(REPO_ROOT / ".tools" / "bin" / "kubectl"),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "apply",
-            "-n",
-            namespace,
-            *flags,
-            "-f",
-            "-",
-        ],
-        input=yaml.safe_dump(document),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return kubectl_apply(cluster, namespace, document, *flags)
 
 
 def _minimal() -> dict[str, Any]:
