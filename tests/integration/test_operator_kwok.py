@@ -474,6 +474,15 @@ def test_native_gang_places_two_jobs_that_cannot_both_fit_whole_and_in_turn(
             # the second job would hold part of its GPUs for all that time.
             spec["env"] = [{"name": kwok.RUN_DURATION_ENV, "value": "10s"}]
             kube.create_job(namespace, name, spec)
+            # The second job comes once the first holds its GPUs. Two gangs whose pods reach
+            # the scheduler interleaved can each reserve part of the GPUs at the gang's Permit
+            # stage and wait for each other until kube-scheduler's 5-minute gang timeout
+            # (Kubernetes 1.35 alpha; see docs/benchmarks.md): real, but not what this tests.
+            wait_for(
+                f"{name} to hold its GPUs",
+                lambda n=name: any(bound[n] == 5 for _, bound in sampler.samples),  # type: ignore[misc]
+                timeout=60,
+            )
         for name in jobs:
             wait_for(
                 f"{name} Succeeded",
