@@ -201,10 +201,12 @@ def worker(kind: str, workdir: Path, result: Path, steps: int) -> None:
     tokenizer = from_serialized(
         serialized_from_dir(workdir / "ckpt" / "output" / "model"), config.data.max_length
     )
-    split = tokenize(corpus.train, config.model.task, tokenizer, seq)
-    order = ShardedOrder(len(split), micro, world, rank, config.training.seed)
+    batching = config.data.batching
+    split = tokenize(corpus.train, config.model.task, tokenizer, seq, batching.padding)
+    lengths = split.lengths if batching.group_by_length else None
+    order = ShardedOrder(len(split), micro, world, rank, config.training.seed, lengths)
     batches = [
-        split.batch(order.indices(index), torch.device("cpu"))
+        split.batch(order.indices(index), torch.device("cpu")).tensors
         for index in range(steps * accumulation)
     ]
     position = iter(range(len(batches)))

@@ -6,10 +6,12 @@ from __future__ import annotations
 TRAINER_CONTRACT_FAMILIES = {
     "acceltrain_train_samples": "counter",
     "acceltrain_train_tokens": "counter",
+    "acceltrain_train_processed_tokens": "counter",
     "acceltrain_optimizer_steps": "counter",
     "acceltrain_step": "gauge",
     "acceltrain_samples_per_second": "gauge",
     "acceltrain_tokens_per_second": "gauge",
+    "acceltrain_padding_efficiency_ratio": "gauge",
     "acceltrain_tflops_per_device": "gauge",
     "acceltrain_mfu_ratio": "gauge",
     "acceltrain_loss": "gauge",

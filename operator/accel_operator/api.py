@@ -554,11 +554,14 @@ class Progress(CamelModel):
     samples_per_second: Annotated[float, Field(ge=0)] = 0.0
     """Training samples per second of the whole job."""
     tokens_per_second: Annotated[float, Field(ge=0)] = 0.0
-    """Training tokens per second of the whole job."""
+    """Real (non-padding) training tokens per second of the whole job."""
     tflops_per_device: Annotated[float, Field(ge=0)] = 0.0
     """Achieved TFLOP/s per device."""
     mfu: Annotated[float, Field(ge=0)] = 0.0
     """Model FLOPs utilisation (0-1)."""
+    padding_efficiency: Annotated[float | None, Field(ge=0, le=1)] = None
+    """Real tokens over the token positions the model processed, padding included (1: none
+    padded); tokens/s, TFLOP/s and MFU count real tokens only."""
     loss: float | None = None
     """Latest training loss."""
     sparsity: Annotated[float | None, Field(ge=0, le=1)] = None
@@ -705,6 +708,10 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
         {
             "rule": "!(has(self.synthetic) && has(self.evalPath))",
             "message": "data.evalPath cannot be used with data.synthetic: remove evalPath",
+        },
+        {
+            "rule": "!(has(self.synthetic) && has(self.testPath))",
+            "message": "data.testPath cannot be used with data.synthetic: remove testPath",
         },
     ],
     ModelArchitectureSpec: [

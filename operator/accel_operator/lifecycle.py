@@ -171,8 +171,11 @@ class ProgressSample:
     samples_per_second: float = 0.0
     """Rank 0's own rate; the job's is this times the world size."""
     tokens_per_second: float = 0.0
+    """Rank 0's real (non-padding) tokens per second."""
     tflops_per_device: float = 0.0
     mfu: float = 0.0
+    padding_efficiency: float | None = None
+    """Rank 0's real tokens over processed token positions (None before its first step)."""
     loss: float | None = None
     sparsity: float | None = None
     checkpoint_step: int | None = None
@@ -371,6 +374,11 @@ def update_progress(
         tokens_per_second=max(0.0, tokens_per_second),
         tflops_per_device=max(0.0, _significant(sample.tflops_per_device)),
         mfu=max(0.0, _significant(sample.mfu)),
+        padding_efficiency=(
+            min(1.0, _significant(sample.padding_efficiency))
+            if sample.padding_efficiency is not None
+            else None
+        ),
         loss=_significant(sample.loss, 4) if sample.loss is not None else None,
         # The trainer exports 0 when nothing is pruned; only pruning jobs show a sparsity.
         sparsity=(

@@ -219,13 +219,15 @@ SPEC_RULES: tuple[Rule[Any], ...] = (
     Rule(
         name="paths-without-parent",
         field=".data",
-        message="data.path and data.evalPath must not contain a '..' segment; give the path "
-        "inside the volume directly",
-        broken=lambda spec: (
-            has_parent_segment(spec.data.path) or has_parent_segment(spec.data.eval_path)
+        message="data.path, data.evalPath and data.testPath must not contain a '..' segment; "
+        "give the path inside the volume directly",
+        broken=lambda spec: any(
+            has_parent_segment(path)
+            for path in (spec.data.path, spec.data.eval_path, spec.data.test_path)
         ),
         cel=f"({_no_parent('self.data.path', optional=True)}) && "
-        f"({_no_parent('self.data.evalPath', optional=True)})",
+        f"({_no_parent('self.data.evalPath', optional=True)}) && "
+        f"({_no_parent('self.data.testPath', optional=True)})",
     ),
     Rule(
         name="checkpoint-path-without-parent",

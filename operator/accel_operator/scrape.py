@@ -31,6 +31,7 @@ SAMPLES_PER_SECOND = "acceltrain_samples_per_second"
 TOKENS_PER_SECOND = "acceltrain_tokens_per_second"
 TFLOPS_PER_DEVICE = "acceltrain_tflops_per_device"
 MFU = "acceltrain_mfu_ratio"
+PADDING_EFFICIENCY = "acceltrain_padding_efficiency_ratio"
 LOSS = "acceltrain_loss"
 SPARSITY = "acceltrain_sparsity_ratio"
 CHECKPOINT_STEP = "acceltrain_last_checkpoint_step"
@@ -85,6 +86,8 @@ def parse_metrics(text: str, *, rank: str = "0") -> ProgressSample | None:
         tokens_per_second=_finite(values.get(TOKENS_PER_SECOND)) or 0.0,
         tflops_per_device=_finite(values.get(TFLOPS_PER_DEVICE)) or 0.0,
         mfu=_finite(values.get(MFU)) or 0.0,
+        # 0 before the trainer's first step.
+        padding_efficiency=_finite(values.get(PADDING_EFFICIENCY)) or None,
         loss=_finite(values.get(LOSS)),
         sparsity=_finite(values.get(SPARSITY)),
         # -1 before the first checkpoint of the run.

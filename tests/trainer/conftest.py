@@ -158,7 +158,8 @@ class Run:
     lines: list[str] = field(default_factory=list)
 
     def progress(self) -> list[dict[str, float]]:
-        """The progress log lines as numbers: step, loss, lr, samples/s, tokens/s, sparsity."""
+        """The progress log lines as numbers: step, loss, lr, samples/s, tokens/s, padding
+        efficiency, sparsity."""
         found = []
         for line in self.lines:
             match = PROGRESS_LINE.search(line)
@@ -185,7 +186,7 @@ class Run:
 PROGRESS_LINE = re.compile(
     r"accel-trainer: step (?P<step>\d+)/\d+ loss (?P<loss>\S+) lr (?P<lr>\S+) "
     r"samples/s (?P<samples_per_second>\S+) tokens/s (?P<tokens_per_second>\S+) "
-    r"sparsity (?P<sparsity>\S+)"
+    r"padding-efficiency (?P<padding_efficiency>\S+) sparsity (?P<sparsity>\S+)"
 )
 
 

@@ -148,3 +148,25 @@ def test_the_memory_preflight_estimate_reaches_the_job_status() -> None:
     shown = progress.model_dump(by_alias=True)
     assert shown["estimatedMemoryBytes"] == 3 << 30
     assert shown["memoryBudgetBytes"] == 8 << 30
+
+
+def test_the_padding_efficiency_reaches_the_job_status() -> None:
+    metrics = TrainerMetrics(job="bert", namespace="team-a", node_rank=0, rank=0)
+    before = scrape.parse_metrics(prometheus_client.generate_latest(metrics.registry).decode())
+    assert before is None or before.padding_efficiency is None
+    metrics.record_step(
+        step=1,
+        samples=8,
+        tokens=300,
+        padded_tokens=512,
+        step_seconds=0.25,
+        loss=1.0,
+        learning_rate=1e-4,
+    )
+    sample = scrape.parse_metrics(prometheus_client.generate_latest(metrics.registry).decode())
+    assert sample is not None
+    assert sample.padding_efficiency == pytest.approx(300 / 512)
+    spec = api.parse_spec(copy.deepcopy(MINIMAL_SPEC), name="bert")
+    now = dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc)
+    progress = lifecycle.update_progress(spec, api.Progress(), sample, now)
+    assert progress.model_dump(by_alias=True)["paddingEfficiency"] == 0.586

@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from accel_trainer.config import DataSpec, ModelSpec, SyntheticDataSpec, Task
+from accel_trainer.config import DataSpec, ModelSpec, Padding, SyntheticDataSpec, Task
 from accel_trainer.data import (
     IGNORE_INDEX,
+    PAD_MULTIPLE,
     DataPosition,
     ShardedOrder,
+    TokenCount,
     eval_shard,
     load_corpus,
     synthetic_examples,
@@ -154,6 +157,34 @@ def test_conll_tag_that_is_not_bio_is_rejected_with_its_line(tmp_path: Path) -> 
         corpus_of(path, task="token-classification")
 
 
+def test_the_test_file_is_read_with_the_training_files_tags(tmp_path: Path) -> None:
+    train, test = tmp_path / "train.conll", tmp_path / "test.conll"
+    train.write_text("Ada B-PER\nwrote O\n\nParis B-LOC\n")
+    test.write_text("-DOCSTART- -X- -X- O\n\nLagos NNP B-NP B-LOC\nwas VBD B-VP O\n")
+
+    corpus = corpus_of(train, task="token-classification", testPath=str(test))
+
+    assert corpus.test is not None and corpus.test.texts == [["Lagos", "was"]]
+    assert corpus.test.labels == [[corpus.label_names.index("B-LOC"), 0]]
+
+
+def test_a_test_file_tag_unknown_to_training_names_the_file_and_line(tmp_path: Path) -> None:
+    train, test = tmp_path / "train.conll", tmp_path / "test.conll"
+    train.write_text("Ada B-PER\n")
+    test.write_text("Acme B-ORG\n")
+
+    with pytest.raises(DataError, match=rf"^{test}:1: tag 'B-ORG' does not occur"):
+        corpus_of(train, task="token-classification", testPath=str(test))
+
+
+def test_a_missing_test_file_names_data_test_path(tmp_path: Path) -> None:
+    train = tmp_path / "train.conll"
+    train.write_text("Ada B-PER\n")
+
+    with pytest.raises(MissingInputError, match="data.testPath"):
+        corpus_of(train, task="token-classification", testPath=str(tmp_path / "nope.conll"))
+
+
 def test_token_classification_refuses_jsonl(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}])
 
@@ -254,7 +285,7 @@ def test_token_tags_go_to_the_first_sub_word_of_each_word() -> None:
     corpus.train.texts = [sentence]
     corpus.train.labels = [[1, 2]]
 
-    split = tokenize(corpus.train, Task.TOKEN_CLASSIFICATION, tokenizer, max_length=16)
+    split = tokenize(corpus.train, Task.TOKEN_CLASSIFICATION, tokenizer, 16, Padding.LONGEST)
 
     word_ids = tokenizer(sentence, is_split_into_words=True).word_ids()
     labels = split.labels[0].tolist()
@@ -266,3 +297,93 @@ def test_token_tags_go_to_the_first_sub_word_of_each_word() -> None:
         if word is None or i not in firsts.values()
     )
     assert split.input_ids.shape == (1, 16)
+
+
+# --- length-aware batching ----------------------------------------------------------------------
+def _split_of(sentences: list[str], padding: Padding, max_length: int = 64) -> Any:
+    tokenizer = from_serialized(train_wordpiece(sentences * 4, 200), max_length=max_length)
+    corpus = synthetic_examples(SyntheticDataSpec(num_samples=16), Task.SEQUENCE_CLASSIFICATION, 8)
+    corpus.train.texts = sentences
+    corpus.train.labels = [0] * len(sentences)
+    return tokenize(corpus.train, Task.SEQUENCE_CLASSIFICATION, tokenizer, max_length, padding)
+
+
+SENTENCES = [" ".join(f"w{j}" for j in range(n)) for n in (3, 20, 5, 9, 40, 2, 11, 7)]
+
+
+def test_a_batch_is_cut_to_its_longest_example_rounded_up_to_a_multiple_of_eight() -> None:
+    split = _split_of(SENTENCES, Padding.LONGEST)
+
+    batch = split.batch([0, 2, 5], torch.device("cpu"))  # 3, 5 and 2 words
+
+    longest = max(split.lengths[i] for i in (0, 2, 5))
+    width = batch.tensors["input_ids"].shape[1]
+    assert width % PAD_MULTIPLE == 0 and longest <= width < longest + PAD_MULTIPLE
+    assert batch.tokens == TokenCount(
+        real=sum(split.lengths[i] for i in (0, 2, 5)), padded=3 * width
+    )
+    # Nothing real is cut off: the mask keeps every real token.
+    assert int(batch.tensors["attention_mask"].sum()) == batch.tokens.real
+
+
+def test_max_length_padding_keeps_every_batch_at_data_max_length() -> None:
+    split = _split_of(SENTENCES, Padding.MAX_LENGTH)
+
+    batch = split.batch([0, 2, 5], torch.device("cpu"))
+
+    assert batch.tensors["input_ids"].shape == (3, 64)
+    assert batch.tokens.padded == 3 * 64 and batch.tokens.real < batch.tokens.padded
+
+
+def test_cutting_padding_gives_the_model_the_same_tokens_as_padding_to_max_length() -> None:
+    longest = _split_of(SENTENCES, Padding.LONGEST).batch([1, 3], torch.device("cpu")).tensors
+    full = _split_of(SENTENCES, Padding.MAX_LENGTH).batch([1, 3], torch.device("cpu")).tensors
+
+    width = longest["input_ids"].shape[1]
+    assert torch.equal(longest["input_ids"], full["input_ids"][:, :width])
+    assert int(full["attention_mask"][:, width:].sum()) == 0
+
+
+def test_grouping_by_length_puts_similar_lengths_together_and_still_covers_the_epoch() -> None:
+    lengths = [(i * 37) % 120 + 1 for i in range(2000)]
+    plain = ShardedOrder(2000, micro_batch=8, world_size=2, rank=0, seed=4)
+    grouped = ShardedOrder(2000, micro_batch=8, world_size=2, rank=0, seed=4, lengths=lengths)
+
+    def padded(order: ShardedOrder) -> int:
+        return sum(
+            8 * max(lengths[i] for i in order.indices(step))
+            for step in range(order.micro_steps_per_epoch)
+        )
+
+    assert padded(grouped) < 0.6 * padded(plain)
+    ranks = [
+        ShardedOrder(2000, micro_batch=8, world_size=2, rank=r, seed=4, lengths=lengths)
+        for r in range(2)
+    ]
+    used = [i for order in ranks for step in range(125) for i in order.indices(step)]
+    assert sorted(used) == list(range(2000))
+
+
+def test_grouped_order_is_the_same_on_every_call_and_resumes_at_the_same_batch() -> None:
+    lengths = [(i * 13) % 50 + 1 for i in range(500)]
+    first = ShardedOrder(500, micro_batch=4, world_size=2, rank=1, seed=9, lengths=lengths)
+    again = ShardedOrder(500, micro_batch=4, world_size=2, rank=1, seed=9, lengths=lengths)
+
+    resumed_at = again.micro_step_of(first.position_after(70))
+
+    assert [first.indices(s) for s in range(70, 80)] == [
+        again.indices(s) for s in range(resumed_at, resumed_at + 10)
+    ]
+    # Batch order is shuffled too: the epoch does not run from longest to shortest.
+    batch_lengths = [max(lengths[i] for i in first.indices(s)) for s in range(40)]
+    assert batch_lengths != sorted(batch_lengths, reverse=True)
+
+
+def test_eval_shards_with_lengths_come_longest_first_and_keep_their_weights() -> None:
+    lengths = [5, 50, 7, 30, 1, 9, 60, 2, 3, 4]
+
+    indices, weights = eval_shard(10, 3, 0, lengths)
+
+    real = [i for i, w in zip(indices, weights, strict=True) if w]
+    assert sorted(real) == [0, 3, 6, 9]
+    assert [lengths[i] for i in real] == sorted((lengths[i] for i in real), reverse=True)

@@ -278,6 +278,47 @@ def test_pauses_between_steps_do_not_dilute_the_rates() -> None:
     assert metrics.snapshot()["samples_per_second"] == pytest.approx(8 / 0.02)
 
 
+def test_tokens_count_real_tokens_and_padding_efficiency_is_real_over_processed() -> None:
+    metrics = make_metrics(rate_window_steps=2)
+    metrics.set_model_flops(
+        num_params=1_000_000,
+        num_layers=2,
+        hidden_size=128,
+        seq_length=32,
+        device_name="NVIDIA H100 80GB HBM3",
+        precision="bf16",
+        peak_tflops=100.0,
+    )
+    for number, (real, padded) in enumerate([(300, 1000), (600, 800), (400, 800)], start=1):
+        metrics.record_step(
+            step=number,
+            samples=8,
+            tokens=real,
+            padded_tokens=padded,
+            step_seconds=0.5,
+            loss=1.0,
+            learning_rate=1e-4,
+        )
+    text = scrape(metrics)
+
+    assert sample_value(text, "acceltrain_train_tokens_total") == 1300
+    assert sample_value(text, "acceltrain_train_processed_tokens_total") == 2600
+    # The window holds the last two steps: 1000 real of 1600 processed, in 1 s.
+    assert sample_value(text, "acceltrain_padding_efficiency_ratio") == pytest.approx(1000 / 1600)
+    assert sample_value(text, "acceltrain_tokens_per_second") == pytest.approx(1000.0)
+    flops = metrics.flops_per_token
+    assert flops is not None
+    assert sample_value(text, "acceltrain_tflops_per_device") == pytest.approx(flops * 1000 / 1e12)
+
+
+def test_padded_tokens_below_real_tokens_are_refused() -> None:
+    metrics = make_metrics()
+    with pytest.raises(ValueError, match="cannot be below tokens"):
+        metrics.record_step(
+            step=1, samples=1, tokens=10, padded_tokens=5, step_seconds=1, loss=1, learning_rate=1
+        )
+
+
 # --- FLOPs and MFU --------------------------------------------------------------------------
 def test_flops_per_token_matches_a_hand_computation_for_gpt2_small() -> None:
     # 6 * 123,653,376 = 741,920,256 (dense), 12 * 12 * 768 * 1024 = 113,246,208 (attention)

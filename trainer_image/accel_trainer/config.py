@@ -168,6 +168,24 @@ class DataFormat(str, enum.Enum):
     CONLL = "conll"
 
 
+class Padding(str, enum.Enum):
+    LONGEST = "Longest"
+    MAX_LENGTH = "MaxLength"
+
+
+class BatchingSpec(CamelModel):
+    """How examples become batches: what gets padded, and which examples share a batch."""
+
+    padding: Padding = Padding.LONGEST
+    """Longest: each batch is padded to its own longest example, rounded up to a multiple of 8
+    (what tensor cores want); MaxLength: every batch is padded to data.maxLength."""
+    group_by_length: bool = False
+    """Put examples of similar length in the same batch (less padding on data of mixed lengths):
+    each epoch's shuffled order is cut into windows of 50 global micro-batches, each window is
+    sorted by length and its batches shuffled again, so the order stays random between batches,
+    deterministic and resumable."""
+
+
 class SyntheticDataSpec(CamelModel):
     """Generated data for smoke runs: learnable, deterministic, no files needed."""
 
@@ -190,6 +208,9 @@ class DataSpec(CamelModel):
     """File format; inferred from the extension of path (.jsonl, .csv, .conll/.txt) when unset."""
     eval_path: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
     """Evaluation file; when unset, evalFraction of the training file is held out."""
+    test_path: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
+    """Test file, same format: scored once, after training, into eval/test.json (never used to
+    pick anything during the run). Labels must be those of the training file."""
     eval_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
     """Share of the training data held out for evaluation when evalPath is unset."""
     text_field: Annotated[str, Field(min_length=1, max_length=253)] = "text"
@@ -197,7 +218,10 @@ class DataSpec(CamelModel):
     label_field: Annotated[str, Field(min_length=1, max_length=253)] = "label"
     """JSONL/CSV field holding the label (a class name or an integer id)."""
     max_length: Annotated[int, Field(ge=8, le=131072)] = 128
-    """Tokens per example after truncation and padding."""
+    """Tokens per example after truncation; the padded length too with batching.padding
+    MaxLength."""
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    """Padding and length grouping of the batches."""
     synthetic: SyntheticDataSpec | None = None
     """Generate data instead of reading files. Exclusive with path."""
 
@@ -209,6 +233,8 @@ class DataSpec(CamelModel):
             )
         if self.synthetic is not None and self.eval_path is not None:
             raise ValueError("data.evalPath cannot be used with data.synthetic: remove evalPath")
+        if self.synthetic is not None and self.test_path is not None:
+            raise ValueError("data.testPath cannot be used with data.synthetic: remove testPath")
         return self
 
     def resolved_format(self) -> DataFormat | None:

@@ -9,7 +9,13 @@ Order and position: epoch ``e`` visits the training set in the permutation drawn
 that permutation; rank ``r`` takes the ``r``-th slice of ``micro_batch``. The position saved in a
 checkpoint is ``(epoch, samples_into_epoch)``, so a resumed run continues with the next unseen
 micro-batch, nothing repeated or skipped, and also restarts sensibly when the world size
-changed (it rounds down to a whole global micro-batch).
+changed (it rounds down to a whole global micro-batch). With ``data.batching.groupByLength``
+the order also depends on the global micro-batch size, so a run resumed on a different world size
+continues in a different order of the same epoch.
+
+Batches are cut to their longest example (rounded up to a multiple of 8) unless
+``data.batching.padding`` is MaxLength; each :class:`Batch` says how many of its token positions
+are real, which is what tokens/s and TFLOP/s count.
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ from typing import Any
 
 import torch
 
-from accel_trainer.config import DataFormat, DataSpec, ModelSpec, SyntheticDataSpec, Task
+from accel_trainer.config import (
+    DataFormat,
+    DataSpec,
+    ModelSpec,
+    Padding,
+    SyntheticDataSpec,
+    Task,
+)
 from accel_trainer.errors import ConfigError, DataError, MissingInputError
 
 IGNORE_INDEX = -100
@@ -60,6 +73,8 @@ class Corpus:
     train: Examples
     eval: Examples | None
     label_names: list[str] = field(default_factory=list)
+    test: Examples | None = None
+    """data.testPath's examples, scored once after training."""
 
     def training_texts(self) -> Iterator[str]:
         """Training text as plain strings, for training a tokenizer."""
@@ -395,6 +410,9 @@ def load_corpus(data: DataSpec, model: ModelSpec, seed: int) -> Corpus:
             eval_path = _existing_file(data.eval_path, "data.evalPath")
             held_out, _ = _read_split(eval_path, data, task, names, model.num_labels)
             corpus.eval = held_out
+        if data.test_path is not None:
+            test_path = _existing_file(data.test_path, "data.testPath")
+            corpus.test, _ = _read_split(test_path, data, task, names, model.num_labels)
     if corpus.eval is None and data.eval_fraction > 0:
         corpus.train, corpus.eval = _hold_out(corpus.train, data.eval_fraction, seed)
     if task is not Task.CAUSAL_LM and model.num_labels is not None:
@@ -416,13 +434,43 @@ def _hold_out(examples: Examples, fraction: float, seed: int) -> tuple[Examples,
 
 
 # --- tokenization -------------------------------------------------------------------------------
+PAD_MULTIPLE = 8
+"""Batch lengths round up to a multiple of this: tensor cores and vectorised CPU kernels work
+in such tiles, and fewer distinct shapes mean fewer kernel selections."""
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """Token positions processed: ``real`` ones (not padding) out of ``padded`` in all."""
+
+    real: int = 0
+    padded: int = 0
+
+    def __add__(self, other: TokenCount) -> TokenCount:
+        return TokenCount(self.real + other.real, self.padded + other.padded)
+
+
+@dataclass
+class Batch:
+    """Model inputs of one batch, and how many of its token positions are real."""
+
+    tensors: dict[str, torch.Tensor]
+    tokens: TokenCount
+
+
 @dataclass
 class TokenizedSplit:
-    """Model inputs of one split, padded to ``data.maxLength``."""
+    """Model inputs of one split, stored padded to ``data.maxLength``; :meth:`batch` cuts each
+    batch to its own longest example unless ``pad_to_max_length``."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    pad_to_max_length: bool = False
+
+    def __post_init__(self) -> None:
+        self.lengths: list[int] = self.attention_mask.sum(dim=1).tolist()
+        """Real (non-padding) tokens of each example."""
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -431,16 +479,42 @@ class TokenizedSplit:
     def seq_length(self) -> int:
         return int(self.input_ids.shape[1])
 
-    def batch(self, indices: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+    @property
+    def mean_length(self) -> float:
+        return sum(self.lengths) / len(self.lengths) if self.lengths else 0.0
+
+    def _columns(self, index: torch.Tensor) -> slice:
+        """The token positions a batch needs: the span its real tokens cover, widened to a
+        multiple of PAD_MULTIPLE on the padding side (right or left, as the tokenizer pads)."""
+        if self.pad_to_max_length:
+            return slice(0, self.seq_length)
+        used = self.attention_mask[index].any(dim=0).nonzero().flatten()
+        if used.numel() == 0:
+            return slice(0, min(PAD_MULTIPLE, self.seq_length))
+        first, last = int(used[0]), int(used[-1])
+        width = min(self.seq_length, -(-(last + 1 - first) // PAD_MULTIPLE) * PAD_MULTIPLE)
+        start = min(first, self.seq_length - width)
+        return slice(start, start + width)
+
+    def batch(self, indices: Sequence[int], device: torch.device) -> Batch:
         index = torch.as_tensor(list(indices), dtype=torch.long)
-        return {
-            "input_ids": self.input_ids[index].to(device, dtype=torch.long),
-            "attention_mask": self.attention_mask[index].to(device, dtype=torch.long),
-            "labels": self.labels[index].to(device, dtype=torch.long),
+        columns = self._columns(index)
+        labels = self.labels[index]
+        if labels.dim() == 2:
+            labels = labels[:, columns]
+        tensors = {
+            "input_ids": self.input_ids[index, columns].to(device, dtype=torch.long),
+            "attention_mask": self.attention_mask[index, columns].to(device, dtype=torch.long),
+            "labels": labels.to(device, dtype=torch.long),
         }
+        width = columns.stop - columns.start
+        real = sum(self.lengths[i] for i in indices)
+        return Batch(tensors, TokenCount(real=real, padded=len(indices) * width))
 
 
-def tokenize(examples: Examples, task: Task, tokenizer: Any, max_length: int) -> TokenizedSplit:
+def tokenize(
+    examples: Examples, task: Task, tokenizer: Any, max_length: int, padding: Padding
+) -> TokenizedSplit:
     """Encode a split with ``tokenizer`` (a transformers fast tokenizer)."""
     if task is Task.TOKEN_CLASSIFICATION:
         encoded = tokenizer(
@@ -480,6 +554,7 @@ def tokenize(examples: Examples, task: Task, tokenizer: Any, max_length: int) ->
         input_ids=torch.tensor(encoded["input_ids"], dtype=torch.int32),
         attention_mask=torch.tensor(encoded["attention_mask"], dtype=torch.int32),
         labels=label_tensor,
+        pad_to_max_length=padding is Padding.MAX_LENGTH,
     )
 
 
@@ -492,17 +567,35 @@ class DataPosition:
     samples_into_epoch: int = 0
 
 
+GROUPING_WINDOW = 50
+"""Global micro-batches per length-sorted window with data.batching.groupByLength: wide enough
+to find batch-mates of similar length, narrow enough to keep the epoch's order random."""
+
+
 class ShardedOrder:
-    """Which training examples each rank uses at each global micro-step (module docstring)."""
+    """Which training examples each rank uses at each global micro-step (module docstring).
+
+    With ``lengths`` (data.batching.groupByLength), each epoch's permutation is cut into windows
+    of GROUPING_WINDOW global micro-batches, each window is sorted by length (longest first,
+    ties by position), and the epoch's global micro-batches are shuffled again from the same
+    seed: every rank computes the same order, and a position still names one micro-step.
+    """
 
     def __init__(
-        self, num_examples: int, micro_batch: int, world_size: int, rank: int, seed: int
+        self,
+        num_examples: int,
+        micro_batch: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        lengths: Sequence[int] | None = None,
     ) -> None:
         self.num_examples = num_examples
         self.micro_batch = micro_batch
         self.world_size = world_size
         self.rank = rank
         self.seed = seed
+        self.lengths = lengths
         self.global_micro_batch = micro_batch * world_size
         self.micro_steps_per_epoch = num_examples // self.global_micro_batch
         if self.micro_steps_per_epoch == 0:
@@ -517,9 +610,24 @@ class ShardedOrder:
     def _order_of(self, epoch: int) -> list[int]:
         if epoch != self._epoch_cached:
             generator = torch.Generator().manual_seed(self.seed + epoch)
-            self._permutation = torch.randperm(self.num_examples, generator=generator).tolist()
+            permutation = torch.randperm(self.num_examples, generator=generator).tolist()
+            if self.lengths is not None:
+                permutation = self._grouped(permutation, generator)
+            self._permutation = permutation
             self._epoch_cached = epoch
         return self._permutation
+
+    def _grouped(self, permutation: list[int], generator: torch.Generator) -> list[int]:
+        lengths, size = self.lengths, self.global_micro_batch
+        assert lengths is not None
+        used = permutation[: self.micro_steps_per_epoch * size]
+        window = GROUPING_WINDOW * size
+        ordered: list[int] = []
+        for start in range(0, len(used), window):
+            ordered += sorted(used[start : start + window], key=lambda i: -lengths[i])
+        batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [index for b in shuffled for index in batches[b]]
 
     def indices(self, micro_step: int) -> list[int]:
         """Example indices of this rank at global micro-step ``micro_step`` (0-based)."""
@@ -538,13 +646,19 @@ class ShardedOrder:
         return position.epoch * self.micro_steps_per_epoch + within
 
 
-def eval_shard(num_examples: int, world_size: int, rank: int) -> tuple[list[int], list[float]]:
+def eval_shard(
+    num_examples: int, world_size: int, rank: int, lengths: Sequence[int] | None = None
+) -> tuple[list[int], list[float]]:
     """This rank's evaluation examples and weights, padded so every rank runs as many batches.
 
     ZeRO-3 gathers parameters collectively in each forward pass, so ranks must make the same
-    number of them; padding entries repeat example 0 with weight 0 and are not counted.
+    number of them; padding entries repeat example 0 with weight 0 and are not counted. With
+    ``lengths`` the rank's examples come longest first, so that batches cut to their longest
+    example carry little padding (the scores do not depend on the order).
     """
     mine = list(range(rank, num_examples, world_size))
+    if lengths is not None:
+        mine.sort(key=lambda i: -lengths[i])
     per_rank = math.ceil(num_examples / world_size) if num_examples else 0
     weights = [1.0] * len(mine) + [0.0] * (per_rank - len(mine))
     mine += [0] * (per_rank - len(mine))

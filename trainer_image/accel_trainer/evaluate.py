@@ -105,7 +105,8 @@ class Evaluator:
         self.batch_size = batch_size
         self.device = device
         self.world_size = world_size
-        self.indices, self.weights = eval_shard(len(split), world_size, rank)
+        lengths = None if split.pad_to_max_length else split.lengths
+        self.indices, self.weights = eval_shard(len(split), world_size, rank, lengths)
         self.entity_types = sorted(
             {name.partition("-")[2] for name in label_names if name != OUTSIDE_TAG}
         )
@@ -117,11 +118,11 @@ class Evaluator:
             for start in range(0, len(self.indices), self.batch_size):
                 indices = self.indices[start : start + self.batch_size]
                 weights = torch.tensor(self.weights[start : start + self.batch_size])
-                batch = self.split.batch(indices, self.device)
+                tensors = self.split.batch(indices, self.device).tensors
                 logits = forward(
-                    {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+                    {"input_ids": tensors["input_ids"], "attention_mask": tensors["attention_mask"]}
                 )
-                counts = self._counts(logits.float().cpu(), batch["labels"].cpu(), weights)
+                counts = self._counts(logits.float().cpu(), tensors["labels"].cpu(), weights)
                 totals = counts if totals is None else totals + counts
         if totals is None:
             totals = self._counts_size_zero()

@@ -11,12 +11,17 @@ ranks. The training loop drives it::
                             hidden_size=128, seq_length=64, device_name=detect_device_name(),
                             precision="bf16", peak_tflops=None)
     for each optimizer step:
-        metrics.record_step(step=s, samples=micro_batch * accumulation, tokens=t,
+        metrics.record_step(step=s, samples=micro_batch * accumulation, tokens=real,
+                            padded_tokens=real_plus_padding,
                             step_seconds=wall_clock_of_the_whole_iteration, loss=l,
                             learning_rate=lr)
 
 How the numbers are computed:
 
+- Tokens are real tokens: padding positions are not counted in ``train_tokens_total``,
+  tokens/s, TFLOP/s or MFU. ``train_processed_tokens_total`` counts every position the model
+  ran over, padding included, and ``padding_efficiency_ratio`` is real / processed over the rate
+  window (1.0: no padding; 0 before the first step).
 - Samples/s and tokens/s are this rank's own, over a sliding window of the last
   ``rate_window_steps`` optimizer steps: the samples of those steps divided by the sum of their
   ``step_seconds``. Process uptime, start-up and pauses between steps (evaluation, checkpoints)
@@ -382,6 +387,7 @@ class _StepSample:
     seconds: float
     samples: int
     tokens: int
+    processed_tokens: int
 
 
 class TrainerMetrics:
@@ -460,7 +466,12 @@ class TrainerMetrics:
             "train_samples", "Training samples this rank has processed in optimizer steps."
         ).labels(**self.labels)
         self._tokens_total = counter(
-            "train_tokens", "Training tokens this rank has processed in optimizer steps."
+            "train_tokens",
+            "Real (non-padding) training tokens this rank has processed in optimizer steps.",
+        ).labels(**self.labels)
+        self._processed_tokens_total = counter(
+            "train_processed_tokens",
+            "Token positions this rank's model ran over in optimizer steps, padding included.",
         ).labels(**self.labels)
         self._steps_total = counter(
             "optimizer_steps", "Optimizer steps this rank has completed in this process."
@@ -476,7 +487,13 @@ class TrainerMetrics:
             "Samples per second of this rank over the last optimizer steps.",
         ).labels(**self.labels)
         self._tokens_per_second = gauge(
-            "tokens_per_second", "Tokens per second of this rank over the last optimizer steps."
+            "tokens_per_second",
+            "Real (non-padding) tokens per second of this rank over the last optimizer steps.",
+        ).labels(**self.labels)
+        self._padding_efficiency = gauge(
+            "padding_efficiency_ratio",
+            "Real tokens over processed token positions of this rank over the last optimizer "
+            "steps (1: no padding; 0 before the first step).",
         ).labels(**self.labels)
         self._tflops_per_device = gauge(
             "tflops_per_device",
@@ -642,6 +659,7 @@ class TrainerMetrics:
         samples: int,
         tokens: int,
         step_seconds: float,
+        padded_tokens: int | None = None,
         loss: float,
         learning_rate: float,
         loss_scale: float | None = None,
@@ -649,12 +667,19 @@ class TrainerMetrics:
     ) -> None:
         """Account for one optimizer step of this rank.
 
-        ``samples``/``tokens`` are this rank's (micro-batch x accumulation); ``step_seconds``
-        is the wall-clock of the whole iteration, data loading included. ``loss`` may be
-        non-finite (an fp16 overflow step); it is exported as is.
+        ``samples``/``tokens`` are this rank's (micro-batch x accumulation), ``tokens`` the real
+        ones and ``padded_tokens`` all positions processed (``tokens`` when not given);
+        ``step_seconds`` is the wall-clock of the whole iteration, data loading included.
+        ``loss`` may be non-finite (an fp16 overflow step); it is exported as is.
         """
+        processed = tokens if padded_tokens is None else padded_tokens
         if samples < 0 or tokens < 0:
             raise ValueError(f"samples and tokens must be >= 0, got {samples} and {tokens}")
+        if processed < tokens:
+            raise ValueError(
+                f"padded_tokens ({processed}) counts padding too and cannot be below tokens "
+                f"({tokens})"
+            )
         if not (step_seconds > 0 and math.isfinite(step_seconds)):
             raise ValueError(
                 f"step_seconds must be a positive duration, got {step_seconds}: time the "
@@ -664,6 +689,7 @@ class TrainerMetrics:
             raise ValueError(f"sparsity must be a fraction in [0, 1], got {sparsity}")
         self._samples_total.inc(samples)
         self._tokens_total.inc(tokens)
+        self._processed_tokens_total.inc(processed)
         self._steps_total.inc()
         self._step.set(step)
         self._step_seconds.observe(step_seconds)
@@ -683,7 +709,7 @@ class TrainerMetrics:
         if sparsity is not None:
             self._sparsity.set(sparsity)
             self._latest["sparsity_ratio"] = float(sparsity)
-        self._window.append(_StepSample(step_seconds, samples, tokens))
+        self._window.append(_StepSample(step_seconds, samples, tokens, processed))
         self._update_rates()
 
     def record_checkpoint(self, seconds: float, step: int | None = None) -> None:
@@ -749,6 +775,7 @@ class TrainerMetrics:
         values = {
             "samples_per_second": 0.0,
             "tokens_per_second": 0.0,
+            "padding_efficiency_ratio": 0.0,
             "tflops_per_device": 0.0,
             "mfu_ratio": 0.0,
             "loss_scale": 1.0,
@@ -773,7 +800,12 @@ class TrainerMetrics:
         if window_seconds <= 0:
             return
         samples_per_second = sum(sample.samples for sample in self._window) / window_seconds
-        tokens_per_second = sum(sample.tokens for sample in self._window) / window_seconds
+        tokens = sum(sample.tokens for sample in self._window)
+        tokens_per_second = tokens / window_seconds
+        processed = sum(sample.processed_tokens for sample in self._window)
+        efficiency = tokens / processed if processed else 0.0
+        self._padding_efficiency.set(efficiency)
+        self._latest["padding_efficiency_ratio"] = efficiency
         self._samples_per_second.set(samples_per_second)
         self._tokens_per_second.set(tokens_per_second)
         self._latest.update(

@@ -187,7 +187,11 @@ def validate(config: TrainerConfig, ds_config: dict[str, Any], world_size: int) 
 def check_inputs_exist(config: TrainerConfig) -> None:
     """Fail fast (exit 66) when a path the config names is missing in this pod."""
     data = config.data
-    for path, field in ((data.path, "data.path"), (data.eval_path, "data.evalPath")):
+    for path, field in (
+        (data.path, "data.path"),
+        (data.eval_path, "data.evalPath"),
+        (data.test_path, "data.testPath"),
+    ):
         if path is not None and not Path(path).is_file():
             raise MissingInputError(
                 f"{field} '{path}' does not exist in this pod: mount the volume that holds it or "

@@ -39,7 +39,15 @@ import torch.distributed as torch_dist
 from accel_trainer import evaluate, export, memoryfit, tokenization
 from accel_trainer.checkpoint import TOKENIZER_DIR, CheckpointStore, TrainState
 from accel_trainer.config import ExitCode, TrainerConfig
-from accel_trainer.data import DataPosition, ShardedOrder, TokenizedSplit, load_corpus, tokenize
+from accel_trainer.data import (
+    DataPosition,
+    Examples,
+    ShardedOrder,
+    TokenCount,
+    TokenizedSplit,
+    load_corpus,
+    tokenize,
+)
 from accel_trainer.errors import OutOfMemoryError, TrainerError
 from accel_trainer.metrics import TrainerMetrics
 from accel_trainer.models import build_model, model_shape
@@ -160,6 +168,7 @@ class Recipe:
         self.steady_start: float | None = None
         self.paused_before_steady = 0.0
         self.steady_steps = 0
+        self.steady_tokens = TokenCount()
         self.step_seconds_total = 0.0
         self.last_loss = float("nan")
         self.sparsity: float | None = None
@@ -193,17 +202,25 @@ class Recipe:
 
         self.tokenizer = self._tokenizer(corpus.training_texts())
         self.label_names = corpus.label_names
-        max_length = config.data.max_length
-        self.train_split = tokenize(corpus.train, config.model.task, self.tokenizer, max_length)
-        self.eval_split: TokenizedSplit | None = None
-        if corpus.eval is not None:
-            self.eval_split = tokenize(corpus.eval, config.model.task, self.tokenizer, max_length)
+        data, task = config.data, config.model.task
+        self.train_split = tokenize(
+            corpus.train, task, self.tokenizer, data.max_length, data.batching.padding
+        )
+
+        def encoded(examples: Examples | None) -> TokenizedSplit | None:
+            if examples is None:
+                return None
+            return tokenize(examples, task, self.tokenizer, data.max_length, data.batching.padding)
+
+        self.eval_split = encoded(corpus.eval)
+        self.test_split = encoded(corpus.test)
         self.order = ShardedOrder(
             len(self.train_split),
             self.micro_batch,
             info.world_size,
             info.rank,
             config.training.seed,
+            lengths=self.train_split.lengths if data.batching.group_by_length else None,
         )
         self.total_steps = self._total_steps()
 
@@ -223,6 +240,9 @@ class Recipe:
         self.pruner = Pruner(config.pruning, self.engine, self.weights) if config.pruning else None
         self.state = self._restore()
         self.evaluator = self._evaluator(self.eval_split, info.world_size, info.rank, self.device)
+        self.test_evaluator = self._evaluator(
+            self.test_split, info.world_size, info.rank, self.device
+        )
         self.metrics = self._metrics()
         resumed = f", resumed from {self.resume_from.name}" if self.resume_from else ""
         log(
@@ -405,7 +425,8 @@ class Recipe:
             num_params=self.shape.num_params,
             num_layers=self.shape.num_layers,
             hidden_size=self.shape.hidden_size,
-            seq_length=self.train_split.seq_length,
+            # Each real token attends over its own sentence, not over the padding.
+            seq_length=max(1, round(self.train_split.mean_length)),
             device_name=device_name,
             precision=self.precision,
             peak_tflops=config.metrics.peak_tflops,
@@ -417,8 +438,8 @@ class Recipe:
         config, info, state = self.config, self.info, self.state
         training = config.training
         samples_per_rank_step = self.micro_batch * self.accumulation
-        tokens_per_rank_step = samples_per_rank_step * self.train_split.seq_length
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        window_tokens = TokenCount()
         steady_from = state.step + WARMUP_STEPS
         self.last_saved = state.step if self.resume_from else -1
 
@@ -427,7 +448,7 @@ class Recipe:
                 self.steady_start = time.perf_counter()
                 self.paused_before_steady = self.eval_seconds + self.checkpoint_seconds
             started = time.perf_counter()
-            loss = self._optimizer_step()
+            loss, tokens = self._optimizer_step()
             state.step += 1
             if self.pruner is not None:
                 self.pruner.after_optimizer_step(state.step)
@@ -435,13 +456,14 @@ class Recipe:
             self.step_seconds_total += step_seconds
             if self.steady_start is not None:
                 self.steady_steps += 1
+                self.steady_tokens += tokens
 
             position = self.order.position_after(state.micro_steps)
             state.epoch, state.samples_into_epoch = position.epoch, position.samples_into_epoch
             state.samples_seen += samples_per_rank_step * info.world_size
-            state.tokens_seen += tokens_per_rank_step * info.world_size
             window_loss += loss
             window_steps += 1
+            window_tokens += tokens
 
             log_now = state.step % training.log_every == 0 or state.step == self.total_steps
             if log_now and self.pruner is not None:
@@ -449,7 +471,8 @@ class Recipe:
             self.metrics.record_step(
                 step=state.step,
                 samples=samples_per_rank_step,
-                tokens=tokens_per_rank_step,
+                tokens=tokens.real,
+                padded_tokens=tokens.padded,
                 step_seconds=step_seconds,
                 loss=loss,
                 learning_rate=self._learning_rate(),
@@ -457,11 +480,12 @@ class Recipe:
                 sparsity=self.sparsity,
             )
             if log_now:
-                self.last_loss = self._mean_over_ranks(window_loss / window_steps)
-                elapsed = time.perf_counter() - window_start
-                self._log_progress(window_steps, elapsed)
+                self._log_window(
+                    window_loss / window_steps, window_steps, window_tokens, window_start
+                )
                 self.metrics.record_device_memory()
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                window_tokens = TokenCount()
 
             stop = self.stop_agreement.after_step()
             if training.eval_every and state.step % training.eval_every == 0 and not stop:
@@ -480,18 +504,21 @@ class Recipe:
             paused = self.eval_seconds + self.checkpoint_seconds - self.paused_before_steady
             self.train_seconds = time.perf_counter() - self.steady_start - paused
 
-    def _optimizer_step(self) -> float:
-        """One optimizer step: gradient_accumulation micro-batches; returns the mean loss."""
+    def _optimizer_step(self) -> tuple[float, TokenCount]:
+        """One optimizer step: gradient_accumulation micro-batches; returns the mean loss and
+        the tokens this rank processed."""
         engine, state = self.engine, self.state
         total = 0.0
+        tokens = TokenCount()
         for _ in range(self.accumulation):
             batch = self.train_split.batch(self.order.indices(state.micro_steps), self.device)
-            loss = engine(**batch).loss
+            loss = engine(**batch.tensors).loss
             engine.backward(loss)
             engine.step()
             total += float(loss.detach())
+            tokens += batch.tokens
             state.micro_steps += 1
-        return total / self.accumulation
+        return total / self.accumulation, tokens
 
     def _learning_rate(self) -> float:
         rates = self.engine.get_lr()
@@ -504,30 +531,43 @@ class Recipe:
         scale = getattr(optimizer, "cur_scale", None) or getattr(optimizer, "loss_scale", None)
         return float(scale) if scale is not None else None
 
-    def _mean_over_ranks(self, value: float) -> float:
-        tensor = torch.tensor([value], dtype=torch.float64, device=self._reduce_device())
+    def _sum_over_ranks(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self._reduce_device())
         torch_dist.all_reduce(tensor)
-        return float(tensor.item()) / self.info.world_size
+        return [float(value) for value in tensor.tolist()]
 
     def _reduce_device(self) -> torch.device:
         return self.device
 
-    def _log_progress(self, steps: int, seconds: float) -> None:
+    def _log_window(self, loss: float, steps: int, tokens: TokenCount, start: float) -> None:
+        """The log line of the steps since the last one, with the whole job's samples/s and
+        real tokens/s; also counts the window's real tokens into the run's total."""
         info, state = self.info, self.state
+        seconds = time.perf_counter() - start
+        loss_sum, real, padded = self._sum_over_ranks([loss, tokens.real, tokens.padded])
+        self.last_loss = loss_sum / info.world_size
+        state.tokens_seen += int(real)
         global_samples = steps * self.micro_batch * self.accumulation * info.world_size
         samples_per_second = global_samples / seconds if seconds > 0 else 0.0
-        tokens_per_second = samples_per_second * self.train_split.seq_length
+        tokens_per_second = real / seconds if seconds > 0 else 0.0
+        efficiency = real / padded if padded else 0.0
         sparsity = f"{self.sparsity:.4f}" if self.sparsity is not None else "-"
         log(
             info,
             f"step {state.step}/{self.total_steps} loss {self.last_loss:.4f} "
             f"lr {self._learning_rate():.3e} samples/s {samples_per_second:.1f} "
-            f"tokens/s {tokens_per_second:.0f} sparsity {sparsity} epoch {state.epoch}",
+            f"tokens/s {tokens_per_second:.0f} padding-efficiency {efficiency:.3f} "
+            f"sparsity {sparsity} epoch {state.epoch}",
         )
 
     # --- evaluation and checkpoints --------------------------------------------------------------
-    def run_evaluation(self, name: str) -> dict[str, Any] | None:
-        if self.evaluator is None:
+    def run_evaluation(
+        self, name: str, evaluator: evaluate.Evaluator | None = None
+    ) -> dict[str, Any] | None:
+        """Scores of the evaluation split (or of ``evaluator``'s, the test split), written to
+        eval/<name>.json by rank 0."""
+        scoring = evaluator or self.evaluator
+        if scoring is None:
             return None
         started = time.perf_counter()
         engine = self.engine
@@ -538,11 +578,12 @@ class Recipe:
             return logits
 
         try:
-            result = self.evaluator.evaluate(forward)
+            result = scoring.evaluate(forward)
         finally:
             engine.train()
         result["step"] = self.state.step
-        self.last_eval = result
+        if scoring is self.evaluator:
+            self.last_eval = result
         if self.info.rank == 0:
             directory = Path(self.config.resolved_output_dir()) / "eval"
             evaluate.write_report(result, directory, name)
@@ -583,6 +624,9 @@ class Recipe:
             final = self.run_evaluation("final")
         if final is not None and "report" in final:
             log(info, "final evaluation report:\n" + final["report"])
+        tested = self.run_evaluation("test", self.test_evaluator) if self.test_evaluator else None
+        if tested is not None and "report" in tested:
+            log(info, "test report:\n" + tested["report"])
         output_dir = Path(config.resolved_output_dir())
         export_evaluator = self._evaluator(self.eval_split, 1, 0, torch.device("cpu"))
         report = export.export_model(
@@ -606,24 +650,29 @@ class Recipe:
 
     def summary(self) -> str:
         """The final log line: progress and steady-state throughput, including the loop's own
-        per-step work (metrics, logging, the stop check) but not evaluation or checkpoints."""
+        per-step work (metrics, logging, the stop check) but not evaluation or checkpoints.
+        Collective: every rank calls it (the token counts are summed over ranks)."""
         state, info = self.state, self.info
         global_batch = self.micro_batch * self.accumulation * info.world_size
-        samples_per_second = 0.0
+        real, padded = self._sum_over_ranks([self.steady_tokens.real, self.steady_tokens.padded])
+        samples_per_second = tokens_per_second = 0.0
         if self.train_seconds > 0:
             samples_per_second = self.steady_steps * global_batch / self.train_seconds
+            tokens_per_second = real / self.train_seconds
         mask_ratio = (
             self.pruner.mask_seconds / self.step_seconds_total
             if self.pruner and self.step_seconds_total
             else 0.0
         )
         sparsity = f"{self.sparsity:.4f}" if self.sparsity is not None else "-"
+        efficiency = real / padded if padded else 0.0
         return (
             f"done: step={state.step} loss={self.last_loss:.4f} "
             f"samples_per_second={samples_per_second:.1f} "
-            f"tokens_per_second={samples_per_second * self.train_split.seq_length:.0f} "
+            f"tokens_per_second={tokens_per_second:.0f} "
+            f"padding_efficiency={efficiency:.4f} "
             f"sparsity={sparsity} mask_time_ratio={mask_ratio:.4f} "
-            f"samples_seen={state.samples_seen}"
+            f"samples_seen={state.samples_seen} tokens_seen={state.tokens_seen}"
         )
 
 
