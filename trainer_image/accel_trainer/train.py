@@ -587,7 +587,8 @@ class Recipe:
         if self.info.rank == 0:
             directory = Path(self.config.resolved_output_dir()) / "eval"
             evaluate.write_report(result, directory, name)
-            log(self.info, f"eval step {self.state.step}: {evaluate.headline(result)}")
+            split = "eval" if scoring is self.evaluator else "test"
+            log(self.info, f"{split} step {self.state.step}: {evaluate.headline(result)}")
         self.eval_seconds += time.perf_counter() - started
         return result
 
@@ -666,11 +667,15 @@ class Recipe:
         )
         sparsity = f"{self.sparsity:.4f}" if self.sparsity is not None else "-"
         efficiency = real / padded if padded else 0.0
+        flops, peak = self.metrics.flops_per_token, self.metrics.peak_tflops
+        tflops = (flops or 0.0) * tokens_per_second / info.world_size / 1e12
+        mfu = tflops / peak if peak else 0.0
         return (
             f"done: step={state.step} loss={self.last_loss:.4f} "
             f"samples_per_second={samples_per_second:.1f} "
             f"tokens_per_second={tokens_per_second:.0f} "
             f"padding_efficiency={efficiency:.4f} "
+            f"tflops_per_device={tflops:.4g} mfu={mfu:.4f} "
             f"sparsity={sparsity} mask_time_ratio={mask_ratio:.4f} "
             f"samples_seen={state.samples_seen} tokens_seen={state.tokens_seen}"
         )
