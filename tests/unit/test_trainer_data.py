@@ -181,7 +181,7 @@ def test_a_missing_test_file_names_data_test_path(tmp_path: Path) -> None:
     train = tmp_path / "train.conll"
     train.write_text("Ada B-PER\n")
 
-    with pytest.raises(MissingInputError, match="data.testPath"):
+    with pytest.raises(MissingInputError, match=r"data\.testPath"):
         corpus_of(train, task="token-classification", testPath=str(tmp_path / "nope.conll"))
 
 
