@@ -193,7 +193,7 @@ def test_optional_monitoring_objects_are_off_by_default() -> None:
     ]
 
 
-def test_grafana_dashboard_shows_throughput_mfu_step_time_loss_and_restarts() -> None:
+def test_grafana_dashboard_shows_throughput_mfu_padding_step_time_loss_and_restarts() -> None:
     configmap = next(
         cm
         for cm in by_kind(render(ALL_FEATURES), "ConfigMap")
@@ -205,6 +205,7 @@ def test_grafana_dashboard_shows_throughput_mfu_step_time_loss_and_restarts() ->
         "acceltrain_samples_per_second",
         "acceltrain_tokens_per_second",
         "acceltrain_mfu_ratio",
+        "acceltrain_padding_efficiency_ratio",
         "acceltrain_step_seconds_bucket",
         "acceltrain_loss",
         "restarts_total",
