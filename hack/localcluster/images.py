@@ -194,6 +194,11 @@ def import_images(
     for name, identifier in wanted.items():
         if not needs_import(present, name, identifier):
             continue
+        if name in present:
+            # An older build of the name: remove it and wait for containerd's garbage collector,
+            # which otherwise runs later, in the background, and never ran when the cluster
+            # stopped right after an import (roots grew by an unpacked trainer image per build).
+            _run([*base, "rm", "--sync", name], f"ctr images rm {name}")
         archive = export_archive(name, identifier, directory)
         _run(
             [
