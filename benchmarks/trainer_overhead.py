@@ -88,16 +88,21 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(directory: Path, args: argparse.Namespace) -> Path:
-    """trainer.json and ds_config.json exactly as the operator renders them."""
+    return render_spec(directory, job_spec(args), args.metrics_port)
+
+
+def render_spec(directory: Path, job: dict[str, Any], metrics_port: int) -> Path:
+    """trainer.json and ds_config.json of ``job`` (an AccelTrainJob spec) exactly as the
+    operator renders them, checkpoints in ``directory/ckpt``; the path of trainer.json."""
     sys.path.insert(0, str(REPO_ROOT / "operator"))
     from accel_operator import api, render
 
-    spec = api.AccelTrainJobSpec.model_validate(job_spec(args))
+    spec = api.AccelTrainJobSpec.model_validate(job)
     config = render.trainer_config(spec, render.JobRef("bench", "default", "bench"), attempt=0)
     config = config.model_copy(
         update={
             "checkpoint": config.checkpoint.model_copy(update={"dir": str(directory / "ckpt")}),
-            "metrics": config.metrics.model_copy(update={"port": args.metrics_port}),
+            "metrics": config.metrics.model_copy(update={"port": metrics_port}),
         }
     )
     (directory / "trainer.json").write_text(config.to_json())
@@ -113,41 +118,65 @@ def clean_env() -> dict[str, str]:
     }
 
 
-def run_ours(directory: Path, args: argparse.Namespace) -> tuple[float, float]:
-    """(samples/s, share of step time spent applying pruning masks) from the summary line."""
-    config = render(directory, args)
+def trainer_summary(config: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Run ``python -m accel_trainer run`` on ``config``; the fields of its summary line."""
     completed = subprocess.run(
         [sys.executable, "-m", "accel_trainer", "run", "--config", str(config)],
-        env=clean_env(),
+        env=env if env is not None else clean_env(),
         capture_output=True,
         text=True,
         check=False,
     )
-    match = re.search(
-        r"done: .*samples_per_second=([0-9.]+).* mask_time_ratio=([0-9.]+)", completed.stdout
-    )
+    match = re.search(r"accel-trainer: done: (.*)", completed.stdout)
     if completed.returncode != 0 or not match:
         raise SystemExit(f"the trainer failed:\n{(completed.stdout + completed.stderr)[-4000:]}")
-    return float(match.group(1)), float(match.group(2))
+    return dict(pair.split("=", 1) for pair in match.group(1).split())
 
 
-def run_baseline(kind: str, directory: Path, args: argparse.Namespace) -> float:
+def run_ours(directory: Path, args: argparse.Namespace) -> tuple[float, float]:
+    """(samples/s, share of step time spent applying pruning masks) from the summary line."""
+    summary = trainer_summary(render(directory, args))
+    return float(summary["samples_per_second"]), float(summary["mask_time_ratio"])
+
+
+def rank_env(directory: Path, nproc: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The env our launcher gives its ranks (threads per rank, DeepSpeed accelerator, caches)
+    for the job rendered in ``directory``, on top of ``base`` (default: :func:`clean_env`)."""
     from accel_trainer.launch import rank_environment, rendezvous_from_env
     from accel_trainer.runconfig import load_trainer_config
 
-    result = directory / f"{kind}.json"
-    # The env our launcher gives its ranks (threads per rank, DeepSpeed accelerator, caches).
     config = load_trainer_config(directory / "trainer.json")
-    rendezvous = rendezvous_from_env({}, config, args.nproc)
-    env = clean_env()
+    rendezvous = rendezvous_from_env({}, config, nproc)
+    env = dict(base) if base is not None else clean_env()
     env.update(rank_environment(config, rendezvous, directory, env))
-    completed = subprocess.run(
+    return env
+
+
+def launch_ranks(
+    nproc: int, script_args: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``nproc`` ranks of a script under ``torch.distributed.run`` (standalone rendezvous)."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "torch.distributed.run",
             "--standalone",
-            f"--nproc-per-node={args.nproc}",
+            f"--nproc-per-node={nproc}",
+            *script_args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def run_baseline(kind: str, directory: Path, args: argparse.Namespace) -> float:
+    result = directory / f"{kind}.json"
+    completed = launch_ranks(
+        args.nproc,
+        [
             __file__,
             "--worker",
             kind,
@@ -158,10 +187,7 @@ def run_baseline(kind: str, directory: Path, args: argparse.Namespace) -> float:
             "--steps",
             str(args.steps),
         ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+        rank_env(directory, args.nproc),
     )
     if completed.returncode != 0 or not result.exists():
         raise SystemExit(
