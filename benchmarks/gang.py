@@ -15,8 +15,12 @@ records, for every worker pod, when it was bound to a node and when it stopped h
     .venv/bin/python benchmarks/gang.py                         # own cluster, ~6 min
     .venv/bin/python benchmarks/gang.py --jobs 20 --nodes 8     # smaller
 
-Targets (issue 18): Native holds zero GPU-seconds in partial gangs; Timeout is the baseline.
-Kueue is not part of this run yet (see docs/benchmarks.md).
+The policies: ``Timeout`` (the gang timeout guard alone: the baseline), ``Native``
+(kube-scheduler's gang scheduling), and ``Kueue``: a real Kueue (started on the cluster) admits
+each attempt's Job against a ClusterQueue of exactly the cluster's GPUs, with the Timeout guard
+placing what it admits, so that the row shows what queueing alone does.
+
+Targets: Native and Kueue hold zero GPU-seconds in partial gangs; Timeout is the baseline.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from operator_launch import Watcher, start_session
 from accel_operator import api, constants
 from accel_operator.kube import KubeClient
 from localcluster import Cluster
+from localcluster.kueue import queue_fixture
 from localcluster.kwok import RUN_DURATION_ENV
 
 WORKERS = 8
+KUEUE_QUEUE = "gang-queue"
 
 
 @dataclass
@@ -79,6 +85,15 @@ class BindingWatcher(Watcher):
 
 
 def job_spec(run_seconds: int, policy: str) -> dict[str, Any]:
+    """One benchmark job; the Kueue policy is Timeout placement behind Kueue's admission."""
+    queued = policy == "Kueue"
+    run_policy = {
+        "gangPolicy": "Timeout" if queued else policy,
+        "gangTimeoutSeconds": 30,
+        "backoffSeconds": 5,
+        "maxRestarts": 3,
+        **({"queueName": KUEUE_QUEUE} if queued else {}),
+    }
     return {
         "image": "ghcr.io/acceltrain/trainer:0.1.0",
         "workers": WORKERS,
@@ -89,12 +104,7 @@ def job_spec(run_seconds: int, policy: str) -> dict[str, Any]:
         "training": {"maxSteps": 20},
         "checkpoint": {"resume": False},
         "env": [{"name": RUN_DURATION_ENV, "value": f"{run_seconds}s"}],
-        "runPolicy": {
-            "gangPolicy": policy,
-            "gangTimeoutSeconds": 30,
-            "backoffSeconds": 5,
-            "maxRestarts": 3,
-        },
+        "runPolicy": run_policy,
     }
 
 
@@ -165,14 +175,17 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=20, help="kwok nodes of 8 GPUs (room for 20)")
     parser.add_argument("--run-seconds", type=int, default=20, help="how long each job runs")
     parser.add_argument("--timeout", type=float, default=600.0, help="per policy, seconds")
-    parser.add_argument("--policies", default="Timeout,Native", help="comma-separated")
+    parser.add_argument("--policies", default="Timeout,Native,Kueue", help="comma-separated")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     rows = []
     with contextlib.ExitStack() as stack:
         state = Path(tempfile.mkdtemp(prefix="acceltrain-gang-"))
         stack.callback(shutil.rmtree, state, ignore_errors=True)
-        cluster = Cluster(state, gpu_nodes=args.nodes, process_node=False, prometheus=False)
+        kueue = "Kueue" in args.policies.split(",")
+        cluster = Cluster(
+            state, gpu_nodes=args.nodes, process_node=False, prometheus=False, kueue=kueue
+        )
         print(f"starting a local cluster with {args.nodes} kwok GPU nodes in {state}")
         cluster.start(timeout=180)
         stack.callback(cluster.stop)
@@ -191,6 +204,17 @@ def main() -> int:
                     watcher_type=BindingWatcher,
                 )
                 assert isinstance(watcher, BindingWatcher)
+                if policy == "Kueue":
+                    # Quota for exactly the cluster's GPUs; CPU and memory never the limit.
+                    queue_fixture(
+                        cluster.admin_api(),
+                        namespace,
+                        local_queue=KUEUE_QUEUE,
+                        cluster_queue="gang-benchmark",
+                        gpus=args.nodes * 8,
+                        cpu="100000",
+                        memory="100Ti",
+                    )
                 print(f"{policy}: {args.jobs} jobs of {WORKERS} workers; operator log {log}")
                 rows.append(run_policy(kube, namespace, watcher, policy, args))
                 print(json.dumps(rows[-1]))

@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         help="an image built by `make images` to import into the real node (repeatable)",
     )
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    up.add_argument("--kueue", action="store_true", help="also run Kueue (batch/Job admission)")
     up.add_argument(
         "--operator-metrics-port",
         type=int,
@@ -85,6 +86,7 @@ def _up(args: argparse.Namespace) -> int:
         bridge_cidr=args.bridge_cidr,
         real_node=not args.no_real_node,
         images=args.image,
+        kueue=args.kueue,
     )
     started = time.monotonic()
     cluster.start(timeout=args.timeout)

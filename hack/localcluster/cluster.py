@@ -59,6 +59,8 @@ COMPONENTS = (
     "kubelet",
     "coredns",
     "prometheus",
+    # Last: stopped first, while the API server still answers.
+    "kueue",
 )
 # The node agent stops its pods (each with its grace period) before it exits on SIGTERM.
 NODE_AGENT_STOP_SECONDS = 45.0
@@ -210,6 +212,7 @@ class Cluster:
         images: Sequence[str] = (),
         tools_dir: Path = TOOLS_DIR,
         native_gang: bool = True,
+        kueue: bool = False,
     ) -> None:
         """``real_node``: also run a kubelet + containerd node (``acceltrain-node-0``) with
         cluster DNS; ``images`` are imported into its containerd at start (built by ``make
@@ -230,6 +233,7 @@ class Cluster:
         self.images = tuple(images)
         self.tools_dir = tools_dir
         self.native_gang = native_gang
+        self.kueue = kueue
         self._ip_forward_before: str | None = None
         self._host_dirs_before: list[str] = []
         self._containerd_root: Path | None = None
@@ -522,6 +526,10 @@ class Cluster:
                     ports.prometheus,
                 ),
             )
+        if self.kueue:
+            from .kueue import start_kueue
+
+            start_kueue(self, timeout=max(1.0, deadline - time.monotonic()))
         self.add_gpu_nodes(self.gpu_node_names, gpus=self.gpus_per_node, wait=False)
         self.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
 
@@ -816,6 +824,10 @@ class Cluster:
             checks["coredns"] = lambda: (
                 health(f"http://127.0.0.1:{ports.dns_ready}/ready", None) is not None
             )
+        if self.kueue:
+            from . import kueue
+
+            checks["kueue"] = lambda: kueue.is_ready(self)
         if self.prometheus:
             checks["prometheus"] = lambda: (
                 health(f"http://127.0.0.1:{ports.prometheus}/-/ready", None) is not None
@@ -863,6 +875,7 @@ class Cluster:
             "gpus_per_node": self.gpus_per_node,
             "process_node": self.process_node,
             "prometheus": self.prometheus,
+            "kueue": self.kueue,
             "bridge_cidr": self.bridge_cidr,
             "real_node": self.real_node,
             "real_node_cidr": self.real_node_cidr,
@@ -900,6 +913,7 @@ class Cluster:
             real_node=state.get("real_node", False),
             real_node_cidr=state.get("real_node_cidr"),
             tools_dir=tools_dir,
+            kueue=state.get("kueue", False),
         )
         cluster._ip_forward_before = state.get("ip_forward_before")
         cluster._host_dirs_before = state.get("host_dirs_before", [])

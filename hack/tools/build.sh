@@ -8,8 +8,9 @@
 # Tools: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kubelet
 # (wrapper modules in kubernetes/ and etcd/, see pin.sh), coredns (wrapper module in
 # coredns/ with the plugins the local cluster uses), containerd with its runc shim and ctr, kwok,
-# helm, kind and prometheus (`go install pkg@version`), and pause, the sandbox binary compiled from
-# the pause.c in the Kubernetes module (`gcc -static`; no pause image can be pulled here).
+# helm, kind, prometheus and kueue (`go install pkg@version`), and pause, the sandbox binary
+# compiled from the pause.c in the Kubernetes module (`gcc -static`; no pause image can be pulled
+# here).
 #
 # Each binary lives in ${ACCELTRAIN_TOOLS_CACHE:-${XDG_CACHE_HOME:-~/.cache}/acceltrain/tools}/
 # <name>-<version>/ next to a stamp of everything that went into it (wrapper go.mod/go.sum, Go
@@ -32,7 +33,7 @@ export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-buildvcs=false"
 go_build_flags=(-p 2)
 
 all_tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet
-	coredns containerd pause kwok helm kind prometheus)
+	coredns containerd pause kwok helm kind prometheus kueue)
 
 die() {
 	echo "build.sh: $*" >&2
@@ -68,6 +69,9 @@ prometheus_release="3.$((10#${prometheus_release%%.*} - 300)).${prometheus_relea
 prometheus_ldflags="-X github.com/prometheus/common/version.Version=${prometheus_release}"
 prometheus_tags="remove_all_sd,enable_kubernetes_sd"
 
+# Kueue logs its release at start and sends it in its User-Agent; unset it says v0.0.0-main.
+kueue_ldflags="-X sigs.k8s.io/kueue/pkg/version.GitVersion=${KUEUE_VERSION}"
+
 file_digest() {
 	cat "$@" | sha256sum | cut -c1-16
 }
@@ -82,6 +86,7 @@ version_of() {
 	helm) echo "${HELM_VERSION}" ;;
 	kind) echo "${KIND_VERSION}" ;;
 	prometheus) echo "${PROMETHEUS_VERSION}" ;;
+	kueue) echo "${KUEUE_VERSION}" ;;
 	*) die "unknown tool '$1'; known tools: ${all_tools[*]}" ;;
 	esac
 }
@@ -106,6 +111,8 @@ stamp_of() {
 	# The suffix names the stage set of write_kwok_stages; change it when that set changes.
 	kwok) echo "${go_version} ${KWOK_VERSION} stages-v1" ;;
 	prometheus) echo "${go_version} ${PROMETHEUS_VERSION} ${prometheus_tags} ${prometheus_ldflags}" ;;
+	# The suffix names the manifest set of copy_kueue_manifests; change it when that set changes.
+	kueue) echo "${go_version} ${KUEUE_VERSION} ${kueue_ldflags} manifests-v1" ;;
 	*) echo "${go_version} $(version_of "${name}")" ;;
 	esac
 }
@@ -126,6 +133,21 @@ write_kwok_stages() {
 		} >>"${target}"
 	done
 	grep -q 'name: pod-ready' "${target}" || die "no kwok stages found in ${module_dir}"
+}
+
+# Kueue's CRDs and webhook configurations live in its module, not in the binary; the harness
+# (hack/localcluster/kueue.py) applies them from .tools/share/kueue/ so that a cluster start needs
+# no Go toolchain.
+copy_kueue_manifests() {
+	local target="$1" module_dir
+	module_dir="$(go mod download -json "sigs.k8s.io/kueue@${KUEUE_VERSION}" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	mkdir -p "${target}/crd"
+	cp "${module_dir}"/config/components/crd/bases/*.yaml "${target}/crd/"
+	cp "${module_dir}/config/components/webhook/manifests.yaml" "${target}/webhooks.yaml"
+	chmod -R u+w "${target}"
+	[[ -s "${target}/crd/kueue.x-k8s.io_workloads.yaml" ]] ||
+		die "no Kueue CRDs found in ${module_dir}"
 }
 
 # Builds one tool into $2 (an empty directory).
@@ -169,6 +191,11 @@ build_into() {
 			-ldflags "${prometheus_ldflags}" \
 			"github.com/prometheus/prometheus/cmd/prometheus@${PROMETHEUS_VERSION}"
 		;;
+	kueue)
+		GOBIN="${out}" go install "${go_build_flags[@]}" -ldflags "${kueue_ldflags}" \
+			"sigs.k8s.io/kueue/cmd/kueue@${KUEUE_VERSION}"
+		copy_kueue_manifests "${out}/kueue-manifests"
+		;;
 	esac
 }
 
@@ -206,6 +233,10 @@ ensure_tool() {
 	if [[ "${name}" == kwok ]]; then
 		mkdir -p "${share_dir}"
 		ln -sfn "${entry}/kwok-stages.yaml" "${share_dir}/kwok-stages.yaml"
+	fi
+	if [[ "${name}" == kueue ]]; then
+		mkdir -p "${share_dir}"
+		ln -sfn "${entry}/kueue-manifests" "${share_dir}/kueue"
 	fi
 }
 

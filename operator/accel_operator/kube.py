@@ -226,6 +226,22 @@ class KubeClient:
         items: list[dict[str, Any]] = (answer or {}).get("items") or []
         return items
 
+    def list_kueue_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads of one attempt's Job (empty where Kueue is not installed)."""
+        try:
+            answer = self.request(
+                "GET",
+                constants.KUEUE_WORKLOADS_PATH.format(namespace=namespace),
+                verb="list",
+                resource="kueue-workloads",
+                query={"labelSelector": f"{constants.LABEL_KUEUE_JOB_UID}={job_uid}"},
+            )
+        except ApiError as error:
+            logger.debug("no Kueue workloads in %s: %s", namespace, error)
+            return []
+        items: list[dict[str, Any]] = (answer or {}).get("items") or []
+        return items
+
     def serves_workloads(self) -> bool:
         """Whether the API server serves scheduling.k8s.io/v1alpha1 Workloads (native gang
         scheduling); False on clusters without the GenericWorkload feature."""

@@ -150,6 +150,9 @@ class AttemptView:
     failure_message: str = ""
     create_failure: str = ""
     """The Job controller's latest FailedCreate message while pods are missing."""
+    uid: str = ""
+    admission_message: str = ""
+    """Why Kueue has not admitted the suspended Job yet (its Workload's condition)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1016,6 +1019,8 @@ def _supervise(
             if queue
             else f"the Job {job.name} is suspended"
         )
+        if job.admission_message:
+            message += f": {job.admission_message}"
         state.set(constants.CONDITION_SCHEDULED, False, "WaitingForAdmission", message)
         value.message = message
         return

@@ -57,6 +57,7 @@ def attempt_view(job: Mapping[str, Any]) -> AttemptView | None:
     return AttemptView(
         attempt=attempt,
         name=str(metadata.get("name", "")),
+        uid=str(metadata.get("uid", "")),
         created=parse_time(metadata.get("creationTimestamp")) or dt.datetime.now(dt.timezone.utc),
         started=parse_time(status.get("startTime")),
         suspended=bool((job.get("spec") or {}).get("suspend")),
@@ -66,6 +67,18 @@ def attempt_view(job: Mapping[str, Any]) -> AttemptView | None:
         failure_reason=str(failed.get("reason") or "") if failed else "",
         failure_message=str(failed.get("message") or "") if failed else "",
     )
+
+
+def kueue_admission_message(workloads: Iterable[Mapping[str, Any]]) -> str:
+    """Why Kueue holds a Job back: its Workload's QuotaReserved (else Admitted) condition when
+    False, e.g. "couldn't assign flavors to pod set main: insufficient unused quota for
+    nvidia.com/gpu in flavor kwok-gpu, 2 more needed"; empty when there is none yet."""
+    for workload in workloads:
+        for kind in ("QuotaReserved", "Admitted"):
+            for condition in (workload.get("status") or {}).get("conditions") or []:
+                if condition.get("type") == kind and condition.get("status") == "False":
+                    return str(condition.get("message") or condition.get("reason") or "")
+    return ""
 
 
 def _trainer_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -389,6 +389,11 @@ class Reconciler:
             failure_message = observe.latest_message(events)
             current_job = dataclasses.replace(current_job, create_failure=failure_message)
             attempts = tuple(current_job if v.attempt == current else v for v in attempts)
+        if current_job is not None and current_job.suspended and spec.run_policy.queue_name:
+            workloads = self.kube.list_kueue_workloads(namespace, current_job.uid)
+            waiting = observe.kueue_admission_message(workloads)
+            current_job = dataclasses.replace(current_job, admission_message=waiting)
+            attempts = tuple(current_job if v.attempt == current else v for v in attempts)
         failure = None
         if (
             current_job is not None

@@ -42,7 +42,16 @@ def _table_rows(output: str) -> dict[str, list[str]]:
 
 def test_quick_run_compares_four_contenders_and_derives_its_ratios_from_them() -> None:
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--metrics-port", str(free_port())],
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            # The fewest steps that still time some (two warm-up steps are left out).
+            "--steps",
+            "4",
+            "--metrics-port",
+            str(free_port()),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

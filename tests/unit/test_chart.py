@@ -52,6 +52,7 @@ EXPECTED_RULES = {
     ("scheduling.k8s.io", "workloads"): {"create", "patch", "delete"},
     ("scheduling.volcano.sh", "podgroups"): {"create", "patch", "delete"},
     ("scheduling.x-k8s.io", "podgroups"): {"create", "patch", "delete"},
+    ("kueue.x-k8s.io", "workloads"): {"list"},
 }
 
 

@@ -136,6 +136,16 @@ def _queued_job_waits(d: lifecycle.Decision) -> None:
     assert d.status.restarts == 0
 
 
+def _queued_job_says_why(d: lifecycle.Decision) -> None:
+    _queued_job_waits(d)
+    scheduled = condition(d, constants.CONDITION_SCHEDULED)
+    assert scheduled.message == (
+        "the Job bert-a1 waits for admission by Kueue (queue team-queue): insufficient unused "
+        "quota for nvidia.com/gpu, 2 more needed"
+    )
+    assert d.status.message == scheduled.message
+
+
 def _admitted_job_waits(d: lifecycle.Decision) -> None:
     assert d.actions == ()
     assert d.status.phase is api.Phase.STARTING
@@ -451,6 +461,23 @@ CASES = [
         Observed(created=CREATED, attempts=(job(suspended=True, started=None),)),
         at(3600),
         _queued_job_waits,
+    ),
+    Case(
+        "a queued Job shows why Kueue has not admitted it",
+        make_spec(queueName="team-queue"),
+        status_after(api.Phase.PENDING),
+        Observed(
+            created=CREATED,
+            attempts=(
+                job(
+                    suspended=True,
+                    started=None,
+                    admission_message="insufficient unused quota for nvidia.com/gpu, 2 more needed",
+                ),
+            ),
+        ),
+        at(3600),
+        _queued_job_says_why,
     ),
     Case(
         "a just-admitted Job without a start time yet gets its full gang timeout",
@@ -944,3 +971,18 @@ def test_a_job_marked_retrying_is_marked_reconciled_once_the_api_server_answers(
     # A job that never had trouble carries no such condition.
     fresh = lifecycle.decide(spec, status_after(api.Phase.RUNNING), observed, at(20))
     assert all(c.type != constants.CONDITION_RECONCILED for c in fresh.status.conditions)
+
+
+def test_kueue_reason_is_the_workloads_false_quota_condition() -> None:
+    pending = {
+        "status": {
+            "conditions": [
+                {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": "no"},
+            ]
+        }
+    }
+    admitted = {"status": {"conditions": [{"type": "QuotaReserved", "status": "True"}]}}
+
+    assert observe.kueue_admission_message([pending]) == "no"
+    assert observe.kueue_admission_message([admitted]) == ""
+    assert observe.kueue_admission_message([]) == ""

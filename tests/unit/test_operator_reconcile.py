@@ -63,6 +63,9 @@ class RecordingApi:
     def list_create_failures(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return []
 
+    def list_kueue_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        return []
+
     def pod_log_tail(self, namespace: str, pod: str, lines: int = 20) -> str:
         return "accel-trainer: exit 75: rank 1: lost its peer"
 

@@ -85,4 +85,8 @@ those who may update the owner's finalizers.
 - apiGroups: ["scheduling.volcano.sh", "scheduling.x-k8s.io"]
   resources: ["podgroups"]
   verbs: ["create", "patch", "delete"]
+# Kueue's Workloads of queued attempts: why Kueue has not admitted one yet, for the job's status.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list"]
 {{- end -}}
