@@ -71,15 +71,21 @@ def test_metrics_endpoint_of_a_running_job_has_every_contract_series(
         steps = value("acceltrain_optimizer_steps_total")
         assert steps >= 15
         # Samples and tokens are this rank's: micro-batch x accumulation per step.
-        assert value("acceltrain_train_samples_total") == pytest.approx(
-            steps * MICRO_BATCH, abs=MICRO_BATCH
+        samples = value("acceltrain_train_samples_total")
+        assert samples == pytest.approx(steps * MICRO_BATCH, abs=MICRO_BATCH)
+        # Tokens are real ones; the processed positions include the padding of each batch, cut
+        # to its longest example (at most data.maxLength per sample).
+        real, processed = (
+            value("acceltrain_train_tokens_total"),
+            value("acceltrain_train_processed_tokens_total"),
         )
-        assert value("acceltrain_train_tokens_total") == pytest.approx(
-            value("acceltrain_train_samples_total") * SEQ_LENGTH, abs=MICRO_BATCH * SEQ_LENGTH
-        )
+        assert 0 < real < processed <= samples * SEQ_LENGTH
+        assert 0 < value("acceltrain_padding_efficiency_ratio") < 1
         assert value("acceltrain_samples_per_second") > 0
-        assert value("acceltrain_tokens_per_second") == pytest.approx(
-            value("acceltrain_samples_per_second") * SEQ_LENGTH, rel=1e-6
+        assert (
+            0
+            < value("acceltrain_tokens_per_second")
+            < (value("acceltrain_samples_per_second") * SEQ_LENGTH)
         )
         assert value("acceltrain_tflops_per_device") > 0
         assert 0 < value("acceltrain_mfu_ratio") < 1
