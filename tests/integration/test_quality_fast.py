@@ -13,16 +13,15 @@ CI runners) emulate bf16 matrix products dozens of times slower than fp32.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from .operator_harness import REPO_ROOT, install_crd, running_operator
+from ..benchmark_scripts import load_benchmark
+from .operator_harness import install_crd, running_operator
 
 pytestmark = [pytest.mark.slow, pytest.mark.trainer, pytest.mark.usefixtures("deepspeed_ops")]
 
@@ -44,21 +43,9 @@ JOB_TIMEOUT = 300
 BBC_TOPICS = 5
 
 
-def _benchmark() -> ModuleType:
-    # benchmarks/ is not a package and benchmarks/quality/ shadows the module's name.
-    spec = importlib.util.spec_from_file_location(
-        "quality_benchmark", REPO_ROOT / "benchmarks" / "quality.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def benchmark() -> ModuleType:
-    return _benchmark()
+    return load_benchmark("quality", "quality_benchmark")
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,15 @@ say ``no`` when missed (a tiny model trained for a few steps misses them).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from .operator_harness import REPO_ROOT
+from ..benchmark_scripts import load_benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.trainer, pytest.mark.usefixtures("deepspeed_ops")]
 
 STEPS = 6
-
-
-def _module(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tiny_cased_bert(directory: Path, words: list[str]) -> None:
@@ -54,8 +42,8 @@ def _tiny_cased_bert(directory: Path, words: list[str]) -> None:
 def test_the_reference_run_script_writes_dev_and_test_reports_and_honest_targets(
     tmp_path: Path,
 ) -> None:
-    quality = _module("quality_benchmark", REPO_ROOT / "benchmarks" / "quality.py")
-    script = _module("quality_gpu", REPO_ROOT / "benchmarks" / "quality_gpu.py")
+    quality = load_benchmark("quality", "quality_benchmark")
+    script = load_benchmark("quality_gpu", "quality_gpu")
     inputs = tmp_path / "inputs"
     quality.prepare(inputs, 256, 64)
     train = (inputs / "conll2003" / "train.conll").read_text().split()

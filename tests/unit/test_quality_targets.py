@@ -3,27 +3,20 @@ with their targets (``no`` when missed), and dev and test reports for every NER 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from ..benchmark_scripts import load_benchmark
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def quality() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "quality_benchmark_page", REPO_ROOT / "benchmarks" / "quality.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("quality", "quality_benchmark_page")
 
 
 def _ner(f1: float, step: int = 876) -> dict[str, Any]:
