@@ -203,17 +203,13 @@ class Recipe:
         self.tokenizer = self._tokenizer(corpus.training_texts())
         self.label_names = corpus.label_names
         data, task = config.data, config.model.task
-        self.train_split = tokenize(
-            corpus.train, task, self.tokenizer, data.max_length, data.batching.padding
-        )
 
-        def encoded(examples: Examples | None) -> TokenizedSplit | None:
-            if examples is None:
-                return None
+        def encoded(examples: Examples) -> TokenizedSplit:
             return tokenize(examples, task, self.tokenizer, data.max_length, data.batching.padding)
 
-        self.eval_split = encoded(corpus.eval)
-        self.test_split = encoded(corpus.test)
+        self.train_split = encoded(corpus.train)
+        self.eval_split = encoded(corpus.eval) if corpus.eval is not None else None
+        self.test_split = encoded(corpus.test) if corpus.test is not None else None
         self.order = ShardedOrder(
             len(self.train_split),
             self.micro_batch,
