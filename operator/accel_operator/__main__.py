@@ -5,8 +5,9 @@ Examples::
     # local cluster (make operator): one process, no peering objects needed
     KUBECONFIG=.cluster/kubeconfig python -m accel_operator run --standalone
 
-    # in a cluster with two replicas: kopf peering elects the active one
-    python -m accel_operator run --peering acceltrain --metrics-port 8080 --liveness-port 8081
+    # in a cluster with two replicas (as the Helm chart runs it): the holder of the Lease
+    # acceltrain-operator in $POD_NAMESPACE reconciles, the other waits as a standby
+    POD_NAME=... POD_NAMESPACE=... python -m accel_operator run --leader-elect
 
     # only some namespaces, scraping trainer metrics only inside the pod network
     python -m accel_operator run --namespace team-a --namespace team-b \\
@@ -27,17 +28,31 @@ A value the operator cannot use stops it at startup with a message naming the va
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import sys
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from accel_operator import constants, render
 from accel_operator.handlers import OperatorOptions
+from accel_operator.leader import (
+    DEFAULT_LEASE_NAME,
+    ElectionTiming,
+    LeaderElector,
+    StandbyHealth,
+)
 
 RESYNC_ENV = constants.ENV_RECONCILE_INTERVAL
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+LEADERSHIP_LOST_EXIT_CODE = 75
+"""Exit status of a leader that lost its Lease (EX_TEMPFAIL: the restarted container rejoins
+as a standby)."""
 LOG_LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -81,10 +96,18 @@ def _parser() -> argparse.ArgumentParser:
         help="run without peering (the default; for a single replica)",
     )
     mode.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run as one of several replicas: only the holder of a coordination.k8s.io Lease "
+        "reconciles, the others wait as standbys (high availability)",
+    )
+    mode.add_argument(
         "--peering",
         metavar="NAME",
-        help="coordinate replicas through the KopfPeering object NAME (high availability)",
+        help="kopf peering through the KopfPeering object NAME instead (not leader election: "
+        "replicas of equal priority all pause)",
     )
+    _add_election_flags(run)
     run.add_argument(
         "--metrics-port",
         type=int,
@@ -140,12 +163,63 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_election_flags(run: argparse.ArgumentParser) -> None:
+    defaults = ElectionTiming()
+    election = run.add_argument_group("leader election (with --leader-elect)")
+    election.add_argument(
+        "--leader-election-namespace",
+        metavar="NS",
+        default=os.environ.get("POD_NAMESPACE") or _service_account_namespace(),
+        help="namespace of the Lease (default $POD_NAMESPACE, else the pod's own namespace)",
+    )
+    election.add_argument(
+        "--leader-election-lease-name",
+        metavar="NAME",
+        default=DEFAULT_LEASE_NAME,
+        help=f"name of the Lease (default {DEFAULT_LEASE_NAME})",
+    )
+    election.add_argument(
+        "--leader-election-id",
+        metavar="ID",
+        default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
+        help="this replica's identity in the Lease (default $POD_NAME, else host name and a "
+        "random suffix)",
+    )
+    for flag, value, what in (
+        (
+            "lease-duration",
+            defaults.lease_duration,
+            "a standby waits this long after the last renewal it saw before taking over",
+        ),
+        (
+            "renew-deadline",
+            defaults.renew_deadline,
+            "the leader stops reconciling when it could not renew for this long",
+        ),
+        ("retry-period", defaults.retry_period, "between renewals and between a standby's tries"),
+    ):
+        election.add_argument(
+            f"--leader-election-{flag}",
+            type=float,
+            default=value,
+            metavar="SECONDS",
+            help=f"{what} (default {value:g})",
+        )
+
+
+def _service_account_namespace() -> str | None:
+    with contextlib.suppress(OSError):
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
+    return None
+
+
 def _check_port(value: int, flag: str) -> None:
     if not 0 <= value <= 65535:
         raise SystemExit(f"{flag} {value}: a port is 0-65535 (0 disables the endpoint)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _checked_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parsed arguments; a value the operator cannot use stops it here, naming the flag."""
     args = _parser().parse_args(argv)
     _check_port(args.metrics_port, "--metrics-port")
     _check_port(args.liveness_port, "--liveness-port")
@@ -153,22 +227,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--resync-interval {args.resync_interval}: must be > 0 seconds")
     if args.max_workers < 1:
         raise SystemExit(f"--max-workers {args.max_workers}: must be >= 1")
-    try:
-        defaults = render.cluster_defaults_from_env(os.environ)
-    except render.ClusterDefaultsError as error:
-        raise SystemExit(str(error)) from None
+    if args.leader_elect:
+        problems = _timing(args).problems()
+        if problems:
+            raise SystemExit("; ".join(problems))
+        if not args.leader_election_namespace:
+            raise SystemExit(
+                "--leader-elect outside a pod needs --leader-election-namespace "
+                "(or POD_NAMESPACE): the namespace of the Lease"
+            )
     if args.kubeconfig:
         if not os.path.exists(args.kubeconfig):
             raise SystemExit(f"--kubeconfig {args.kubeconfig}: no such file")
         # kopf's own login reads the same variable.
         os.environ["KUBECONFIG"] = args.kubeconfig
+    return args
 
+
+def _timing(args: argparse.Namespace) -> ElectionTiming:
+    return ElectionTiming(
+        lease_duration=args.leader_election_lease_duration,
+        renew_deadline=args.leader_election_renew_deadline,
+        retry_period=args.leader_election_retry_period,
+    )
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else LOG_LEVELS[args.log_level]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level > logging.DEBUG:
         # kopf reports every successful handler and timer tick at INFO: one line per job
         # every few seconds. Transitions are logged by the reconciler instead.
         logging.getLogger("kopf.objects").setLevel(max(level, logging.WARNING))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _checked_args(argv)
+    try:
+        defaults = render.cluster_defaults_from_env(os.environ)
+    except render.ClusterDefaultsError as error:
+        raise SystemExit(str(error)) from None
+    _configure_logging(args)
     # Imported late: --help and argument errors should not pay for kopf and the client.
     import kopf
 
@@ -185,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = OperatorOptions(resync_interval=args.resync_interval, max_workers=args.max_workers)
     metrics = OperatorMetrics()
     kube = KubeClient(load_api_client(args.kubeconfig, pool_size=options.api_connections), metrics)
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    elector = _lead(args, kube, metrics) if args.leader_elect else None
     defaults = dataclasses.replace(defaults, native_gang=kube.serves_workloads())
     logging.getLogger("accel_operator").info(
         "gang scheduling: %s",
@@ -200,8 +302,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         read_pod_logs=not args.no_pod_logs,
         defaults=defaults,
     )
-    if args.metrics_port:
-        metrics.serve(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     name_the_user()
     kopf.run(
@@ -212,7 +312,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=args.namespace,
         liveness_endpoint=liveness,
     )
+    if elector is not None:
+        # kopf has stopped and drained the work queue: nothing more will be written.
+        elector.release()
     return 0
+
+
+def _lead(args: argparse.Namespace, kube: Any, metrics: Any) -> LeaderElector:
+    """Wait as a standby (serving /healthz) until this replica holds the Lease; from then on
+    every write passes the Lease's fence, and losing the Lease ends the process at once."""
+    elector = LeaderElector(
+        kube,
+        namespace=args.leader_election_namespace,
+        name=args.leader_election_lease_name,
+        identity=args.leader_election_id,
+        timing=_timing(args),
+        metrics=metrics,
+    )
+    health = StandbyHealth(args.liveness_port) if args.liveness_port else None
+    try:
+        elector.acquire()
+    finally:
+        if health is not None:
+            health.close()
+    kube.write_fence = elector.check_leading
+    elector.keep_leading(on_lost=_step_down)
+    return elector
+
+
+def _step_down(reason: str) -> None:
+    """Leave at once: reconcile threads may be mid-request, and only the end of the process
+    stops every one of them (and kopf's own writes) before a standby takes over."""
+    logging.getLogger("accel_operator").error(
+        "%s: stopping so that nothing more is written; a restarted replica rejoins as a standby",
+        reason,
+    )
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(LEADERSHIP_LOST_EXIT_CODE)
 
 
 def name_the_user() -> None:

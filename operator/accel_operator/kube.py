@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 REQUEST_TIMEOUT_SECONDS = 30.0
+# Lease calls must fail well within a leader's renew deadline, so that the next retry comes.
+LEASE_TIMEOUT_SECONDS = 5.0
 EVENT_MESSAGE_LIMIT = 1024
 
 # kind -> (API path prefix, plural) of the kinds the operator writes.
@@ -39,6 +41,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Job": ("/apis/batch/v1", "jobs"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     api.KIND: (f"/apis/{api.API_VERSION}", api.PLURAL),
 }
 
@@ -104,6 +107,9 @@ class KubeClient:
         self._client = api_client
         self._metrics = metrics or OperatorMetrics()
         self._instance = socket.gethostname()
+        self.write_fence: Callable[[], None] | None = None
+        """Called before every write except the Lease's own; raising stops the write (a replica
+        that is not the leader, see :mod:`accel_operator.leader`)."""
 
     # --- transport ---------------------------------------------------------------------------
     def request(
@@ -117,8 +123,12 @@ class KubeClient:
         body: object | None = None,
         content_type: str | None = None,
         timeout: float = REQUEST_TIMEOUT_SECONDS,
+        fenced: bool = True,
     ) -> Any:
-        """Send one request; returns the decoded JSON body, or raises :class:`ApiError`."""
+        """Send one request; returns the decoded JSON body, or raises :class:`ApiError`.
+        Writes pass the write fence first unless ``fenced`` is False (the Lease's own)."""
+        if method != "GET" and fenced and self.write_fence is not None:
+            self.write_fence()
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -342,10 +352,11 @@ class KubeClient:
 
     # --- events ------------------------------------------------------------------------------
     def post_event(
-        self, accel_job: Mapping[str, Any], event_type: str, reason: str, message: str
+        self, about: Mapping[str, Any], event_type: str, reason: str, message: str
     ) -> None:
-        """Post a core/v1 Event about the AccelTrainJob (what `kubectl describe atj` shows)."""
-        metadata = accel_job["metadata"]
+        """Post a core/v1 Event about a namespaced object, an AccelTrainJob unless ``about``
+        says otherwise (what `kubectl describe` shows)."""
+        metadata = about["metadata"]
         namespace = metadata["namespace"]
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         if len(message) > EVENT_MESSAGE_LIMIT:
@@ -355,8 +366,8 @@ class KubeClient:
             "kind": "Event",
             "metadata": {"generateName": f"{metadata['name']}.", "namespace": namespace},
             "involvedObject": {
-                "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
+                "apiVersion": about.get("apiVersion", api.API_VERSION),
+                "kind": about.get("kind", api.KIND),
                 "name": metadata["name"],
                 "namespace": namespace,
                 "uid": metadata.get("uid"),
@@ -373,3 +384,52 @@ class KubeClient:
         }
         path = _path("Event", namespace)
         self.request("POST", path, verb="create", resource="events", body=event)
+
+    # --- the leader Lease ------------------------------------------------------------------------
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Lease, or None when it does not exist."""
+        try:
+            lease = self.request(
+                "GET",
+                _path("Lease", namespace, name),
+                verb="get",
+                resource="leases",
+                timeout=LEASE_TIMEOUT_SECONDS,
+            )
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(lease)
+
+    def write_lease(
+        self, namespace: str, name: str, spec: Mapping[str, Any], resource_version: str | None
+    ) -> dict[str, Any] | None:
+        """Create the Lease (``resource_version`` None) or replace the version that was read;
+        None when another writer got there first (409), which is how candidates race."""
+        body: dict[str, Any] = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": dict(spec),
+        }
+        if resource_version is None:
+            method, path, verb = "POST", _path("Lease", namespace), "create"
+        else:
+            body["metadata"]["resourceVersion"] = resource_version
+            method, path, verb = "PUT", _path("Lease", namespace, name), "update"
+        try:
+            written = self.request(
+                method,
+                path,
+                verb=verb,
+                resource="leases",
+                body=body,
+                timeout=LEASE_TIMEOUT_SECONDS,
+                fenced=False,
+            )
+        except ApiError as error:
+            if error.status == 409:
+                return None
+            raise
+        return dict(written)

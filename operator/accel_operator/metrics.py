@@ -11,6 +11,9 @@
 - ``acceltrain_operator_api_requests_total{verb,resource}``: every request
   :mod:`accel_operator.kube` sends (writes are apply/create/patch/delete), which is how the
   launch benchmark counts API writes.
+- ``acceltrain_operator_leader``: 1 on the replica that holds the leader Lease (and may write),
+  0 on standbys; ``acceltrain_operator_leader_transitions_total``: changes of leader this replica
+  has seen (its own acquisitions included).
 
 Each :class:`OperatorMetrics` has its own registry, so tests can create several.
 """
@@ -72,6 +75,16 @@ class OperatorMetrics:
             "acceltrain_operator_api_requests",
             "Requests the operator sent to the API server, by verb and resource.",
             ["verb", "resource"],
+            registry=self.registry,
+        )
+        self.leader = prometheus_client.Gauge(
+            "acceltrain_operator_leader",
+            "1 when this replica holds the leader Lease and reconciles, else 0.",
+            registry=self.registry,
+        )
+        self.leader_transitions = prometheus_client.Counter(
+            "acceltrain_operator_leader_transitions",
+            "Changes of the leader Lease's holder seen by this replica.",
             registry=self.registry,
         )
         for phase in api.Phase:

@@ -55,7 +55,7 @@ KUSTOMIZE_BASE = REPO_ROOT / "manifests" / "operator"
 RELEASE = "acceltrain-helm"
 KUSTOMIZE_NAMESPACE = "acceltrain-system"
 KUSTOMIZE_NAME = "acceltrain"
-CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
+CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
 # A cold start compiles DeepSpeed's communication op first (TORCH_EXTENSIONS_DIR is shared).
 TRAINING_TIMEOUT = 420
 SMOKE_STEPS = 20

@@ -45,14 +45,17 @@ EXPECTED_RULES = {
     ("", "pods"): {"list", "watch", "delete"},
     ("", "pods/log"): {"get"},
     ("", "events"): {"list", "create"},
-    ("kopf.dev", "kopfpeerings"): {"list", "watch", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
-    ("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"},
     ("scheduling.k8s.io", "workloads"): {"create", "patch", "delete"},
     ("scheduling.volcano.sh", "podgroups"): {"create", "patch", "delete"},
     ("scheduling.x-k8s.io", "podgroups"): {"create", "patch", "delete"},
     ("kueue.x-k8s.io", "workloads"): {"list"},
+}
+# In the release's namespace only: the leader Lease, and the Event naming a new leader.
+LEADER_ELECTION_RULES = {
+    ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+    ("", "events"): {"create"},
 }
 
 
@@ -106,7 +109,7 @@ def test_operator_pod_runs_with_secure_defaults() -> None:
     }
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"]
-    assert "--standalone" in container["args"]
+    assert "--leader-elect" in container["args"]
 
 
 def test_selectors_match_the_pod_labels() -> None:
@@ -122,11 +125,67 @@ def test_selectors_match_the_pod_labels() -> None:
         assert all(labels.get(key) == value for key, value in selector.items()), selector
 
 
-def test_replicas_elect_a_leader_through_peering() -> None:
-    docs = render(ALL_FEATURES)
-    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--peering=acceltrain" in args
-    assert by_kind(docs, "ClusterKopfPeering")[0]["metadata"]["name"] == "acceltrain"
+def _deployment_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    pod: dict[str, Any] = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    return pod
+
+
+def test_two_replicas_elect_a_leader_keep_one_through_a_drain_and_spread_over_nodes() -> None:
+    docs = render({"replicaCount": "2"})
+    pod = _deployment_pod(docs)
+    args = pod["containers"][0]["args"]
+    assert "--leader-elect" in args and "--standalone" not in args
+    assert "--leader-election-lease-duration=15" in args
+    env = {item["name"]: item.get("valueFrom") for item in pod["containers"][0]["env"]}
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    budget = by_kind(docs, "PodDisruptionBudget")[0]
+    assert budget["spec"]["minAvailable"] == 1
+    assert (
+        budget["spec"]["selector"]["matchLabels"]
+        == by_kind(docs, "Deployment")[0]["spec"]["selector"]["matchLabels"]
+    )
+    spread = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert spread[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    role = next(
+        r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("leader-election")
+    )
+    assert role["metadata"]["namespace"] == "acceltrain-system"
+    assert not by_kind(docs, "ClusterKopfPeering")
+
+
+def test_one_replica_still_elects_but_needs_no_budget_or_spreading() -> None:
+    docs = render()
+    pod = _deployment_pod(docs)
+    assert "--leader-elect" in pod["containers"][0]["args"]
+    assert "affinity" not in pod
+    assert not by_kind(docs, "PodDisruptionBudget")
+
+
+def test_election_can_be_turned_off_only_for_a_single_replica() -> None:
+    pod = _deployment_pod(render({"leaderElection.enabled": "false"}))
+    assert "--standalone" in pod["containers"][0]["args"]
+    refused = helm(
+        "template",
+        "x",
+        str(CHART),
+        *KUBE,
+        "--set=replicaCount=2",
+        "--set=leaderElection.enabled=false",
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled=true" in refused.stderr
+
+
+def test_a_renew_deadline_past_the_lease_duration_is_refused_at_install() -> None:
+    refused = helm(
+        "template", "x", str(CHART), *KUBE, "--set=leaderElection.renewDeadline=20", check=False
+    )
+    assert refused.returncode != 0
+    assert "leaderElection.renewDeadline must be below leaderElection.leaseDuration" in (
+        refused.stderr
+    )
 
 
 def _rules(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -144,7 +203,10 @@ def _rules(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
 )
 def test_rbac_grants_exactly_what_the_operator_uses(values: dict[str, str]) -> None:
     granted = _rules(render(values))
-    assert granted == EXPECTED_RULES
+    expected = {key: set(verbs) for key, verbs in EXPECTED_RULES.items()}
+    for key, verbs in LEADER_ELECTION_RULES.items():
+        expected.setdefault(key, set()).update(verbs)
+    assert granted == expected
     for (group, resource), verbs in granted.items():
         assert "*" not in verbs and resource != "*" and group != "*"
         assert resource != "secrets"
@@ -152,10 +214,10 @@ def test_rbac_grants_exactly_what_the_operator_uses(values: dict[str, str]) -> N
 
 def test_namespaced_install_binds_roles_only_in_watched_namespaces() -> None:
     docs = render({"watchNamespaces": "{team-a,team-b}"})
-    assert sorted(role["metadata"]["namespace"] for role in by_kind(docs, "Role")) == [
-        "team-a",
-        "team-b",
+    job_roles = [
+        r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-election")
     ]
+    assert sorted(role["metadata"]["namespace"] for role in job_roles) == ["team-a", "team-b"]
     args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
 
@@ -171,7 +233,7 @@ def test_the_operator_reads_the_gpu_pool_and_trainer_image_the_chart_sets() -> N
         }
     )
     container = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     # Every variable the chart sets is one the operator reads, under the same name.
     assert set(env) == {
         constants.ENV_RECONCILE_INTERVAL,

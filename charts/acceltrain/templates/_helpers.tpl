@@ -74,9 +74,6 @@ those who may update the owner's finalizers.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["list", "create"]
-- apiGroups: ["kopf.dev"]
-  resources: ["kopfpeerings"]
-  verbs: ["list", "watch", "patch"]
 # Gang objects of the attempts (runPolicy.gangPolicy): native Workloads, Volcano and
 # scheduler-plugins PodGroups.
 - apiGroups: ["scheduling.k8s.io"]
