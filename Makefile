@@ -176,6 +176,13 @@ bench-admission: venv tools
 bench-gang: venv tools
 	$(PY) benchmarks/gang.py
 
+# Two operator replicas with the chart's leader election: the leader SIGKILLed 10 times and
+# SIGTERMed 10 times; seconds until the standby holds the Lease and first writes (own cluster).
+FAILOVER_ARGS ?=
+.PHONY: bench-failover
+bench-failover: venv tools
+	$(PY) benchmarks/failover.py $(FAILOVER_ARGS)
+
 # 1000 AccelTrainJobs x 8 workers in bursts on kwok nodes: launch p50/p99, operator RSS and CPU,
 # API requests per job, every job Succeeded. Smaller: make bench-scale SCALE_ARGS="--jobs 100".
 SCALE_ARGS ?=

@@ -33,7 +33,14 @@ from typing import Any
 from . import controlplane, kwok, prometheus, realnode
 from .kubeapi import ApiError, KubeApi, health, tls_context
 from .netns import Names
-from .pki import CertPair, ClientIdentity, Pki, create_pki, issue_server_certificate
+from .pki import (
+    CertPair,
+    ClientIdentity,
+    Pki,
+    create_pki,
+    issue_client_certificate,
+    issue_server_certificate,
+)
 from .processes import ProcessRecord, is_alive, spawn, stop
 from .tools import REPO_ROOT, TOOLS_DIR, kwok_stages_path, tool_path
 
@@ -125,15 +132,30 @@ def operator_argv(
     scrape_network: str,
     namespace: str | None = None,
     resync_interval_seconds: float | None = None,
+    leader_election: tuple[float, float, float] | None = None,
 ) -> list[str]:
     """The operator's command line as it runs against a local cluster, from the repo root.
+
+    ``leader_election`` (lease duration, renew deadline, retry period): run as one of several
+    replicas as the Helm chart runs them (identity and Lease namespace from ``POD_NAME`` and
+    ``POD_NAMESPACE``), instead of ``--standalone``.
 
     ``scrape_network`` is the only range whose pod addresses the operator may scrape: the process
     node's bridge, since kwok's pod addresses are made up. Pod logs stay off because the process
     node has no kubelet log endpoint (the API server would look its name up in DNS); failed
     workers are explained by their termination messages instead.
     """
-    argv = [sys.executable, "-m", "accel_operator", "run", "--standalone"]
+    argv = [sys.executable, "-m", "accel_operator", "run"]
+    if leader_election is None:
+        argv.append("--standalone")
+    else:
+        lease, renew, retry = leader_election
+        argv += [
+            "--leader-elect",
+            f"--leader-election-lease-duration={lease:g}",
+            f"--leader-election-renew-deadline={renew:g}",
+            f"--leader-election-retry-period={retry:g}",
+        ]
     if namespace is not None:
         argv += ["--namespace", namespace]
     argv += ["--metrics-port", str(metrics_port), "--liveness-port", str(liveness_port)]
@@ -252,6 +274,12 @@ class Cluster:
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def audit_log_path(self) -> Path:
+        """The API server's audit log: one JSON event per write by a user (not by a node or
+        the control plane), see :data:`controlplane.AUDIT_POLICY`."""
+        return self.logs_dir / "audit.log"
 
     @property
     def node_agent_state_dir(self) -> Path:
@@ -457,6 +485,8 @@ class Cluster:
                 self.state_dir / "pki" / "apiserver",
                 node_address=node_address,
                 native_gang=self.native_gang,
+                audit_policy=controlplane.write_audit_policy(self.pki_dir / "audit-policy.yaml"),
+                audit_log=self.audit_log_path,
             ),
         )
         self._wait(deadline, "kube-apiserver", self._apiserver_ready)
@@ -569,6 +599,22 @@ class Cluster:
                 user=identity.user,
             )
         return pki
+
+    def kubeconfig_for(self, user: str, groups: Sequence[str] = ()) -> Path:
+        """A kubeconfig that authenticates as ``user`` in ``groups`` with a certificate of its
+        own (``system:masters`` among the groups: everything allowed), so that the audit log
+        tells its requests apart from everyone else's."""
+        stem = f"user-{user}"
+        identity = ClientIdentity(stem, user, tuple(groups))
+        path = self.pki_dir / f"{stem}.kubeconfig"
+        controlplane.write_kubeconfig(
+            path,
+            server=self.api_url,
+            ca_file=self._pki_or_fail().ca.cert,
+            client=issue_client_certificate(self._pki_or_fail(), identity),
+            user=user,
+        )
+        return path
 
     # ---- the real node -------------------------------------------------------------------------
 

@@ -109,6 +109,41 @@ def _gang_flags(native_gang: bool, *, api: bool = False) -> list[str]:
     return [f"--feature-gates={FEATURE_GATES}", *([f"--runtime-config={WORKLOAD_API}"] * api)]
 
 
+# The API server's audit log records who wrote what and when (at the Metadata level: no bodies),
+# for the users and tools that act on the cluster; the control plane's own components and the
+# nodes, which write constantly, are left out. Tests read it to prove who did or did not write.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    userGroups: ["system:nodes"]
+  - level: None
+    users: ["system:kube-controller-manager", "system:kube-scheduler", "system:apiserver"]
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+"""
+AUDIT_LOG_MAX_MEGABYTES = 100
+
+
+def write_audit_policy(path: Path) -> Path:
+    path.write_text(AUDIT_POLICY)
+    return path
+
+
+def _audit_flags(audit_policy: Path | None, audit_log: Path | None) -> list[str]:
+    if audit_policy is None or audit_log is None:
+        return []
+    return [
+        f"--audit-policy-file={audit_policy}",
+        f"--audit-log-path={audit_log}",
+        f"--audit-log-maxsize={AUDIT_LOG_MAX_MEGABYTES}",
+        "--audit-log-maxbackup=1",
+    ]
+
+
 def apiserver_argv(
     binary: Path,
     pki: Pki,
@@ -117,8 +152,11 @@ def apiserver_argv(
     *,
     node_address: str | None = None,
     native_gang: bool = True,
+    audit_policy: Path | None = None,
+    audit_log: Path | None = None,
 ) -> list[str]:
-    """``node_address``: the real node's bridge address, where pods reach the API server."""
+    """``node_address``: the real node's bridge address, where pods reach the API server.
+    ``audit_policy`` and ``audit_log``: where the audit log goes (none without them)."""
     return [
         str(binary),
         f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
@@ -136,6 +174,7 @@ def apiserver_argv(
         "--allow-privileged=true",
         "--profiling=false",
         *_gang_flags(native_gang, api=True),
+        *_audit_flags(audit_policy, audit_log),
         "--v=1",
     ]
 

@@ -185,14 +185,10 @@ def create_pki(
 
     client_pairs: dict[str, CertPair] = {}
     for identity in clients:
-        subject = x509.Name(
-            [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in identity.groups]
-            + [x509.NameAttribute(NameOID.COMMON_NAME, identity.user)]
-        )
         client_pairs[identity.file_stem] = _issue(
             ca_key,
             ca_name,
-            subject,
+            _subject(identity),
             usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
             san=None,
             directory=directory,
@@ -217,12 +213,37 @@ def create_pki(
     )
 
 
-def issue_server_certificate(pki: Pki, *, stem: str, common_name: str, ips: list[str]) -> CertPair:
-    """A serving certificate from the cluster's CA for a server reached at ``ips`` (the kubelet)."""
+def _subject(identity: ClientIdentity) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in identity.groups]
+        + [x509.NameAttribute(NameOID.COMMON_NAME, identity.user)]
+    )
+
+
+def _ca(pki: Pki) -> tuple[ec.EllipticCurvePrivateKey, x509.Name]:
     ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise TypeError(f"{pki.ca.key} is not an EC key")
-    ca_name = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes()).subject
+    return ca_key, x509.load_pem_x509_certificate(pki.ca.cert.read_bytes()).subject
+
+
+def issue_client_certificate(pki: Pki, identity: ClientIdentity) -> CertPair:
+    """A client certificate from the cluster's CA for one more user (a test's own identity)."""
+    ca_key, ca_name = _ca(pki)
+    return _issue(
+        ca_key,
+        ca_name,
+        _subject(identity),
+        usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        san=None,
+        directory=pki.ca.cert.parent,
+        stem=f"client-{identity.file_stem}",
+    )
+
+
+def issue_server_certificate(pki: Pki, *, stem: str, common_name: str, ips: list[str]) -> CertPair:
+    """A serving certificate from the cluster's CA for a server reached at ``ips`` (the kubelet)."""
+    ca_key, ca_name = _ca(pki)
     return _issue(
         ca_key,
         ca_name,

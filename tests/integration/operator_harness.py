@@ -255,12 +255,23 @@ class OperatorProcess:
     """
 
     def __init__(
-        self, cluster: Any, namespace: str, log_dir: Path, kubeconfig: Path | None = None
+        self,
+        cluster: Any,
+        namespace: str,
+        log_dir: Path,
+        kubeconfig: Path | None = None,
+        *,
+        replica: str | None = None,
+        election: tuple[float, float, float] | None = None,
     ) -> None:
+        """``replica`` and ``election``: one of several replicas electing a leader, named as the
+        chart names them (``POD_NAME``), with the Lease in ``namespace``."""
         self.cluster = cluster
         self.namespace = namespace
         self.kubeconfig = kubeconfig or Path(cluster.kubeconfig)
-        self.log_path = log_dir / "operator.log"
+        self.replica = replica
+        self.election = election
+        self.log_path = log_dir / (f"operator-{replica}.log" if replica else "operator.log")
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -268,7 +279,10 @@ class OperatorProcess:
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        if self.replica is not None:
+            env |= {"POD_NAME": self.replica, "POD_NAMESPACE": self.namespace}
         argv = operator_argv(
+            leader_election=self.election,
             namespace=self.namespace,
             metrics_port=self.metrics_port,
             liveness_port=self.liveness_port,

@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ USER_PATH = REPO_ROOT / "tests" / "e2e" / "user-path.sh"
 CPU_SMOKE = REPO_ROOT / "manifests" / "examples" / "cpu-smoke.yaml"
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 JOB = "cpu-smoke"
+OPERATOR_NAMESPACE = "acceltrain-system"
 CLAIM = "cpu-smoke-checkpoints"
 # Long enough (about a minute of training at 500 samples/s) to look inside a running trainer.
 USER_PATH_STEPS = 300
@@ -170,11 +172,11 @@ def test_the_user_path_trains_cpu_smoke_in_hardened_containers_with_cluster_dns(
     assert facts["master_ip"] == facts["worker_0_ip"], facts
     assert facts["nameservers"] == [real_cluster.real_node_settings.gateway], facts
 
-    # The operator ran as a pod from its image; no operator process runs on the host.
-    operator_pods = _kubectl_json(real_cluster, "get", "pods", "-n", "acceltrain-system")["items"]
+    # The operator ran as pods from its image (two replicas); no operator process on the host.
+    operator_pods = _kubectl_json(real_cluster, "get", "pods", "-n", OPERATOR_NAMESPACE)["items"]
     assert [pod["spec"]["containers"][0]["image"] for pod in operator_pods] == [
         _image_names()["OPERATOR_IMAGE"]
-    ]
+    ] * 2
     status = _kubectl_json(real_cluster, "get", "atj", JOB, "-n", namespace)["status"]
     assert status["progress"]["step"] == USER_PATH_STEPS, (status, log[-3000:])
     # Scraped while the job ran: the final checkpoint comes as the pods exit (it is on disk).
@@ -205,6 +207,70 @@ def test_the_user_path_trains_cpu_smoke_in_hardened_containers_with_cluster_dns(
         prometheus, "max_over_time(acceltrain_operator_api_requests_total[10m])"
     )
     assert operator_series and operator_series[0]["metric"]["namespace"] == "acceltrain-system"
+
+
+def _lease(cluster: Cluster) -> dict[str, Any]:
+    found: dict[str, Any] = _kubectl_json(
+        cluster, "get", "lease", "acceltrain-operator", "-n", OPERATOR_NAMESPACE
+    )["spec"]
+    return found
+
+
+def _operator_pods(cluster: Cluster) -> list[str]:
+    pods = _kubectl_json(cluster, "get", "pods", "-n", OPERATOR_NAMESPACE)["items"]
+    return sorted(
+        pod["metadata"]["name"]
+        for pod in pods
+        if not pod["metadata"].get("deletionTimestamp")
+        and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pod["status"].get("conditions", [])
+        )
+    )
+
+
+def _two_operator_pods(cluster: Cluster) -> list[str] | None:
+    pods = _operator_pods(cluster)
+    return pods if len(pods) == 2 else None
+
+
+def test_the_charts_two_replicas_hold_one_lease_and_a_leader_pod_deleted_hands_it_over(
+    real_cluster: Cluster,
+) -> None:
+    # After the user path: the release runs two operator pods under the chart's ServiceAccount.
+    pods = wait_for("two Ready operator pods", lambda: _two_operator_pods(real_cluster), 120)
+    budget = _kubectl_json(real_cluster, "get", "pdb", "-n", OPERATOR_NAMESPACE)["items"]
+    assert [item["spec"]["minAvailable"] for item in budget] == [1]
+    lease = _lease(real_cluster)
+    leader = lease["holderIdentity"]
+    assert leader in pods, (leader, pods)
+    wait_for(
+        "the leader to renew its Lease",
+        lambda: _lease(real_cluster)["renewTime"] != lease["renewTime"],
+        timeout=10,
+    )
+    standby = next(pod for pod in pods if pod != leader)
+    started = time.monotonic()
+    real_cluster.kubectl("delete", "pod", leader, "-n", OPERATOR_NAMESPACE, "--wait=false")
+    wait_for(
+        f"{standby} to take the Lease",
+        lambda: _lease(real_cluster)["holderIdentity"] == standby,
+        timeout=60,
+        interval=0.2,
+    )
+    print(f"handover to {standby} after deleting {leader}: {time.monotonic() - started:.1f} s")
+    assert _lease(real_cluster)["leaseTransitions"] >= 1
+    events = _kubectl_json(real_cluster, "get", "events", "-n", OPERATOR_NAMESPACE)["items"]
+    messages = [event["message"] for event in events if event["reason"] == "LeaderElection"]
+    assert f"{standby} became leader" in messages, messages
+
+    # The Deployment's replacement pod comes up as the new standby.
+    def replaced() -> list[str] | None:
+        pods = _two_operator_pods(real_cluster)
+        return pods if pods and leader not in pods else None
+
+    now = wait_for("a replacement operator pod Ready", replaced, timeout=120, interval=1)
+    assert standby in now and _lease(real_cluster)["holderIdentity"] == standby
 
 
 def _container_id(cluster: Cluster, pod: str) -> str:
