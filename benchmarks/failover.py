@@ -27,8 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
-import shutil
 import signal
 import statistics
 import subprocess
@@ -40,7 +38,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from accel_operator import api, leader
+from operator_launch import create_namespace, own_cluster, post_job
+
+from accel_operator import leader
 from accel_operator.kube import ApiError, KubeClient, load_api_client
 from localcluster import Cluster, free_port, operator_argv
 
@@ -116,26 +116,19 @@ def holder(kube: KubeClient, namespace: str) -> str:
 
 
 def post_probe(kube: KubeClient, namespace: str, name: str) -> None:
-    spec = {
-        "image": "ghcr.io/acceltrain/trainer:0.1.0",
-        "workers": 1,
-        "devicesPerWorker": 1,
-        "nodePool": {"nodeSelector": {"acceltrain.io/pool": "gpu"}},
-        "model": {"config": {"hiddenSize": 64, "numLayers": 2, "numHeads": 2}},
-        "data": {"synthetic": {"numSamples": 64}},
-        "training": {"maxSteps": 2},
-        "checkpoint": {"resume": False},
-    }
-    kube.request(
-        "POST",
-        f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}",
-        verb="create",
-        resource=api.PLURAL,
-        body={
-            "apiVersion": api.API_VERSION,
-            "kind": api.KIND,
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": spec,
+    post_job(
+        kube,
+        namespace,
+        name,
+        {
+            "image": "ghcr.io/acceltrain/trainer:0.1.0",
+            "workers": 1,
+            "devicesPerWorker": 1,
+            "nodePool": {"nodeSelector": {"acceltrain.io/pool": "gpu"}},
+            "model": {"config": {"hiddenSize": 64, "numLayers": 2, "numHeads": 2}},
+            "data": {"synthetic": {"numSamples": 64}},
+            "training": {"maxSteps": 2},
+            "checkpoint": {"resume": False},
         },
     )
 
@@ -183,14 +176,7 @@ def row(label: str, samples: list[tuple[float, float]], bound: float) -> dict[st
 
 def run(cluster: Cluster, args: argparse.Namespace) -> list[dict[str, Any]]:
     kube = KubeClient(load_api_client(str(cluster.kubeconfig)))
-    namespace = f"failover-{secrets.token_hex(3)}"
-    kube.request(
-        "POST",
-        "/api/v1/namespaces",
-        verb="create",
-        resource="namespaces",
-        body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-    )
+    namespace = create_namespace(kube, "failover")
     timing = [args.lease, args.renew, args.retry]
     replicas = {name: Replica(name, cluster.kubeconfig, namespace, timing) for name in ("a", "b")}
     try:
@@ -227,19 +213,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        state = Path(tempfile.mkdtemp(prefix="acceltrain-failover-"))
-        stack.callback(shutil.rmtree, state, ignore_errors=True)
-        cluster = Cluster(state, gpu_nodes=2, process_node=False, prometheus=False)
-        print(f"starting a local cluster with 2 kwok GPU nodes in {state}")
-        cluster.start(timeout=180)
-        stack.callback(cluster.stop)
-        cluster.kubectl(
-            "apply",
-            "--server-side",
-            "-f",
-            str(REPO_ROOT / "manifests/crd/acceltrain.io_acceltrainjobs.yaml"),
-        )
-        cluster.wait_crd_established("acceltrainjobs.acceltrain.io")
+        cluster = own_cluster(stack, nodes=2, prefix="failover", timeout=180)
         rows = run(cluster, args)
     headers = list(rows[0])
     print(f"lease {args.lease:g} s, renew deadline {args.renew:g} s, retry {args.retry:g} s")

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from operator_launch import Watcher, start_session
+from operator_launch import Watcher, post_job, start_session
 
-from accel_operator import api, constants
+from accel_operator import constants
 from accel_operator.kube import KubeClient
 from localcluster import Cluster
 from localcluster.kueue import queue_fixture
@@ -129,18 +129,7 @@ def run_policy(
     names = [f"{policy.lower()}-{index}" for index in range(args.jobs)]
     started = time.monotonic()
     for name in names:
-        kube.request(
-            "POST",
-            f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}",
-            verb="create",
-            resource=api.PLURAL,
-            body={
-                "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": job_spec(args.run_seconds, policy),
-            },
-        )
+        post_job(kube, namespace, name, job_spec(args.run_seconds, policy))
     done: dict[str, float] = {}
     statuses: dict[str, dict[str, Any]] = {}
     while len(done) < len(names) and time.monotonic() - started < args.timeout:

@@ -444,6 +444,42 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def own_cluster(
+    stack: contextlib.ExitStack, *, nodes: int, prefix: str, timeout: float = 90.0
+) -> Any:
+    """A local cluster of its own with ``nodes`` kwok GPU nodes and the CRD; ``stack`` stops it
+    and removes its state directory."""
+    from localcluster import Cluster
+
+    state = Path(tempfile.mkdtemp(prefix=f"acceltrain-{prefix}-"))
+    cluster = Cluster(state, gpu_nodes=nodes, gpus_per_node=8, process_node=False, prometheus=False)
+    print(f"starting a local cluster with {nodes} kwok GPU nodes in {state}")
+    stack.callback(shutil.rmtree, state, ignore_errors=True)
+    cluster.start(timeout=timeout)
+    stack.callback(cluster.stop)
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        str(REPO_ROOT / "manifests/crd/acceltrain.io_acceltrainjobs.yaml"),
+    )
+    cluster.wait_crd_established("acceltrainjobs.acceltrain.io")
+    return cluster
+
+
+def create_namespace(kube: KubeClient, prefix: str) -> str:
+    """A new namespace named ``prefix`` and a random suffix."""
+    namespace = f"{prefix}-{secrets.token_hex(3)}"
+    kube.request(
+        "POST",
+        "/api/v1/namespaces",
+        verb="create",
+        resource="namespaces",
+        body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+    )
+    return namespace
+
+
 def start_session(
     stack: contextlib.ExitStack,
     kubeconfig: Path | None,
@@ -457,33 +493,10 @@ def start_session(
     fresh namespace, the operator watching it and a pod watcher; ``stack`` undoes all of it.
     Returns (client, namespace, operator, watcher, operator log)."""
     if kubeconfig is None:
-        from localcluster import Cluster
-
-        state = Path(tempfile.mkdtemp(prefix=f"acceltrain-{prefix}-"))
-        cluster = Cluster(
-            state, gpu_nodes=nodes, gpus_per_node=8, process_node=False, prometheus=False
-        )
-        print(f"starting a local cluster with {nodes} kwok GPU nodes in {state}")
-        stack.callback(shutil.rmtree, state, ignore_errors=True)
-        cluster.start(timeout=start_timeout)
-        stack.callback(cluster.stop)
+        cluster = own_cluster(stack, nodes=nodes, prefix=prefix, timeout=start_timeout)
         kubeconfig = cluster.kubeconfig
-        cluster.kubectl(
-            "apply",
-            "--server-side",
-            "-f",
-            str(REPO_ROOT / "manifests/crd/acceltrain.io_acceltrainjobs.yaml"),
-        )
-        cluster.wait_crd_established("acceltrainjobs.acceltrain.io")
     kube = KubeClient(load_api_client(str(kubeconfig)))
-    namespace = f"{prefix}-{secrets.token_hex(3)}"
-    kube.request(
-        "POST",
-        "/api/v1/namespaces",
-        verb="create",
-        resource="namespaces",
-        body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-    )
+    namespace = create_namespace(kube, prefix)
     stack.callback(
         lambda: kube.request(
             "DELETE", f"/api/v1/namespaces/{namespace}", verb="delete", resource="namespaces"

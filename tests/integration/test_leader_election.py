@@ -207,7 +207,7 @@ def test_exactly_one_of_two_replicas_reconciles_and_jobs_before_and_after_a_fail
     leading, standing_by = replicas.leader(), replicas.standby()
     assert (leader_gauge(leading), leader_gauge(standing_by)) == (1.0, 0.0)
     kube.create_job(ns, "gpu-before", gpu_spec(workers=2, devices=4))
-    kube.create_job(ns, "cpu-before", cpu_spec(tmp_path / "cpu-before", workers=2, steps=10))
+    kube.create_job(ns, "cpu-before", cpu_spec(tmp_path / "cpu-before", workers=1, steps=10))
     wait_phase(kube, ns, "gpu-before", "Succeeded")
     wait_phase(kube, ns, "cpu-before", "Succeeded", timeout=300)
     assert outcome(kube, ns, "cpu-before") == ("Succeeded", 1, 0)
