@@ -124,11 +124,7 @@ def parse_image_labels(listing: str) -> dict[str, dict[str, str]]:
     """``ctr images ls`` output -> {ref: labels}. Columns: REF TYPE DIGEST SIZE PLATFORMS LABELS,
     where SIZE holds a space ("1.2 MiB") and LABELS is ``k=v,k=v`` or ``-``."""
     images: dict[str, dict[str, str]] = {}
-    lines = listing.splitlines()
-    for line in lines[1:] if lines and lines[0].startswith("REF") else lines:
-        fields = line.split()
-        if len(fields) < 6:
-            continue
+    for fields in _rows(listing):
         labels: dict[str, str] = {}
         if fields[-1] != "-":
             for pair in fields[-1].split(","):
@@ -136,6 +132,24 @@ def parse_image_labels(listing: str) -> dict[str, dict[str, str]]:
                 labels[key] = value
         images[fields[0]] = labels
     return images
+
+
+def _rows(listing: str) -> list[list[str]]:
+    lines = listing.splitlines()
+    rows = lines[1:] if lines and lines[0].startswith("REF") else lines
+    return [fields for fields in (line.split() for line in rows) if len(fields) >= 6]
+
+
+def stale_image_ids(listing: str) -> list[str]:
+    """The ``sha256:<image id>`` references of ``ctr images ls`` that no named image shares a
+    target with: the CRI plugin keeps one such reference per image it has seen, and after a
+    rebuild the old build's reference alone still holds its unpacked layers (GBs of the trainer
+    image per build)."""
+    targets = {fields[0]: fields[2] for fields in _rows(listing)}
+    named = {target for ref, target in targets.items() if not ref.startswith("sha256:")}
+    return sorted(
+        ref for ref, target in targets.items() if ref.startswith("sha256:") and target not in named
+    )
 
 
 def needs_import(present: Mapping[str, Mapping[str, str]], name: str, identifier: str) -> bool:
@@ -219,9 +233,12 @@ def import_images(
         # containerd's roots are kept between clusters (localcluster.realnode), so an archive is
         # needed again only for a new root; several GB of disk are worth more than a re-export.
         archive.unlink(missing_ok=True)
+    listing = _run([*base, "ls"], "ctr images ls")
+    for stale in stale_image_ids(listing):
+        _run([*base, "rm", "--sync", stale], f"ctr images rm {stale}")
     # The archive names the image; a name the engine stores differently (a short Docker Hub
     # name, say) would otherwise be imported under another reference without notice.
-    present = parse_image_labels(_run([*base, "ls"], "ctr images ls"))
+    present = parse_image_labels(listing)
     missing = [
         name for name, identifier in wanted.items() if needs_import(present, name, identifier)
     ]

@@ -271,6 +271,17 @@ class LeaderElector:
     def _pause(self) -> float:
         return self.timing.retry_period * (1 + random.uniform(0, RETRY_JITTER))
 
+    def _until_next_try(self) -> float:
+        """A retry period, or less when the Lease we wait on expires sooner: the standby tries
+        at the moment of expiry instead of up to a period later."""
+        pause = self._pause()
+        record = self._observed
+        if record is None or not record.holder or record.holder == self.identity:
+            return pause
+        duration = max(float(record.duration_seconds), self.timing.lease_duration)
+        expires_in = self._observed_at + duration - self._clock()
+        return max(0.01, min(pause, expires_in))
+
     def acquire(self) -> bool:
         """Block as a standby until this replica leads (True) or :meth:`stop` (False)."""
         logger.info("%s is a standby until it acquires the Lease %s", self.identity, self.lease)
@@ -278,7 +289,7 @@ class LeaderElector:
             if self.try_acquire_or_renew():
                 logger.info("%s acquired the Lease %s", self.identity, self.lease)
                 return True
-            self._stop.wait(self._pause())
+            self._stop.wait(self._until_next_try())
         return False
 
     def keep_leading(self, on_lost: Callable[[str], None]) -> None:

@@ -174,6 +174,16 @@ def test_a_standby_takes_over_only_after_the_lease_went_unrenewed_for_its_durati
     assert gauge(second, "acceltrain_operator_leader_transitions_total") == 2
 
 
+def test_a_standby_tries_again_when_the_lease_it_waits_on_expires_not_a_period_later() -> None:
+    server, clock = LeaseServer(), Clock()
+    leader, standby = candidate(server, "pod-a", clock), candidate(server, "pod-b", clock)
+    assert leader.try_acquire_or_renew()
+    assert not standby.try_acquire_or_renew()
+    assert TIMING.retry_period <= standby._until_next_try() <= TIMING.retry_period * 1.2
+    clock.now += TIMING.lease_duration - 0.5
+    assert standby._until_next_try() == pytest.approx(0.5)
+
+
 def test_the_leader_stops_leading_at_its_renew_deadline_before_a_standby_may_start() -> None:
     server, clock = LeaseServer(), Clock()
     leader, standby = candidate(server, "pod-a", clock), candidate(server, "pod-b", clock)

@@ -20,6 +20,7 @@ from localcluster.images import (
     needs_import,
     normalize_id,
     parse_image_labels,
+    stale_image_ids,
 )
 
 ID_A = "sha256:" + "a" * 64
@@ -52,6 +53,18 @@ def test_ctr_listing_gives_each_reference_its_labels() -> None:
         OPERATOR: {"io.cri-containerd.image": "managed", IMAGE_ID_LABEL: ID_A},
         "registry.k8s.io/pause:3.10.1": {},
     }
+
+
+def test_image_ids_of_older_builds_are_stale_and_those_of_named_images_are_not() -> None:
+    current, old = f"sha256:{'c' * 64}", f"sha256:{'e' * 64}"
+    listing = CTR_LISTING + "".join(
+        f"{ref} application/vnd.docker.distribution.manifest.v2+json {target} 5.9 GiB "
+        "linux/amd64 io.cri-containerd.image=managed \n"
+        for ref, target in ((ID_A, current), (ID_B, old))
+    )
+
+    assert stale_image_ids(listing) == [ID_B]
+    assert stale_image_ids(CTR_LISTING) == []
 
 
 def test_an_empty_containerd_lists_no_images() -> None:
