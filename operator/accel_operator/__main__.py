@@ -305,16 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     name_the_user()
     kopf.run(
-        registry=build_registry(reconciler, options),
+        registry=build_registry(
+            reconciler, options, on_drained=elector.release if elector is not None else None
+        ),
         standalone=args.peering is None,
         peering_name=args.peering,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=liveness,
     )
-    if elector is not None:
-        # kopf has stopped and drained the work queue: nothing more will be written.
-        elector.release()
     return 0
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -85,8 +85,14 @@ def configure_settings(settings: kopf.OperatorSettings, options: OperatorOptions
     settings.execution.max_workers = options.handler_threads
 
 
-def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.OperatorRegistry:
-    """A kopf registry with the operator's handlers bound to ``reconciler``."""
+def build_registry(
+    reconciler: Reconciler,
+    options: OperatorOptions,
+    on_drained: Callable[[], None] | None = None,
+) -> kopf.OperatorRegistry:
+    """A kopf registry with the operator's handlers bound to ``reconciler``. ``on_drained`` runs
+    at shutdown once kopf's watchers and handlers and the work queue have stopped: nothing of
+    this process writes after it (the leader hands its Lease back there)."""
     registry = kopf.OperatorRegistry()
     resource = (api.GROUP, api.VERSION, api.PLURAL)
     children = {constants.LABEL_JOB_NAME: kopf.PRESENT}
@@ -105,6 +111,8 @@ def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.Ope
     @kopf.on.cleanup(registry=registry)
     def drain(**_: Any) -> None:
         work.stop()
+        if on_drained is not None:
+            on_drained()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
