@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LEASE_NAME = "acceltrain-operator"
 RETRY_JITTER = 0.2
+RELEASE_ATTEMPTS = 3
 """Retries wait ``retryPeriod * (1 + up to this)`` so that candidates do not move in lockstep."""
 
 
@@ -329,23 +330,37 @@ class LeaderElector:
             self._stop.set()
             was_leading = self.is_leading()
             self._leading_until = float("-inf")
-        if not was_leading or self._observed is None:
+        if not was_leading:
             return
-        now = micro_time()
-        spec = {
-            "holderIdentity": "",
-            "leaseDurationSeconds": 1,
-            "acquireTime": now,
-            "renewTime": now,
-            "leaseTransitions": self._observed.transitions,
-        }
-        try:
-            self._store.write_lease(
-                self.namespace, self.name, spec, self._observed.resource_version
-            )
-            logger.info("%s released the Lease %s", self.identity, self.lease)
-        except Exception as error:
-            logger.warning("cannot release the Lease %s: %s", self.lease, error)
+        # A renewal still in flight may have moved the Lease's version on: read it afresh.
+        for _ in range(RELEASE_ATTEMPTS):
+            try:
+                lease = self._store.get_lease(self.namespace, self.name)
+                record = LeaseRecord.from_lease(lease) if lease else None
+                if record is None or record.holder != self.identity:
+                    return
+                version, spec = record.resource_version, released_spec(record)
+                if self._store.write_lease(self.namespace, self.name, spec, version):
+                    logger.info("%s released the Lease %s", self.identity, self.lease)
+                    return
+            except Exception as error:
+                logger.warning("cannot release the Lease %s: %s", self.lease, error)
+                return
+        logger.warning(
+            "could not release the Lease %s; a standby takes over when it expires", self.lease
+        )
+
+
+def released_spec(record: LeaseRecord) -> dict[str, Any]:
+    """What client-go writes to hand a Lease back: no holder, a one-second lease."""
+    now = micro_time()
+    return {
+        "holderIdentity": "",
+        "leaseDurationSeconds": 1,
+        "acquireTime": now,
+        "renewTime": now,
+        "leaseTransitions": record.transitions,
+    }
 
 
 class StandbyHealth:

@@ -226,6 +226,21 @@ def test_a_released_lease_goes_to_the_standby_at_its_next_try() -> None:
     assert server.holder() == "pod-b"
 
 
+def test_a_release_racing_a_renewal_still_hands_the_lease_back() -> None:
+    server, clock = LeaseServer(), Clock()
+    first, second = candidate(server, "pod-a", clock), candidate(server, "pod-b", clock)
+    assert first.try_acquire_or_renew()
+    lease = server.leases["operator"]
+    # A renewal that landed after the leader last read the Lease: its version moved on.
+    renewed = server.write_lease(
+        "acceltrain-system", "operator", lease["spec"], lease["metadata"]["resourceVersion"]
+    )
+    assert renewed is not None
+    first.release()
+    assert server.holder() == ""
+    assert second.try_acquire_or_renew()
+
+
 def test_the_watchdog_reports_a_lapsed_lease_at_once() -> None:
     server, clock = LeaseServer(), Clock()
     leader = candidate(server, "pod-a", clock, ElectionTiming(15, 10, 60))
