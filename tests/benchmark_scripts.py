@@ -12,7 +12,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def load_benchmark(script: str, module_name: str) -> ModuleType:
     """``benchmarks/<script>.py`` imported as ``module_name`` (benchmarks/ is not a package, and
-    benchmarks/quality/ would shadow quality.py under its own name)."""
+    benchmarks/quality/ would shadow quality.py under its own name). benchmarks/ goes on the
+    module path, as when the script runs, for the helpers the scripts share."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{script}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
