@@ -445,7 +445,7 @@ class Demo:
                     # Before the status carries it, the trainers' own gauge does.
                     sparsity_checked = now
                     measured = self._prometheus_value(
-                        cluster, f'max(acceltrain_sparsity_ratio{{job="{name}"}})'
+                        cluster, f'max(acceltrain_sparsity_ratio{{acceltrain_job="{name}"}})'
                     )
                     if measured is not None:
                         progress["sparsity"] = measured
@@ -570,7 +570,7 @@ class Demo:
     def _report_prometheus(self, cluster: Cluster, name: str) -> None:
         if cluster.prometheus_url is None:
             return
-        promql = f'max_over_time(acceltrain_samples_per_second{{job="{name}"}}[1h])'
+        promql = f'max_over_time(acceltrain_samples_per_second{{acceltrain_job="{name}"}}[1h])'
         result: list[dict[str, Any]] = []
         with contextlib.suppress(OSError, prometheus.PrometheusError):
             result = prometheus.query(cluster.prometheus_url, promql)

@@ -66,8 +66,6 @@ def scrape_config(settings: PrometheusSettings) -> dict[str, Any]:
     node_regex = "|".join(map(re.escape, real_nodes)) if real_nodes else "no real node"
     pod_job: dict[str, Any] = {
         "job_name": POD_JOB,
-        # The trainer labels its series with its own `job` and `namespace`; keep those.
-        "honor_labels": True,
         # Prometheus 3 refuses a response without a metrics Content-Type unless told what to
         # assume; small exporters (and http.server based probes) often send none.
         "fallback_scrape_protocol": "PrometheusText0.0.4",
@@ -123,10 +121,8 @@ def scrape_config(settings: PrometheusSettings) -> dict[str, Any]:
             {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
             {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
             {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
-            {
-                "source_labels": ["__meta_kubernetes_pod_label_acceltrain_io_job_name"],
-                "target_label": "job_name",
-            },
+            # As a PodMonitor does: no honor_labels, and the trainer's series name their job in
+            # `acceltrain_job`, which no target label here shadows.
         ],
     }
     operator_job = {

@@ -327,7 +327,6 @@ def test_prometheus_discovers_a_pod_and_promql_returns_its_sample(
     labels, (_, value) = samples[0]["metric"], samples[0]["value"]
     assert value == "42"
     assert labels["pod"] == "probe-0"
-    assert labels["job_name"] == "probe"
     assert labels["source"] == "pod"
     target = next(
         t for t in active_targets(cluster.prometheus_url) if t["labels"].get("pod") == "probe-0"

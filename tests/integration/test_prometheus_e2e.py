@@ -118,9 +118,8 @@ def test_make_demo_trains_to_succeeded_and_prometheus_scraped_trainers_and_opera
 
         prometheus = cluster.prometheus_url
         assert prometheus is not None
-        samples = _series(
-            prometheus, f'rate(acceltrain_train_samples_total{{job="{JOB}"}}[1m])', started
-        )
+        rate = f'rate(acceltrain_train_samples_total{{acceltrain_job="{JOB}"}}[1m])'
+        samples = _series(prometheus, rate, started)
         assert any(_positive(series) for series in samples), samples
         for series in samples:
             labels = series["metric"]
@@ -128,10 +127,11 @@ def test_make_demo_trains_to_succeeded_and_prometheus_scraped_trainers_and_opera
             assert labels["namespace"] == "default"
             assert labels["pod"].startswith(f"{JOB}-a1-")
             assert labels["node"] == "acceltrain-node-0"
-            assert labels["job_name"] == JOB
+            assert labels["acceltrain_job"] == JOB
+            assert not [name for name in labels if name.startswith("exported_")], labels
         assert {series["metric"]["node_rank"] for series in samples} == {"0", "1"}
 
-        mfu = _series(prometheus, f'acceltrain_mfu_ratio{{job="{JOB}"}}', started)
+        mfu = _series(prometheus, f'acceltrain_mfu_ratio{{acceltrain_job="{JOB}"}}', started)
         assert any(_positive(series) for series in mfu), mfu
 
         requests = _series(

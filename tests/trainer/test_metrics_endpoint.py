@@ -62,7 +62,7 @@ def test_metrics_endpoint_of_a_running_job_has_every_contract_series(
         types, values = parse(exposition)
         for name, kind in TRAINER_CONTRACT_FAMILIES.items():
             assert types.get(name) == kind, f"rank {rank}: {name} is {types.get(name)}"
-        labels = {"job": "metrics-demo", "namespace": "trainer-tests", "node_rank": "0"}
+        labels = {"acceltrain_job": "metrics-demo", "node_rank": "0"}
         for family in text_string_to_metric_families(exposition):
             for sample in family.samples:
                 if family.name.startswith("acceltrain_"):

@@ -276,6 +276,34 @@ def test_grafana_dashboard_shows_throughput_mfu_padding_step_time_loss_and_resta
         assert metric in exprs
 
 
+# Labels Prometheus (and a Prometheus Operator's PodMonitor) gives every target: a series label of
+# the same name is renamed to exported_<name> unless honorLabels is set.
+TARGET_LABELS = {"job", "namespace", "pod", "instance", "container", "endpoint", "service"}
+
+
+def test_trainer_series_labels_survive_a_podmonitor_without_honor_labels() -> None:
+    from accel_trainer.metrics import LABEL_NAMES
+
+    assert not set(LABEL_NAMES) & TARGET_LABELS
+    monitor = by_kind(render(ALL_FEATURES), "PodMonitor")[0]
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert "honorLabels" not in endpoint
+    # The dashboard groups and filters by the trainer's job label and the target's namespace.
+    configmap = next(
+        cm
+        for cm in by_kind(render(ALL_FEATURES), "ConfigMap")
+        if "dashboard" in cm["metadata"]["name"]
+    )
+    dashboard = yaml.safe_load(configmap["data"]["acceltrain.json"])
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            if "acceltrain_operator" in target["expr"]:
+                continue
+            grouped = re.findall(r"by \(([^)]*)\)", target["expr"])
+            assert all("job" not in [g.strip() for g in group.split(",")] for group in grouped)
+            assert "exported_" not in target["expr"]
+
+
 def test_values_schema_rejects_a_typo_with_the_key_named() -> None:
     result = helm(
         "template", "acceltrain", str(CHART), *KUBE, "--set", "imagee.tag=1.0", check=False

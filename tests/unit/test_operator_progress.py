@@ -16,7 +16,7 @@ from .conftest import MINIMAL_SPEC
 
 
 def _trainer_exposition(rank: int, step: int, samples: int, seconds: float) -> str:
-    metrics = TrainerMetrics(job="bert", namespace="team-a", node_rank=0, rank=rank)
+    metrics = TrainerMetrics(job="bert", node_rank=0, rank=rank)
     for number in range(1, step + 1):
         metrics.record_step(
             step=number,
@@ -92,7 +92,7 @@ def test_scraping_is_limited_to_the_allowed_networks() -> None:
 
 
 def test_a_live_exporter_is_scraped_over_http() -> None:
-    metrics = TrainerMetrics(job="bert", namespace="team-a", node_rank=0, rank=0)
+    metrics = TrainerMetrics(job="bert", node_rank=0, rank=0)
     metrics.record_step(
         step=1, samples=8, tokens=512, step_seconds=0.25, loss=1.0, learning_rate=1e-4
     )
@@ -116,7 +116,7 @@ def test_an_exporter_that_does_not_answer_yields_no_progress() -> None:
 
 
 def test_the_latest_checkpoint_step_is_read_from_the_trainer() -> None:
-    metrics = TrainerMetrics(job="bert", namespace="team-a", node_rank=0, rank=0)
+    metrics = TrainerMetrics(job="bert", node_rank=0, rank=0)
     metrics.record_step(
         step=1, samples=8, tokens=512, step_seconds=0.25, loss=1.0, learning_rate=1e-4
     )
@@ -130,7 +130,7 @@ def test_the_latest_checkpoint_step_is_read_from_the_trainer() -> None:
 
 
 def test_the_memory_preflight_estimate_reaches_the_job_status() -> None:
-    metrics = TrainerMetrics(job="bert", namespace="team-a", node_rank=0, rank=0)
+    metrics = TrainerMetrics(job="bert", node_rank=0, rank=0)
     metrics.record_step(
         step=1, samples=8, tokens=512, step_seconds=0.25, loss=1.0, learning_rate=1e-4
     )
@@ -151,7 +151,7 @@ def test_the_memory_preflight_estimate_reaches_the_job_status() -> None:
 
 
 def test_the_padding_efficiency_reaches_the_job_status() -> None:
-    metrics = TrainerMetrics(job="bert", namespace="team-a", node_rank=0, rank=0)
+    metrics = TrainerMetrics(job="bert", node_rank=0, rank=0)
     before = scrape.parse_metrics(prometheus_client.generate_latest(metrics.registry).decode())
     assert before is None or before.padding_efficiency is None
     metrics.record_step(

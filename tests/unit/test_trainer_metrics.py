@@ -29,7 +29,7 @@ from accel_trainer.metrics import (
 
 from ..metrics_contract import TRAINER_CONTRACT_FAMILIES
 
-LABELS = {"job": "bert-demo", "namespace": "team-a", "node_rank": "1", "rank": "3"}
+LABELS = {"acceltrain_job": "bert-demo", "node_rank": "1", "rank": "3"}
 
 GPT2_SMALL = {"num_layers": 12, "hidden_size": 768, "seq_length": 1024}
 # GPT-2 small without its position embeddings (nanoGPT's get_num_params(non_embedding=True));
@@ -39,8 +39,7 @@ GPT2_SMALL_MATMUL_PARAMS = 123_653_376
 
 def make_metrics(rate_window_steps: int = DEFAULT_RATE_WINDOW_STEPS) -> TrainerMetrics:
     return TrainerMetrics(
-        job=LABELS["job"],
-        namespace=LABELS["namespace"],
+        job=LABELS["acceltrain_job"],
         node_rank=int(LABELS["node_rank"]),
         rank=int(LABELS["rank"]),
         rate_window_steps=rate_window_steps,
@@ -172,7 +171,7 @@ import gc, json
 from accel_trainer.metrics import TrainerMetrics
 gc.collect()
 gc.disable()
-metrics = TrainerMetrics(job="j", namespace="n", node_rank=0, rank=0)
+metrics = TrainerMetrics(job="j", node_rank=0, rank=0)
 metrics.record_device_memory()
 before = metrics.snapshot()["device_memory_bytes_rss"]
 ballast = bytearray(b"\\x01") * (64 * 1024 * 1024)  # written, so every page is resident
@@ -243,8 +242,8 @@ def test_the_memory_estimate_and_budget_are_exported_by_kind() -> None:
 
 
 def test_instances_keep_separate_registries() -> None:
-    rank0 = TrainerMetrics(job="j", namespace="ns", node_rank=0, rank=0)
-    rank1 = TrainerMetrics(job="j", namespace="ns", node_rank=0, rank=1)
+    rank0 = TrainerMetrics(job="j", node_rank=0, rank=0)
+    rank1 = TrainerMetrics(job="j", node_rank=0, rank=1)
     rank1.record_step(step=1, samples=5, tokens=50, step_seconds=1.0, loss=1.0, learning_rate=0.1)
 
     assert "acceltrain_train_samples_total" in scrape(rank0)
@@ -551,7 +550,7 @@ def test_record_step_rejects_impossible_values_by_name(
 
 def test_identity_labels_must_name_a_job() -> None:
     with pytest.raises(ValueError, match="job must be a non-empty name"):
-        TrainerMetrics(job="", namespace="ns", node_rank=0, rank=0)
+        TrainerMetrics(job="", node_rank=0, rank=0)
 
 
 def test_negative_peak_override_is_refused_naming_the_setting() -> None:

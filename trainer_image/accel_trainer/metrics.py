@@ -1,11 +1,13 @@
 """The trainer's Prometheus exporter and the throughput arithmetic behind it.
 
 Owns the per-rank metrics contract (the README's metrics table): every series is prefixed
-``acceltrain_`` and labelled ``job``, ``namespace``, ``node_rank`` and ``rank``. The operator
+``acceltrain_`` and labelled ``acceltrain_job`` (the AccelTrainJob's name), ``node_rank`` and
+``rank``: none of them is a label Prometheus gives its targets (``job``, ``namespace``, ``pod``), so
+no scrape configuration renames them to ``exported_*``; the namespace is the target's. The operator
 scrapes rank 0's exporter for ``status.progress``; Prometheus and the Grafana dashboard read all
 ranks. The training loop drives it::
 
-    metrics = TrainerMetrics(job="bert", namespace="team-a", node_rank=0, rank=0)
+    metrics = TrainerMetrics(job="bert", node_rank=0, rank=0)
     metrics.serve(9400)
     metrics.set_model_flops(num_params=count_matmul_params(model), num_layers=2,
                             hidden_size=128, seq_length=64, device_name=detect_device_name(),
@@ -68,7 +70,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METRIC_PREFIX: Final = "acceltrain"
-LABEL_NAMES: Final = ("job", "namespace", "node_rank", "rank")
+JOB_LABEL: Final = "acceltrain_job"
+LABEL_NAMES: Final = (JOB_LABEL, "node_rank", "rank")
 DEFAULT_RATE_WINDOW_STEPS: Final = 20
 # The kind label of acceltrain_estimated_memory_bytes: where the estimated bytes live.
 MEMORY_ESTIMATE_KINDS: Final = ("device", "host")
@@ -406,7 +409,6 @@ class TrainerMetrics:
         self,
         *,
         job: str,
-        namespace: str,
         node_rank: int,
         rank: int,
         registry: prometheus_client.CollectorRegistry | None = None,
@@ -414,16 +416,13 @@ class TrainerMetrics:
     ) -> None:
         if not job:
             raise ValueError("job must be a non-empty name (the AccelTrainJob's metadata.name)")
-        if not namespace:
-            raise ValueError("namespace must be a non-empty name (the AccelTrainJob's namespace)")
         if node_rank < 0 or rank < 0:
             raise ValueError(f"node_rank and rank must be >= 0, got {node_rank} and {rank}")
         if rate_window_steps < 1:
             raise ValueError(f"rate_window_steps must be >= 1, got {rate_window_steps}")
         self.registry = registry if registry is not None else prometheus_client.CollectorRegistry()
         self.labels: dict[str, str] = {
-            "job": job,
-            "namespace": namespace,
+            JOB_LABEL: job,
             "node_rank": str(node_rank),
             "rank": str(rank),
         }

@@ -395,7 +395,6 @@ class Recipe:
         config, info = self.config, self.info
         metrics = TrainerMetrics(
             job=config.job.name,
-            namespace=config.job.namespace,
             node_rank=info.node_rank,
             rank=info.rank,
         )
