@@ -36,7 +36,14 @@ class OperatorMetrics:
     """The operator's metrics and the job-phase bookkeeping behind the phase gauge."""
 
     def __init__(self, registry: prometheus_client.CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else prometheus_client.CollectorRegistry()
+        if registry is None:
+            registry = prometheus_client.CollectorRegistry()
+            # What the default registry has and a private one lacks: process_* (CPU seconds,
+            # resident memory, open fds), python_gc_* and python_info.
+            prometheus_client.ProcessCollector(registry=registry)
+            prometheus_client.PlatformCollector(registry=registry)
+            prometheus_client.GCCollector(registry=registry)
+        self.registry = registry
         self.jobs = prometheus_client.Gauge(
             "acceltrain_operator_jobs",
             "AccelTrainJobs reconciled by this operator, by phase.",

@@ -420,7 +420,14 @@ class TrainerMetrics:
             raise ValueError(f"node_rank and rank must be >= 0, got {node_rank} and {rank}")
         if rate_window_steps < 1:
             raise ValueError(f"rate_window_steps must be >= 1, got {rate_window_steps}")
-        self.registry = registry if registry is not None else prometheus_client.CollectorRegistry()
+        if registry is None:
+            registry = prometheus_client.CollectorRegistry()
+            # What the default registry has and a private one lacks: process_* (CPU seconds,
+            # resident memory, open fds), python_gc_* and python_info.
+            prometheus_client.ProcessCollector(registry=registry)
+            prometheus_client.PlatformCollector(registry=registry)
+            prometheus_client.GCCollector(registry=registry)
+        self.registry = registry
         self.labels: dict[str, str] = {
             JOB_LABEL: job,
             "node_rank": str(node_rank),

@@ -1,0 +1,42 @@
+"""The operator's exporter: its own series beside the standard process and Python ones, clean for
+promtool as the trainer's are."""
+
+from __future__ import annotations
+
+import prometheus_client
+
+from accel_operator.metrics import OperatorMetrics
+
+from .test_trainer_metrics import promtool_check, promtool_or_skip
+
+
+def exposition(metrics: OperatorMetrics) -> str:
+    return prometheus_client.generate_latest(metrics.registry).decode()
+
+
+def test_the_operator_exports_process_memory_gc_and_its_own_series() -> None:
+    metrics = OperatorMetrics()
+    metrics.count_request("apply", "jobs")
+    metrics.record_phase("team-a", "bert", "Running")
+    text = exposition(metrics)
+    for name in (
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "python_gc_collections_total",
+        "python_info",
+        "acceltrain_operator_leader",
+        "acceltrain_operator_leader_transitions_total",
+        'acceltrain_operator_jobs{phase="Running"} 1.0',
+        'acceltrain_operator_api_requests_total{resource="jobs",verb="apply"} 1.0',
+    ):
+        assert name in text, name
+
+
+def test_promtool_finds_the_operators_metrics_clean() -> None:
+    promtool = promtool_or_skip()
+    metrics = OperatorMetrics()
+    metrics.count_request("apply", "jobs")
+
+    result = promtool_check(promtool, exposition(metrics))
+
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
