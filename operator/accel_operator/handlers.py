@@ -33,7 +33,7 @@ import kopf
 from accel_operator import api, constants, observe
 from accel_operator.kube import ApiError
 from accel_operator.reconcile import InvalidSpecError, Reconciler
-from accel_operator.workqueue import WorkQueue
+from accel_operator.workqueue import QueueObserver, WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,12 @@ def build_registry(
     work = WorkQueue(
         lambda namespace, name: _quietly(reconciler, namespace, name),
         workers=options.max_workers,
-        on_depth=reconciler.metrics.work_queue_depth.set,
+        observer=QueueObserver(
+            depth=reconciler.metrics.work_queue_depth.set,
+            added=reconciler.metrics.work_queue_adds.inc,
+            waited=reconciler.metrics.work_queue_wait_seconds.observe,
+            worked=reconciler.metrics.work_seconds.observe,
+        ),
     )
 
     @kopf.on.startup(registry=registry)

@@ -5,9 +5,14 @@
   for first attempts.
 - ``acceltrain_operator_restarts_total{reason}``: whole-group restarts (WorkerFailed,
   GangTimeout, Stalled, AttemptDeleted).
-- ``acceltrain_operator_reconcile_errors_total`` and ``acceltrain_operator_reconcile_seconds``.
-- ``acceltrain_operator_work_queue_depth``: jobs marked for a reconcile that no worker has
-  taken yet (a lasting high value means the API server or the workers cannot keep up).
+- controller-runtime's names where the two overlap, so that alerts and dashboards written for Go
+  controllers apply: ``controller_runtime_reconcile_total{controller,result}`` (success, error,
+  requeue_after), ``controller_runtime_reconcile_errors_total{controller}``,
+  ``controller_runtime_reconcile_time_seconds{controller}``; ``workqueue_depth{name}`` (jobs
+  marked for a reconcile that no worker has taken yet: a lasting high value means the API server
+  or the workers cannot keep up), ``workqueue_adds_total{name}``,
+  ``workqueue_queue_duration_seconds{name}`` (marked until a worker takes it) and
+  ``workqueue_work_duration_seconds{name}``. ``controller`` and ``name`` are ``acceltrainjob``.
 - ``acceltrain_operator_api_requests_total{verb,resource}``: every request
   :mod:`accel_operator.kube` sends (writes are apply/create/patch/delete), which is how the
   launch benchmark counts API writes.
@@ -30,6 +35,9 @@ from accel_operator import api
 LAUNCH_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 WRITE_VERBS: Final = frozenset({"apply", "create", "patch", "delete"})
+CONTROLLER: Final = "acceltrainjob"
+"""The ``controller`` and ``name`` label of the controller-runtime-named series."""
+RECONCILE_RESULTS: Final = ("success", "error", "requeue_after")
 
 
 class OperatorMetrics:
@@ -62,22 +70,7 @@ class OperatorMetrics:
             ["reason"],
             registry=self.registry,
         )
-        self.reconcile_errors = prometheus_client.Counter(
-            "acceltrain_operator_reconcile_errors",
-            "Reconciles that ended in an error (they are retried).",
-            registry=self.registry,
-        )
-        self.reconcile_seconds = prometheus_client.Histogram(
-            "acceltrain_operator_reconcile_seconds",
-            "Wall-clock seconds of one reconcile of one AccelTrainJob.",
-            buckets=RECONCILE_BUCKETS,
-            registry=self.registry,
-        )
-        self.work_queue_depth = prometheus_client.Gauge(
-            "acceltrain_operator_work_queue_depth",
-            "AccelTrainJobs waiting for a reconcile that no worker has taken yet.",
-            registry=self.registry,
-        )
+        self._add_controller_runtime_metrics()
         self.api_requests = prometheus_client.Counter(
             "acceltrain_operator_api_requests",
             "Requests the operator sent to the API server, by verb and resource.",
@@ -98,6 +91,61 @@ class OperatorMetrics:
             self.jobs.labels(phase=phase.value).set(0)
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
+
+    def _add_controller_runtime_metrics(self) -> None:
+        controller = {"controller": CONTROLLER}
+        self.reconcile_total = prometheus_client.Counter(
+            "controller_runtime_reconcile",
+            "Reconciles of AccelTrainJobs by result (success, error, requeue_after).",
+            ["controller", "result"],
+            registry=self.registry,
+        )
+        self.reconcile_errors = prometheus_client.Counter(
+            "controller_runtime_reconcile_errors",
+            "Reconciles that ended in an error (they are retried).",
+            ["controller"],
+            registry=self.registry,
+        ).labels(**controller)
+        self.reconcile_seconds = prometheus_client.Histogram(
+            "controller_runtime_reconcile_time_seconds",
+            "Wall-clock seconds of one reconcile of one AccelTrainJob.",
+            ["controller"],
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        ).labels(**controller)
+        queue = {"name": CONTROLLER}
+        self.work_queue_depth = prometheus_client.Gauge(
+            "workqueue_depth",
+            "AccelTrainJobs waiting for a reconcile that no worker has taken yet.",
+            ["name"],
+            registry=self.registry,
+        ).labels(**queue)
+        self.work_queue_adds = prometheus_client.Counter(
+            "workqueue_adds",
+            "AccelTrainJobs marked for a reconcile while not already waiting.",
+            ["name"],
+            registry=self.registry,
+        ).labels(**queue)
+        self.work_queue_wait_seconds = prometheus_client.Histogram(
+            "workqueue_queue_duration_seconds",
+            "Seconds a job waited between being marked and a worker taking it.",
+            ["name"],
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        ).labels(**queue)
+        self.work_seconds = prometheus_client.Histogram(
+            "workqueue_work_duration_seconds",
+            "Seconds a worker spent on one job it took from the queue.",
+            ["name"],
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        ).labels(**queue)
+        for result in RECONCILE_RESULTS:
+            self.reconcile_total.labels(result=result, **controller)
+
+    def count_reconcile(self, result: str) -> None:
+        """One reconcile ended with ``result`` (one of :data:`RECONCILE_RESULTS`)."""
+        self.reconcile_total.labels(controller=CONTROLLER, result=result).inc()
 
     def record_phase(self, namespace: str, name: str, phase: str | None) -> None:
         """Remember a job's phase (None: the job is gone) and refresh the gauge."""

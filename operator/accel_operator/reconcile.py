@@ -141,9 +141,11 @@ class Reconciler:
             requeue = self.reconcile_once(namespace, name)
         except InvalidSpecError:
             gate.next_due = math.inf
+            self.metrics.count_reconcile("error")
             raise
         except Exception:
             self.metrics.reconcile_errors.inc()
+            self.metrics.count_reconcile("error")
             # Let the timer retry rather than wait for the next cluster change; a busy or
             # refusing API server is asked less and less often.
             gate.next_due = time.monotonic() + self._retry_delay(gate)
@@ -153,6 +155,7 @@ class Reconciler:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
         gate.failures = 0
         gate.next_due = math.inf if requeue is None else time.monotonic() + requeue
+        self.metrics.count_reconcile("success" if requeue is None else "requeue_after")
 
     # --- one pass ----------------------------------------------------------------------------
     def reconcile_once(self, namespace: str, name: str) -> float | None:

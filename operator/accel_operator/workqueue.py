@@ -14,9 +14,11 @@ once because :meth:`~accel_operator.reconcile.Reconciler.reconcile` serialises p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,24 @@ JobKey = tuple[str, str]
 _STOP = ("", "")
 
 
+def _ignore(*_: object) -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueObserver:
+    """What the queue reports, for controller-runtime's workqueue metrics."""
+
+    depth: Callable[[int], None] = _ignore
+    """Jobs waiting after each change."""
+    added: Callable[[], None] = _ignore
+    """A job was marked while not already waiting."""
+    waited: Callable[[float], None] = _ignore
+    """Seconds a job waited from being marked until a worker took it."""
+    worked: Callable[[float], None] = _ignore
+    """Seconds a worker spent on one job."""
+
+
 class WorkQueue:
     """Jobs waiting for a reconcile, each at most once, handed to ``workers`` threads."""
 
@@ -35,14 +55,15 @@ class WorkQueue:
         reconcile: Callable[[str, str], None],
         *,
         workers: int,
-        on_depth: Callable[[int], None] | None = None,
+        observer: QueueObserver | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._reconcile = reconcile
-        self._on_depth = on_depth
+        self._observer = observer or QueueObserver()
         self._queue: queue.SimpleQueue[JobKey] = queue.SimpleQueue()
-        self._pending: set[JobKey] = set()
+        self._pending: dict[JobKey, float] = {}
+        """Waiting jobs and when each was marked."""
         self._lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True)
@@ -73,10 +94,11 @@ class WorkQueue:
         with self._lock:
             if key in self._pending:
                 return
-            self._pending.add(key)
+            self._pending[key] = time.monotonic()
             depth = len(self._pending)
         self._queue.put(key)
-        self._report(depth)
+        self._observer.added()
+        self._observer.depth(depth)
 
     def depth(self) -> int:
         """Jobs waiting for a worker."""
@@ -88,15 +110,15 @@ class WorkQueue:
             key = self._queue.get()
             if key == _STOP:
                 return
+            taken = time.monotonic()
             with self._lock:
-                self._pending.discard(key)
+                marked = self._pending.pop(key, taken)
                 depth = len(self._pending)
-            self._report(depth)
+            self._observer.depth(depth)
+            self._observer.waited(taken - marked)
             try:
                 self._reconcile(*key)
             except Exception:
                 logger.exception("reconcile of %s/%s failed; it is retried", *key)
-
-    def _report(self, depth: int) -> None:
-        if self._on_depth is not None:
-            self._on_depth(depth)
+            finally:
+                self._observer.worked(time.monotonic() - taken)

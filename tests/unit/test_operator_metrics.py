@@ -28,6 +28,14 @@ def test_the_operator_exports_process_memory_gc_and_its_own_series() -> None:
         "acceltrain_operator_leader_transitions_total",
         'acceltrain_operator_jobs{phase="Running"} 1.0',
         'acceltrain_operator_api_requests_total{resource="jobs",verb="apply"} 1.0',
+        # controller-runtime's names, so that alerts written for Go controllers apply.
+        'controller_runtime_reconcile_total{controller="acceltrainjob",result="success"} 0.0',
+        'controller_runtime_reconcile_errors_total{controller="acceltrainjob"} 0.0',
+        "controller_runtime_reconcile_time_seconds_bucket",
+        'workqueue_depth{name="acceltrainjob"} 0.0',
+        'workqueue_adds_total{name="acceltrainjob"} 0.0',
+        "workqueue_queue_duration_seconds_bucket",
+        "workqueue_work_duration_seconds_bucket",
     ):
         assert name in text, name
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from accel_operator.workqueue import WorkQueue
+from accel_operator.workqueue import QueueObserver, WorkQueue
 
 TIMEOUT = 10.0
 
@@ -61,7 +61,7 @@ def recorder() -> Recorder:
 @pytest.fixture
 def started(recorder: Recorder) -> Iterator[tuple[WorkQueue, list[int]]]:
     depths: list[int] = []
-    work = WorkQueue(recorder, workers=1, on_depth=depths.append)
+    work = WorkQueue(recorder, workers=1, observer=QueueObserver(depth=depths.append))
     work.start()
     yield work, depths
     recorder.release.set()
@@ -138,3 +138,30 @@ def test_stop_ends_every_worker_thread(recorder: Recorder) -> None:
 def test_a_queue_without_workers_is_refused(recorder: Recorder) -> None:
     with pytest.raises(ValueError, match="workers must be >= 1"):
         WorkQueue(recorder, workers=0)
+
+
+def test_the_queue_reports_adds_waiting_and_working_time_as_controller_runtime_does(
+    recorder: Recorder,
+) -> None:
+    adds: list[None] = []
+    waited: list[float] = []
+    worked: list[float] = []
+    observer = QueueObserver(
+        added=lambda: adds.append(None), waited=waited.append, worked=worked.append
+    )
+    work = WorkQueue(recorder, workers=1, observer=observer)
+    work.start()
+    try:
+        hold_a_reconcile(recorder, work, "blocker")
+        for _ in range(20):
+            work.add("team", "bert")  # marked once while it waits behind the blocker
+        time.sleep(0.2)
+        recorder.release.set()
+        wait_for(lambda: len(worked) == 2)
+    finally:
+        recorder.release.set()
+        work.stop()
+    assert len(adds) == 2
+    # bert waited for the blocker's reconcile to end; the blocker was taken at once.
+    assert waited[1] >= 0.2 > waited[0]
+    assert worked[0] >= 0.2
