@@ -372,7 +372,9 @@ class RunPolicy(CamelModel):
     """Restarts, deadlines, clean-up and gang behaviour of the pod group."""
 
     max_restarts: Annotated[int, Field(ge=0, le=100)] = 3
-    """Whole-group restarts after retryable failures before the job fails (mutable)."""
+    """Whole-group restarts after retryable failures before the job fails (mutable). A worker
+    evicted, preempted or drained away (DisruptionTarget) restarts the group without spending
+    one."""
     backoff_seconds: Annotated[int, Field(ge=0, le=3600)] = 10
     """Delay before the first restart; doubles after each restart, capped at 10 minutes."""
     active_deadline_seconds: Annotated[int | None, Field(ge=1)] = None

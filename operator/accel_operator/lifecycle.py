@@ -70,6 +70,8 @@ EXIT_CODE_MEANINGS = {
 
 # Reasons of restarts and failures; they are condition reasons, event reasons and metric labels.
 REASON_WORKER_FAILED = "WorkerFailed"
+REASON_EVICTED = "Evicted"
+REASON_PREEMPTED = "Preempted"
 REASON_GANG_TIMEOUT = "GangTimeout"
 REASON_WAITING_FOR_CAPACITY = "WaitingForCapacity"
 REASON_STALLED = "Stalled"
@@ -113,6 +115,10 @@ class PodView:
     waiting_reason: str = ""
     """Why the trainer container does not run yet (ErrImagePull, InvalidImageName, ...)."""
     waiting_message: str = ""
+    disruption: str = ""
+    """The reason of a True ``DisruptionTarget`` condition: the pod was evicted, preempted or
+    drained away (EvictionByEvictionAPI, PreemptionByScheduler, DeletionByTaintManager,
+    TerminationByKubelet), not failed by its own doing."""
 
     @property
     def waiting(self) -> str:
@@ -787,6 +793,22 @@ def _fail(state: _Status, reason: str, message: str) -> None:
         state.set(constants.CONDITION_PROGRESSING, False, "Failed", "the job failed")
 
 
+def _restart_after_disruption(
+    spec: api.AccelTrainJobSpec, state: _Status, plan: _Plan, attempt: int, pod: PodView
+) -> None:
+    """An eviction, preemption or drain is the cluster's doing, not the job's: the group restarts
+    from its checkpoint without spending ``runPolicy.maxRestarts``."""
+    preempted = "Preemption" in pod.disruption
+    reason = REASON_PREEMPTED if preempted else REASON_EVICTED
+    where = f" on {pod.node_name}" if pod.node_name else ""
+    message = (
+        f"worker {pod.name}{where} was {'preempted' if preempted else 'evicted'} "
+        f"({pod.disruption}); attempt {attempt + 1} resumes from the last checkpoint in "
+        f"{spec.run_policy.backoff_seconds} s (a disruption spends no runPolicy.maxRestarts)"
+    )
+    _replace_attempt(state, plan, attempt, spec.run_policy.backoff_seconds, reason, message)
+
+
 def _restart_or_fail(
     spec: api.AccelTrainJobSpec,
     state: _Status,
@@ -1168,6 +1190,10 @@ def _handle_failure(
     state.value.last_exit_code = code
     summary = failure_summary(failure, job)
     permanent = code is not None and code in constants.PERMANENT_EXIT_CODES
+    disrupted = [pod for pod in observed.pods if pod.attempt == job.attempt and pod.disruption]
+    if disrupted and job.failure_reason != "PodFailurePolicy":
+        _restart_after_disruption(spec, state, plan, job.attempt, disrupted[0])
+        return
     if job.failure_reason == "PodFailurePolicy" or permanent:
         reason = PERMANENT_REASONS.get(code if code is not None else -1, "PermanentFailure")
         _fail(

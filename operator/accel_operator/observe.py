@@ -129,6 +129,7 @@ def pod_view(
         unschedulable = scheduler_messages.get(name, "")
     exit_code = terminated.get("exitCode") if terminated else None
     waiting = state.get("waiting") or {}
+    disruption = _true_condition(pod, ("DisruptionTarget",))
     return PodView(
         name=name,
         attempt=attempt_of(pod) or 0,
@@ -144,6 +145,9 @@ def pod_view(
         unschedulable_message=unschedulable,
         waiting_reason=str(waiting.get("reason") or ""),
         waiting_message=str(waiting.get("message") or ""),
+        disruption=str((disruption or {}).get("reason") or "DisruptionTarget")
+        if disruption
+        else "",
     )
 
 

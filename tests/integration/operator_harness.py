@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -355,6 +356,43 @@ def running_operator(
         operator.stop()
         print(f"----- operator log {operator.log_path} (last {OPERATOR_LOG_TAIL} lines) -----")
         print(operator.log_tail())
+
+
+def fail_worker(
+    kube: Api, namespace: str, pod: dict[str, Any], *, exit_code: int = 1, disruption: str = ""
+) -> None:
+    """What the kubelet reports when a trainer exits (``exit_code`` 1: a retryable failure) on a
+    kwok node, where nothing else would; with ``disruption``, the ``DisruptionTarget`` condition
+    an eviction, preemption or drain adds (its reason)."""
+    name = pod["metadata"]["name"]
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    container = pod["spec"]["containers"][0]["name"]
+    terminated = {"exitCode": exit_code, "reason": "Error", "startedAt": now, "finishedAt": now}
+    conditions = []
+    if disruption:
+        conditions = [{"type": "DisruptionTarget", "status": "True", "reason": disruption,
+                       "lastTransitionTime": now}]  # fmt: skip
+    kube._request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+        body={
+            "status": {
+                "phase": "Failed",
+                **({"conditions": conditions} if conditions else {}),
+                "containerStatuses": [
+                    {
+                        "name": container,
+                        "image": pod["spec"]["containers"][0]["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": terminated},
+                    }
+                ],
+            }
+        },
+        content_type="application/merge-patch+json",
+    )
 
 
 # --- specs --------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .operator_harness import (
     Api,
     OperatorProcess,
     condition,
+    fail_worker,
     gpu_spec,
     wait_for,
 )
@@ -154,34 +155,6 @@ def wait_phase(kube: Api, namespace: str, name: str, phase: str, timeout: float 
         lambda: kube.status(namespace, name).get("phase") == phase,
         timeout=timeout,
         interval=0.2,
-    )
-
-
-def fail_worker(kube: Api, namespace: str, pod: dict[str, Any]) -> None:
-    """What the kubelet reports when a trainer exits with 1 (a retryable failure)."""
-    name = pod["metadata"]["name"]
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    container = pod["spec"]["containers"][0]["name"]
-    terminated = {"exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now}
-    kube._request(
-        "PATCH",
-        f"/api/v1/namespaces/{namespace}/pods/{name}/status",
-        body={
-            "status": {
-                "phase": "Failed",
-                "containerStatuses": [
-                    {
-                        "name": container,
-                        "image": pod["spec"]["containers"][0]["image"],
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": {"terminated": terminated},
-                    }
-                ],
-            }
-        },
-        content_type="application/merge-patch+json",
     )
 
 

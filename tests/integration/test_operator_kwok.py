@@ -24,6 +24,7 @@ from .operator_harness import (
     Api,
     OperatorProcess,
     condition,
+    fail_worker,
     gpu_spec,
     wait_for,
 )
@@ -506,3 +507,24 @@ def test_native_gang_places_two_jobs_that_cannot_both_fit_whole_and_in_turn(
     assert any(sorted(bound[n] for n in jobs) == [0, 5] for _, bound in sampler.samples), (
         sampler.samples
     )
+
+
+def test_an_evicted_worker_restarts_the_group_without_spending_a_restart(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    # maxRestarts 0: a crash would fail the job; an eviction must not.
+    spec = gpu_spec(workers=2, devices=2, backoffSeconds=1, maxRestarts=0)
+    spec["env"] = [{"name": kwok.RUN_DURATION_ENV, "value": "4s"}]
+    kube.create_job(namespace, "evicted", spec)
+    wait_for("the job to run", lambda: _phase(kube, namespace, "evicted") == "Running", 60, 0.2)
+    worker = kube.children(namespace, "evicted")["pods"][0]
+    # What the kubelet and the API server report for a pod drained off its node.
+    fail_worker(kube, namespace, worker, exit_code=143, disruption="EvictionByEvictionAPI")
+    wait_for("Succeeded", lambda: _phase(kube, namespace, "evicted") == "Succeeded", 90, 0.5)
+    status = kube.status(namespace, "evicted")
+    assert (status["attempt"], status["restarts"]) == (2, 0)
+    evictions = [e for e in kube.events(namespace, "evicted") if e["reason"] == "Evicted"]
+    assert evictions and evictions[0]["type"] == "Warning"
+    assert f"worker {worker['metadata']['name']}" in evictions[0]["message"]
+    assert "spends no runPolicy.maxRestarts" in evictions[0]["message"]
+    assert 'acceltrain_operator_restarts_total{reason="Evicted"} 1.0' in operator.metrics()

@@ -266,6 +266,25 @@ def _retryable_failure(d: lifecycle.Decision) -> None:
     assert d.restart_reason == "WorkerFailed"
 
 
+def _evicted(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.RESTARTING
+    assert d.status.restarts == 0
+    assert d.actions == (DeleteAttempt(1),)
+    restarting = condition(d, constants.CONDITION_RESTARTING)
+    assert restarting.reason == "Evicted"
+    assert "worker bert-a1-0-x0 on gpu-3 was evicted (EvictionByEvictionAPI)" in restarting.message
+    assert "spends no runPolicy.maxRestarts" in restarting.message
+    assert d.restart_reason == "Evicted"
+    assert d.status.next_attempt_time == ts(30 + 10)
+
+
+def _preempted_without_restarts_left(d: lifecycle.Decision) -> None:
+    assert d.status.phase is api.Phase.RESTARTING
+    assert d.status.restarts == 2
+    assert condition(d, constants.CONDITION_RESTARTING).reason == "Preempted"
+    assert d.restart_reason == "Preempted"
+
+
 def _budget_exhausted(d: lifecycle.Decision) -> None:
     assert d.status.phase is api.Phase.FAILED
     failed = condition(d, constants.CONDITION_FAILED)
@@ -623,6 +642,41 @@ CASES = [
         ),
         at(30),
         _retryable_failure,
+    ),
+    Case(
+        "an evicted worker restarts the group without spending a restart",
+        make_spec(),
+        status_after(api.Phase.RUNNING),
+        Observed(
+            created=CREATED,
+            attempts=(job(failed=True, failure_reason="BackoffLimitExceeded"),),
+            pods=(
+                pod(
+                    0,
+                    "Failed",
+                    exit_code=143,
+                    node_name="gpu-3",
+                    disruption="EvictionByEvictionAPI",
+                ),
+                pod(1, "Failed", exit_code=137),
+            ),
+            failure=FailureView("bert-a1-0-x0", 143, ""),
+        ),
+        at(30),
+        _evicted,
+    ),
+    Case(
+        "a preempted worker restarts the group even with no restarts left",
+        make_spec(maxRestarts=2),
+        status_after(api.Phase.RUNNING, attempt=3, restarts=2),
+        Observed(
+            created=CREATED,
+            attempts=(job(3, failed=True, failure_reason="BackoffLimitExceeded"),),
+            pods=(pod(0, "Failed", attempt=3, exit_code=143, disruption="PreemptionByScheduler"),),
+            failure=FailureView("bert-a3-0-x0", 143, ""),
+        ),
+        at(30),
+        _preempted_without_restarts_left,
     ),
     Case(
         "a retryable failure without restarts left fails the job",
@@ -986,3 +1040,25 @@ def test_kueue_reason_is_the_workloads_false_quota_condition() -> None:
     assert observe.kueue_admission_message([pending]) == "no"
     assert observe.kueue_admission_message([admitted]) == ""
     assert observe.kueue_admission_message([]) == ""
+
+
+def test_a_pod_the_cluster_evicted_is_seen_as_a_disruption_and_a_crash_is_not() -> None:
+    evicted = _pod_object(
+        "bert-a2-0-a",
+        0,
+        "Failed",
+        143,
+        conditions=[
+            {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
+        ],
+    )
+    cleared = _pod_object(
+        "bert-a2-1-b",
+        1,
+        "Failed",
+        1,
+        conditions=[{"type": "DisruptionTarget", "status": "False", "reason": "x"}],
+    )
+    assert observe.pod_view(evicted).disruption == "EvictionByEvictionAPI"
+    assert observe.pod_view(cleared).disruption == ""
+    assert observe.pod_view(_pod_object("bert-a2-2-c", 2, "Failed", 1)).disruption == ""
