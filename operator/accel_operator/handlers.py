@@ -31,7 +31,7 @@ from typing import Any
 import kopf
 
 from accel_operator import api, constants, observe
-from accel_operator.kube import ApiError
+from accel_operator.kube import UNREACHABLE_ERRORS, ApiError
 from accel_operator.reconcile import InvalidSpecError, Reconciler
 from accel_operator.workqueue import QueueObserver, WorkQueue
 
@@ -197,3 +197,11 @@ def _quietly(reconciler: Reconciler, namespace: str, name: str) -> None:
         # Reported on the job as an event; the timer retries with backoff. One line: the
         # traceback of a refused request says nothing the message does not.
         logger.warning("reconcile of %s/%s: %s; retrying", namespace, name, error)
+    except UNREACHABLE_ERRORS as error:
+        # An API server restart or a network blip: expected, retried; no traceback.
+        logger.warning(
+            "reconcile of %s/%s: the API server did not answer (%s); retrying",
+            namespace,
+            name,
+            str(error)[:300] or type(error).__name__,
+        )

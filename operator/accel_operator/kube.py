@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import kubernetes
+import urllib3
 
 from accel_operator import api, constants, gang, render
 from accel_operator.metrics import OperatorMetrics
@@ -44,6 +45,11 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     api.KIND: (f"/apis/{api.API_VERSION}", api.PLURAL),
 }
+
+
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (OSError, urllib3.exceptions.HTTPError)
+"""What a request raises when the API server does not answer at all (restarting, unreachable):
+expected and retried, not a bug."""
 
 
 class ApiError(Exception):
