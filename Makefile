@@ -55,7 +55,7 @@ integration: venv tools node-images
 	$(PY) -m pytest tests/integration
 
 test: venv tools node-images lint typecheck imports crd-check
-	$(PY) -m pytest tests --durations=30
+	$(PY) -m pytest tests --durations=60
 
 tools:
 	bash hack/tools/build.sh

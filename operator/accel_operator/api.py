@@ -589,6 +589,29 @@ class CheckpointStatus(CamelModel):
     """When it was observed (RFC 3339)."""
 
 
+MAX_FAILED_WORKERS = 16
+"""Failed workers kept in the status: enough for any group a person reads, bounded so that a
+256-worker failure cannot outgrow the object."""
+LAST_LINE_CHARACTERS = 300
+
+
+class FailedWorker(CamelModel):
+    """One worker pod of the last failed attempt that failed."""
+
+    pod: str
+    """The pod's name."""
+    index: Annotated[int | None, Field(ge=0)] = None
+    """Its completion index (the worker's node rank)."""
+    node: str | None = None
+    """The node it ran on."""
+    exit_code: int | None = None
+    """The trainer container's exit code (none when the pod failed before it ran)."""
+    reason: str = ""
+    """Why, in the kubelet's or the trainer's words (Error, OOMKilled, Evicted, ...)."""
+    last_line: Annotated[str, Field(max_length=LAST_LINE_CHARACTERS)] = ""
+    """The trainer's last log line (its termination message)."""
+
+
 class AccelTrainJobStatus(CamelModel):
     """Observed state of the job, written by the operator."""
 
@@ -617,6 +640,11 @@ class AccelTrainJobStatus(CamelModel):
     """While Restarting: when the next attempt is created (backoff; RFC 3339)."""
     last_exit_code: int | None = None
     """Exit code of the worker whose failure ended the last failed attempt."""
+    failed_workers: Annotated[list[FailedWorker], Field(max_length=MAX_FAILED_WORKERS)] = Field(
+        default_factory=list
+    )
+    """Every failed worker of the last failed attempt, the one that explains the failure first
+    (at most 16; the message counts the others)."""
     start_time: str | None = None
     """When the first attempt was created."""
     completion_time: str | None = None

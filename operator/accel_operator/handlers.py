@@ -11,6 +11,8 @@ Registered on a registry of their own by :func:`build_registry` (the CLI passes 
 - ``on.event`` of the attempt Jobs and worker pods (label ``acceltrain.io/job-name``): queue a
   reconcile of the owning AccelTrainJob when something the lifecycle reacts to changed, so pod
   and Job changes are acted on at once.
+- ``on.event`` of the jobs' Services and ConfigMaps: keep the reconciler's inventory of them and
+  queue the owner when one is deleted, so a live attempt gets it back within a second.
 
 The create/resume/update handler is sync (kopf runs it in its thread pool) because its outcome
 drives kopf's retries. The event and timer handlers are async and only mark the job in a
@@ -163,6 +165,24 @@ def build_registry(
         if namespace is None or not owner:
             return
         if seen.changed(uid, None if type == "DELETED" else observe.fingerprint(body)):
+            work.add(namespace, owner)
+
+    @kopf.on.event("v1", "services", labels=children, registry=registry)
+    @kopf.on.event("v1", "configmaps", labels=children, registry=registry)
+    async def restorable_child_event(
+        type: str,
+        namespace: str | None,
+        name: str,
+        labels: Mapping[str, str],
+        resource: kopf.Resource,
+        **_: Any,
+    ) -> None:
+        owner = labels.get(constants.LABEL_JOB_NAME)
+        if namespace is None or not owner or not resource.kind:
+            return
+        deleted = type == "DELETED"
+        reconciler.inventory.seen(resource.kind, namespace, name, deleted=deleted)
+        if deleted:
             work.add(namespace, owner)
 
     return registry

@@ -207,6 +207,17 @@ class KubeClient:
         items: list[dict[str, Any]] = (answer or {}).get("items") or []
         return items
 
+    def child_exists(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether the child (a ConfigMap or a Service) exists; asked when the watch has no
+        record of it."""
+        try:
+            self.request("GET", _path(kind, namespace, name), verb="get", resource=_KINDS[kind][1])
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
     def list_attempt_jobs(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return self._list("Job", namespace, f"{constants.LABEL_JOB_NAME}={job}")
 

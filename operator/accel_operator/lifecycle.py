@@ -3,9 +3,10 @@
 Pure: no I/O, no clock, no kopf, no Kubernetes client. :func:`decide` takes the parsed spec, the
 current status, what the reconciler observed (the attempt Jobs, their pods, the failed worker's
 exit code and log tail, rank 0's scraped metrics) and the time, and returns a :class:`Decision`:
-the new status, the actions to execute (create attempt k, delete attempt k, delete the job) and
-the events to post. Calling it again with the status it returned and the same observation returns
-the same status and no actions or events, which is what makes a reconcile safe to repeat.
+the new status, the actions to execute (create attempt k, delete attempt k, delete the job,
+restore a live attempt's deleted ConfigMap or Service) and the events to post. Calling it
+again with the status it returned and the same observation returns the same status and no
+actions or events, which is what makes a reconcile safe to repeat.
 
 Phases::
 
@@ -81,6 +82,7 @@ REASON_RESTART_LIMIT = "RestartLimitExceeded"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_FAILED_CREATE = "FailedCreate"
 REASON_INVALID_IMAGE = "InvalidImage"
+REASON_CHILDREN_RESTORED = "ChildrenRestored"
 # FailedCreate messages of causes that waiting cannot cure: an invalid pod, a pod security
 # violation, an admission webhook's denial. Quota and missing ServiceAccounts can be cured.
 _PERMANENT_CREATE_FAILURES = ("is invalid", "violates podsecurity", "denied the request")
@@ -109,6 +111,8 @@ class PodView:
     running_since: dt.datetime | None = None
     exit_code: int | None = None
     termination_message: str = ""
+    termination_reason: str = ""
+    """The kubelet's reason for the trainer's end (Error, OOMKilled) or the pod's (Evicted)."""
     unschedulable_message: str = ""
     """The scheduler's reason while the pod cannot be placed (PodScheduled=False or the latest
     FailedScheduling event)."""
@@ -163,11 +167,14 @@ class AttemptView:
 
 @dataclasses.dataclass(frozen=True)
 class FailureView:
-    """The worker whose exit ended an attempt: the most meaningful exit code and its log."""
+    """A failed worker of an attempt: its exit code, the kubelet's reason and its log tail."""
 
     pod: str
     exit_code: int | None
     log_tail: str = ""
+    index: int | None = None
+    node: str | None = None
+    reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,11 +221,16 @@ class Observed:
     pods: tuple[PodView, ...] = ()
     """Worker pods of every attempt that still has some."""
     failure: FailureView | None = None
-    """The failed worker of the current attempt, when its Job failed."""
+    """The failed worker of the current attempt that best explains why its Job failed."""
+    failed_workers: tuple[FailureView, ...] = ()
+    """Every failed worker of that attempt, the most telling first (``failure`` among them)."""
     progress: ProgressSample | None = None
     progress_visible: bool = True
     """False when rank 0's address is outside the networks the operator may scrape: the phase
     then follows the pods alone, and stalls cannot be detected."""
+    missing_children: tuple[str, ...] = ()
+    """Kinds of the current attempt's ConfigMap and Service that the cluster does not hold
+    (deleted out of band); only observed while that attempt's Job is live."""
 
     def attempt(self, number: int) -> AttemptView | None:
         return next((job for job in self.attempts if job.attempt == number), None)
@@ -254,7 +266,15 @@ class DeleteJob:
     """Delete the AccelTrainJob itself; its children go by garbage collection (TTL)."""
 
 
-Action = CreateAttempt | DeleteAttempt | DeleteJob
+@dataclasses.dataclass(frozen=True)
+class RestoreChildren:
+    """Apply these children (kinds) of the live attempt again: they were deleted out of band."""
+
+    attempt: int
+    kinds: tuple[str, ...]
+
+
+Action = CreateAttempt | DeleteAttempt | DeleteJob | RestoreChildren
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +305,11 @@ class Decision:
 
     @property
     def deletes(self) -> list[DeleteAttempt | DeleteJob]:
-        return [action for action in self.actions if not isinstance(action, CreateAttempt)]
+        return [a for a in self.actions if isinstance(a, DeleteAttempt | DeleteJob)]
+
+    @property
+    def restores(self) -> list[RestoreChildren]:
+        return [action for action in self.actions if isinstance(action, RestoreChildren)]
 
 
 # --- time ---------------------------------------------------------------------------------------
@@ -355,6 +379,37 @@ def failure_summary(failure: FailureView | None, job: AttemptView) -> str:
             tail = "..." + tail[-LOG_TAIL_CHARACTERS:]
         text += f"; last log lines:\n{tail}"
     return text
+
+
+def _failed_worker(worker: FailureView) -> api.FailedWorker:
+    lines = worker.log_tail.strip().splitlines()
+    last = lines[-1] if lines else ""
+    if len(last) > api.LAST_LINE_CHARACTERS:
+        last = "..." + last[-(api.LAST_LINE_CHARACTERS - 3) :]
+    return api.FailedWorker(
+        pod=worker.pod,
+        index=worker.index,
+        node=worker.node,
+        exit_code=worker.exit_code,
+        reason=worker.reason,
+        last_line=last,
+    )
+
+
+def _others_failed(workers: tuple[FailureView, ...], first: FailureView | None) -> str:
+    """A line naming the other failed workers (status.failedWorkers has the details)."""
+    others = [worker for worker in workers if first is None or worker.pod != first.pod]
+    if not others:
+        return ""
+    named = [
+        f"{worker.pod} ({exit_code_text(worker.exit_code)}"
+        + (f", {worker.reason}" if worker.reason else "")
+        + (f", node {worker.node}" if worker.node else "")
+        + ")"
+        for worker in others[:3]
+    ]
+    more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+    return f"\nalso failed: {'; '.join(named)}{more} (status.failedWorkers)"
 
 
 # --- progress -----------------------------------------------------------------------------------
@@ -521,6 +576,8 @@ def transition_events(
 @dataclasses.dataclass
 class _Plan:
     actions: list[Action] = dataclasses.field(default_factory=list)
+    events: list[Event] = dataclasses.field(default_factory=list)
+    """Events of this reconcile that no status transition explains."""
     due: list[float] = dataclasses.field(default_factory=list)
     restart_reason: str | None = None
     launch_seconds: float | None = None
@@ -555,7 +612,7 @@ def decide(
     return Decision(
         status=new_status,
         actions=tuple(plan.actions),
-        events=tuple(transition_events(status, new_status)),
+        events=(*transition_events(status, new_status), *plan.events),
         requeue_after=requeue,
         restart_reason=plan.restart_reason,
         launch_seconds=plan.launch_seconds,
@@ -640,7 +697,23 @@ def _step(
             f"the Job of attempt {current} was deleted while the attempt ran",
         )
         return
+    if observed.missing_children and not (job.complete or job.failed):
+        _restore_children(plan, job.attempt, observed.missing_children)
     _supervise(spec, state, observed, plan, job, progress_interval)
+
+
+def _restore_children(plan: _Plan, attempt: int, kinds: tuple[str, ...]) -> None:
+    """A live attempt's pods resolve each other through its headless Service and mount its
+    ConfigMap: one deleted out of band is applied again, and the attempt goes on."""
+    plan.actions.append(RestoreChildren(attempt, kinds))
+    plan.events.append(
+        Event(
+            "Warning",
+            REASON_CHILDREN_RESTORED,
+            f"the {' and '.join(kinds)} of attempt {attempt} "
+            f"{'were' if len(kinds) > 1 else 'was'} deleted while the attempt ran; recreated",
+        )
+    )
 
 
 def _after_finish(
@@ -1188,7 +1261,10 @@ def _handle_failure(
     failure = observed.failure
     code = failure.exit_code if failure else None
     state.value.last_exit_code = code
-    summary = failure_summary(failure, job)
+    state.value.failed_workers = [
+        _failed_worker(worker) for worker in observed.failed_workers[: api.MAX_FAILED_WORKERS]
+    ]
+    summary = failure_summary(failure, job) + _others_failed(observed.failed_workers, failure)
     permanent = code is not None and code in constants.PERMANENT_EXIT_CODES
     disrupted = [pod for pod in observed.pods if pod.attempt == job.attempt and pod.disruption]
     if disrupted and job.failure_reason != "PodFailurePolicy":

@@ -142,6 +142,7 @@ def pod_view(
         running_since=running_since,
         exit_code=int(exit_code) if exit_code is not None else None,
         termination_message=str((terminated or {}).get("message") or ""),
+        termination_reason=str((terminated or {}).get("reason") or status.get("reason") or ""),
         unschedulable_message=unschedulable,
         waiting_reason=str(waiting.get("reason") or ""),
         waiting_message=str(waiting.get("message") or ""),
@@ -220,14 +221,20 @@ def fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+_CONSEQUENCES = (int(constants.ExitCode.COMMUNICATION_LOST), int(constants.ExitCode.PREEMPTED))
+"""Exit codes that follow another rank's failure (a lost peer) or a stop from outside."""
+
+
 def _failure_rank(pod: PodView) -> tuple[int, int]:
-    """Lower is more telling: a permanent code, then another error, then a signal, then none."""
+    """Lower is more telling: a permanent code; then a cause (an error, a kill such as the
+    OOM killer's 137); then a consequence (75: the rank lost a peer that failed first; 76:
+    stopped from outside); then a failed pod without an exit code."""
     code = pod.exit_code
     if code is not None and code in constants.PERMANENT_EXIT_CODES:
         kind = 0
-    elif code is not None and 0 < code <= 128:
+    elif code is not None and code != 0 and code not in _CONSEQUENCES:
         kind = 1
-    elif code is not None and code > 128:
+    elif code is not None and code != 0:
         kind = 2
     elif pod.phase == "Failed":
         kind = 3
@@ -238,11 +245,15 @@ def _failure_rank(pod: PodView) -> tuple[int, int]:
 
 def failed_worker(pods: Iterable[PodView]) -> PodView | None:
     """The worker whose exit best explains a failed attempt (a permanent code wins)."""
+    failed = failed_workers(pods)
+    return failed[0] if failed else None
+
+
+def failed_workers(pods: Iterable[PodView]) -> list[PodView]:
+    """Every failed worker of an attempt, the one whose exit best explains the failure first."""
     candidates = [
         pod
         for pod in pods
         if pod.phase == "Failed" or (pod.exit_code is not None and pod.exit_code != 0)
     ]
-    if not candidates:
-        return None
-    return min(candidates, key=_failure_rank)
+    return sorted(candidates, key=_failure_rank)

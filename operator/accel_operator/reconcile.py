@@ -32,7 +32,16 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from accel_operator import api, constants, gang, lifecycle, observe, refusals, render
+from accel_operator import (
+    api,
+    constants,
+    gang,
+    inventory,
+    lifecycle,
+    observe,
+    refusals,
+    render,
+)
 from accel_operator.kube import ApiError, KubeClient
 from accel_operator.metrics import OperatorMetrics
 from accel_operator.scrape import ProgressScraper
@@ -78,8 +87,10 @@ class Reconciler:
         read_pod_logs: bool = True,
         defaults: render.ClusterDefaults | None = None,
         clock: Clock = utc_now,
+        children: inventory.ChildInventory | None = None,
     ) -> None:
         self.kube = kube
+        self.inventory = children if children is not None else inventory.ChildInventory()
         self.defaults = defaults or render.ClusterDefaults()
         self.read_pod_logs = read_pod_logs
         self.scraper = scraper or ProgressScraper()
@@ -216,6 +227,10 @@ class Reconciler:
             self._preflight(body, status, children, now)
             for child in children:
                 self.kube.apply(child)
+        for restore in decision.restores:
+            for child in render.render_attempt(spec, ref, restore.attempt, self.defaults):
+                if child["kind"] in restore.kinds:
+                    self.kube.apply(child)
         deferred = self._write(body, status, decision)
         for action in decision.deletes:
             if isinstance(action, lifecycle.DeleteJob):
@@ -397,26 +412,51 @@ class Reconciler:
             waiting = observe.kueue_admission_message(workloads)
             current_job = dataclasses.replace(current_job, admission_message=waiting)
             attempts = tuple(current_job if v.attempt == current else v for v in attempts)
-        failure = None
+        failures: tuple[lifecycle.FailureView, ...] = ()
         if (
             current_job is not None
             and current_job.failed
             and status.phase not in lifecycle.FINISHED_PHASES
         ):
-            failure = self._failure(namespace, [pod for pod in pods if pod.attempt == current])
+            failures = self._failures(namespace, [pod for pod in pods if pod.attempt == current])
         progress, visible = None, True
+        missing: tuple[str, ...] = ()
         if status.phase not in lifecycle.FINISHED_PHASES and current_job is not None:
             progress, visible = self._progress(spec, pods, current)
+            missing = self._missing_children(namespace, name, current_job)
         return lifecycle.Observed(
             native_gang=self.defaults.native_gang,
             created=lifecycle.parse_time(metadata.get("creationTimestamp")) or self.clock(),
             generation=int(metadata.get("generation") or 0),
             attempts=attempts,
             pods=tuple(pods),
-            failure=failure,
+            failure=failures[0] if failures else None,
+            failed_workers=failures,
             progress=progress,
             progress_visible=visible,
+            missing_children=missing,
         )
+
+    def _missing_children(
+        self, namespace: str, name: str, job: lifecycle.AttemptView
+    ) -> tuple[str, ...]:
+        """The live attempt's ConfigMap and Service that do not exist. The watches' inventory
+        answers for children it has seen; the API server for the others."""
+        if job.complete or job.failed or job.suspended or job.deleting:
+            return ()
+        names = {
+            "ConfigMap": render.config_map_name(name, job.attempt),
+            "Service": render.service_name(name),
+        }
+        missing = []
+        for kind in inventory.RESTORABLE_KINDS:
+            if self.inventory.holds(kind, namespace, names[kind]):
+                continue
+            if self.kube.child_exists(kind, namespace, names[kind]):
+                self.inventory.seen(kind, namespace, names[kind], deleted=False)
+            else:
+                missing.append(kind)
+        return tuple(missing)
 
     @staticmethod
     def _pods_missing(
@@ -428,18 +468,29 @@ class Reconciler:
             return False
         return sum(1 for pod in pods if pod.attempt == job.attempt) < spec.workers
 
-    def _failure(
+    def _failures(
         self, namespace: str, pods: list[lifecycle.PodView]
-    ) -> lifecycle.FailureView | None:
-        worker = observe.failed_worker(pods)
-        if worker is None:
-            return None
-        # The termination message is the log tail the kubelet kept (FallbackToLogsOnError);
-        # reading the log goes through the API server to the node's kubelet.
-        tail = worker.termination_message
-        if not tail and self.read_pod_logs:
-            tail = self.kube.pod_log_tail(namespace, worker.name)
-        return lifecycle.FailureView(pod=worker.name, exit_code=worker.exit_code, log_tail=tail)
+    ) -> tuple[lifecycle.FailureView, ...]:
+        """Every failed worker, the most telling first. The termination message is the log tail
+        the kubelet kept (FallbackToLogsOnError); only the first worker's log is read when it
+        has none, since reading a log goes through the API server to the node's kubelet."""
+        views = []
+        for position, worker in enumerate(observe.failed_workers(pods)):
+            tail = worker.termination_message
+            if not tail and position == 0 and self.read_pod_logs:
+                tail = self.kube.pod_log_tail(namespace, worker.name)
+            reason = worker.disruption or worker.termination_reason
+            views.append(
+                lifecycle.FailureView(
+                    pod=worker.name,
+                    exit_code=worker.exit_code,
+                    log_tail=tail,
+                    index=worker.index,
+                    node=worker.node_name,
+                    reason=reason,
+                )
+            )
+        return tuple(views)
 
     def _progress(
         self, spec: api.AccelTrainJobSpec, pods: list[lifecycle.PodView], attempt: int

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import datetime as dt
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -359,15 +360,25 @@ def running_operator(
 
 
 def fail_worker(
-    kube: Api, namespace: str, pod: dict[str, Any], *, exit_code: int = 1, disruption: str = ""
+    kube: Api,
+    namespace: str,
+    pod: dict[str, Any],
+    *,
+    exit_code: int = 1,
+    disruption: str = "",
+    reason: str = "Error",
+    message: str = "",
 ) -> None:
     """What the kubelet reports when a trainer exits (``exit_code`` 1: a retryable failure) on a
-    kwok node, where nothing else would; with ``disruption``, the ``DisruptionTarget`` condition
+    kwok node, where nothing else would: the container's ``reason`` and termination
+    ``message`` (its last log lines); with ``disruption``, the ``DisruptionTarget`` condition
     an eviction, preemption or drain adds (its reason)."""
     name = pod["metadata"]["name"]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     container = pod["spec"]["containers"][0]["name"]
-    terminated = {"exitCode": exit_code, "reason": "Error", "startedAt": now, "finishedAt": now}
+    terminated = {"exitCode": exit_code, "reason": reason, "startedAt": now, "finishedAt": now}
+    if message:
+        terminated["message"] = message
     conditions = []
     if disruption:
         conditions = [{"type": "DisruptionTarget", "status": "True", "reason": disruption,
@@ -393,6 +404,23 @@ def fail_worker(
         },
         content_type="application/merge-patch+json",
     )
+
+
+@contextlib.contextmanager
+def own_gpu_pool(cluster: Any, nodes: int, gpus: int) -> Iterator[dict[str, str]]:
+    """Kwok GPU nodes in a pool of their own, deleted afterwards; yields the pool's selector.
+
+    For tests whose sums need whole nodes: on the shared cluster, other tests' pods may still
+    hold GPUs of the shared pool while they terminate.
+    """
+    pool = f"own-{secrets.token_hex(3)}"
+    names = cluster.add_gpu_nodes(
+        [f"{pool}-{index}" for index in range(nodes)], gpus=gpus, pool=pool, timeout=60
+    )
+    try:
+        yield {"acceltrain.io/pool": pool}
+    finally:
+        cluster.delete_nodes(names)
 
 
 # --- specs --------------------------------------------------------------------------------------
@@ -485,19 +513,6 @@ def pod_processes(pod: str) -> list[int]:
         if marker in environ.split(b"\0"):
             pids.append(int(entry.name))
     return pids
-
-
-def rank_processes(pod: str) -> list[int]:
-    """Pids of the training ranks (``accel_trainer worker``) of a pod."""
-    ranks = []
-    for pid in pod_processes(pod):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"accel_trainer" in cmdline and b"worker" in cmdline:
-            ranks.append(pid)
-    return ranks
 
 
 def signal_processes(pids: list[int], signum: int) -> None:

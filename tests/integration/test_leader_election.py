@@ -32,6 +32,7 @@ from .operator_harness import (
     condition,
     fail_worker,
     gpu_spec,
+    own_gpu_pool,
     wait_for,
 )
 
@@ -238,16 +239,25 @@ def test_a_leader_killed_while_a_job_restarts_costs_no_extra_restart(
 
 
 def test_a_leader_killed_inside_a_gang_timeout_neither_restarts_nor_forgets_the_wait(
-    replicas: Replicas, kube: Api, namespace: str
+    crd: Any, replicas: Replicas, kube: Api, namespace: str
 ) -> None:
-    # Three 8-GPU workers hold three of the four 8-GPU nodes for a while; the gang of two
-    # 8-GPU workers binds one and waits for the second inside its 40 s timeout.
+    with own_gpu_pool(crd, nodes=4, gpus=8) as pool:
+        gang_timeout_through_a_failover(replicas, kube, namespace, pool)
+
+
+def gang_timeout_through_a_failover(
+    replicas: Replicas, kube: Api, namespace: str, pool: dict[str, str]
+) -> None:
+    # Three 8-GPU workers hold three of the pool's four 8-GPU nodes for a while; the gang of
+    # two 8-GPU workers binds one and waits for the second inside its 40 s timeout.
     blocker = gpu_spec(workers=3, devices=8)
+    blocker["nodePool"] = {"nodeSelector": pool}
     blocker["env"] = [{"name": KWOK_RUN_DURATION, "value": "8s"}]
     kube.create_job(namespace, "blocker", blocker)
     wait_phase(kube, namespace, "blocker", "Running")
     waiting = gpu_spec(workers=2, devices=8, gangTimeoutSeconds=40)
     waiting["runPolicy"]["gangPolicy"] = "Timeout"
+    waiting["nodePool"] = {"nodeSelector": pool}
     # A placed worker holds its node until the whole gang has run.
     waiting["env"] = [{"name": KWOK_RUN_DURATION, "value": "3s"}]
     kube.create_job(namespace, "gang", waiting)

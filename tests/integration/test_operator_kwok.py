@@ -528,3 +528,65 @@ def test_an_evicted_worker_restarts_the_group_without_spending_a_restart(
     assert f"worker {worker['metadata']['name']}" in evictions[0]["message"]
     assert "spends no runPolicy.maxRestarts" in evictions[0]["message"]
     assert 'acceltrain_operator_restarts_total{reason="Evicted"} 1.0' in operator.metrics()
+
+
+def test_a_deleted_service_and_config_map_come_back_while_the_attempt_runs(
+    crd: Any, kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    name = "restored"
+    spec = gpu_spec(workers=2, devices=1)
+    spec["env"] = [{"name": kwok.RUN_DURATION_ENV, "value": "15s"}]
+    kube.create_job(namespace, name, spec)
+    wait_for("the job to run", lambda: _phase(kube, namespace, name) == "Running", 60, 0.2)
+    before = kube.children(namespace, name)
+    uids = {
+        kind: obj["metadata"]["uid"] for kind in ("services", "configmaps") for obj in before[kind]
+    }
+    deleted = time.monotonic()
+    crd.kubectl("delete", f"service/{name}", f"configmap/{name}-a1-config", "-n", namespace)
+
+    def both_recreated() -> bool:
+        now = kube.children(namespace, name)
+        return all(
+            [obj["metadata"]["uid"] for obj in now[kind]] not in ([], [uids[kind]]) for kind in uids
+        )
+
+    wait_for("the Service and ConfigMap recreated", both_recreated, timeout=10, interval=0.1)
+    print(f"recreated {time.monotonic() - deleted:.2f} s after the deletion")
+    wait_for("Succeeded", lambda: _phase(kube, namespace, name) == "Succeeded", 90, 0.5)
+    status = kube.status(namespace, name)
+    assert (status["attempt"], status["restarts"]) == (1, 0)
+    # One warning, or one per child when the two deletions reached separate reconciles.
+    restored = [e for e in kube.events(namespace, name) if e["reason"] == "ChildrenRestored"]
+    assert restored and {e["type"] for e in restored} == {"Warning"}
+    said = " / ".join(e["message"] for e in restored)
+    assert "ConfigMap" in said and "Service" in said and "of attempt 1" in said, said
+    assert "recreated" in said
+
+
+def test_every_failed_worker_is_named_in_the_status_with_its_node_code_and_last_line(
+    kube: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    name = "three-failed"
+    spec = gpu_spec(workers=3, devices=1, maxRestarts=0)
+    spec["env"] = [{"name": kwok.RUN_DURATION_ENV, "value": "60s"}]
+    kube.create_job(namespace, name, spec)
+    wait_for("the job to run", lambda: _phase(kube, namespace, name) == "Running", 60, 0.2)
+    pods = sorted(kube.children(namespace, name)["pods"], key=lambda p: p["metadata"]["name"])
+    # A rank runs out of memory; its peers lose it (75) a moment later, as a real group does.
+    failures = [(pods[1], 137, "OOMKilled", "step 12\nrank 1: killed: out of memory")]
+    failures += [(pods[i], 75, "Error", f"rank {i}: lost a peer, exit 75") for i in (0, 2)]
+    for pod, code, reason, last_lines in failures:
+        fail_worker(kube, namespace, pod, exit_code=code, reason=reason, message=last_lines)
+    wait_for("Failed", lambda: _phase(kube, namespace, name) == "Failed", 60, 0.2)
+    status = kube.status(namespace, name)
+    listed = {w["pod"]: w for w in status["failedWorkers"]}
+    assert len(listed) == 3, status["failedWorkers"]
+    assert status["failedWorkers"][0]["pod"] == pods[1]["metadata"]["name"]
+    for pod, code, reason, last_lines in failures:
+        worker = listed[pod["metadata"]["name"]]
+        assert (worker["exitCode"], worker["reason"]) == (code, reason)
+        assert worker["node"] == pod["spec"]["nodeName"]
+        assert worker["lastLine"] == last_lines.splitlines()[-1]
+    assert f"worker {pods[1]['metadata']['name']} failed with exit code 137" in status["message"]
+    assert "also failed: " in status["message"] and "(status.failedWorkers)" in status["message"]

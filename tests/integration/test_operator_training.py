@@ -1,13 +1,14 @@
 """The operator with trainers that really train: pods on the process node run DeepSpeed on CPU.
 
 Each test starts a tiny BERT on two worker pods (or one) and drives the operator's whole-group
-behaviours through real processes: live progress from rank 0's exporter, a killed rank, a
-permanent trainer error, suspend/resume with the SIGTERM checkpoint, and a frozen trainer.
+behaviours through real processes: a permanent trainer error, a model that cannot fit its memory
+limit, suspend/resume with the SIGTERM checkpoint, and a frozen trainer. The example trained
+with live progress and a killed worker resumed from its checkpoint run in real containers on the
+real node (test_real_node.py).
 """
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from pathlib import Path
@@ -21,10 +22,8 @@ from .operator_harness import (
     Api,
     OperatorProcess,
     condition,
-    cpu_smoke_for_the_process_node,
     cpu_spec,
     pod_processes,
-    rank_processes,
     signal_processes,
     wait_for,
 )
@@ -57,75 +56,6 @@ def _worker_pod(kube: Api, namespace: str, name: str, attempt: int, index: int) 
         ) == str(index):
             return str(pod["metadata"]["name"])
     raise AssertionError(f"no pod {index} of attempt {attempt} of {name}")
-
-
-def _logged_steps(log: str) -> list[int]:
-    return [int(step) for step in re.findall(r"accel-trainer: step (\d+)/", log)]
-
-
-def test_the_cpu_smoke_example_trains_to_succeeded_with_live_progress(
-    kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
-) -> None:
-    name, spec = cpu_smoke_for_the_process_node(tmp_path / "checkpoints")
-    kube.create_job(namespace, name, spec)
-
-    seen_rates: list[float] = []
-    seen_phases: set[str] = set()
-
-    def finished() -> bool:
-        status = _status(kube, namespace, name)
-        seen_phases.add(str(status.get("phase")))
-        if status.get("phase") == "Running":
-            seen_rates.append(float(status.get("progress", {}).get("samplesPerSecond", 0)))
-        if status.get("phase") == "Failed":
-            raise AssertionError(f"the smoke job failed: {status.get('message')}")
-        return status.get("phase") == "Succeeded"
-
-    wait_for("the smoke job to succeed", finished, timeout=TRAINING_TIMEOUT, interval=0.5)
-    status = _status(kube, namespace, name)
-    assert "Running" in seen_phases
-    assert max(seen_rates, default=0.0) > 0, f"samples/s seen while Running: {seen_rates}"
-    assert status["progress"]["step"] == spec["training"]["maxSteps"]
-    assert status["restarts"] == 0
-    assert condition(status, constants.CONDITION_PROGRESSING)["reason"] == "Completed"
-    assert status["lastCheckpoint"]["path"].startswith("/checkpoints/step-")
-
-
-def test_a_killed_worker_restarts_the_group_which_resumes_from_its_checkpoint(
-    crd: Any, kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
-) -> None:
-    name = "killed"
-    kube.create_job(
-        namespace,
-        name,
-        cpu_spec(tmp_path / "checkpoints", steps=80, every=10, maxRestarts=2, backoffSeconds=1),
-    )
-    status = wait_for(
-        "a checkpoint while training",
-        lambda: (s := _status(kube, namespace, name)).get("lastCheckpoint") and s,
-        timeout=TRAINING_TIMEOUT,
-    )
-    checkpoint = status["lastCheckpoint"]["step"]
-    victim = _worker_pod(kube, namespace, name, attempt=1, index=1)
-    ranks = wait_for(f"the ranks of {victim}", lambda: rank_processes(victim), timeout=10)
-    signal_processes(ranks, signal.SIGKILL)
-
-    _wait_phase(kube, namespace, name, "Succeeded", TRAINING_TIMEOUT)
-    status = _status(kube, namespace, name)
-    assert (status["attempt"], status["restarts"]) == (2, 1)
-    assert status["progress"]["step"] == 80
-    assert "WorkerFailed" in kube.event_reasons(namespace, name)
-
-    log = crd.pod_log_path(
-        namespace, _worker_pod(kube, namespace, name, attempt=2, index=0), "trainer"
-    ).read_text()
-    resumed = re.search(r"resumed from step-(\d{8})", log)
-    assert resumed, f"attempt 2 did not resume:\n{log[-2000:]}"
-    resumed_step = int(resumed.group(1))
-    assert resumed_step >= checkpoint
-    # Steps are logged every 5 and checkpoints are every 10: continuing at resumed_step + 1,
-    # the first line attempt 2 logs is resumed_step + 5.
-    assert _logged_steps(log)[0] == resumed_step + 5
 
 
 def test_a_permanent_trainer_error_fails_the_job_after_one_attempt(

@@ -47,6 +47,10 @@ TRAINER_UID = 1000
 # Training itself takes about a minute; a cold node also starts the operator pod and two trainer
 # containers that import torch.
 JOB_TIMEOUT = 600
+# A deleted leader hands its Lease back: the next leader takes it within a retry period (2 s
+# in the chart). Without the handback it would wait out the lease (15 s, at least 12.6 s after
+# the last renewal).
+HANDOVER_LIMIT = 10.0
 # What a trainer container reports about itself (run by `kubectl exec`).
 INTROSPECT = """
 import json, os, socket
@@ -115,6 +119,15 @@ def _trainer_pods(cluster: Cluster, namespace: str, phase: str | None = None) ->
     return [pod for pod in pods if phase is None or pod["status"].get("phase") == phase]
 
 
+def _live_samples_per_second(cluster: Cluster, namespace: str) -> float | None:
+    """``status.progress.samplesPerSecond`` while the job is Running (what `kubectl get atj`
+    shows), None before the operator has scraped rank 0; fails once the job has ended."""
+    status = _kubectl_json(cluster, "get", "atj", JOB, "-n", namespace).get("status", {})
+    assert status.get("phase") in ("Pending", "Starting", "Running"), status
+    rate = float(status.get("progress", {}).get("samplesPerSecond", 0))
+    return rate if status["phase"] == "Running" and rate > 0 else None
+
+
 def _introspect_a_running_trainer(cluster: Cluster, namespace: str) -> dict[str, Any]:
     """Facts from inside worker 1's trainer container, and worker 0's pod IP."""
 
@@ -153,6 +166,12 @@ def test_the_user_path_trains_cpu_smoke_in_hardened_containers_with_cluster_dns(
     reader.start()
     try:
         facts = _introspect_a_running_trainer(real_cluster, namespace)
+        wait_for(
+            "samples/s in the job's status while it trains",
+            lambda: _live_samples_per_second(real_cluster, namespace),
+            timeout=120,
+            interval=1,
+        )
         code = script.wait(timeout=JOB_TIMEOUT + 360)
     finally:
         script.kill()
@@ -179,6 +198,7 @@ def test_the_user_path_trains_cpu_smoke_in_hardened_containers_with_cluster_dns(
     ] * 2
     status = _kubectl_json(real_cluster, "get", "atj", JOB, "-n", namespace)["status"]
     assert status["progress"]["step"] == USER_PATH_STEPS, (status, log[-3000:])
+    assert status["restarts"] == 0, status
     # Scraped while the job ran: the final checkpoint comes as the pods exit (it is on disk).
     assert 0 < status["lastCheckpoint"]["step"] <= USER_PATH_STEPS, status
 
@@ -249,28 +269,46 @@ def test_the_charts_two_replicas_hold_one_lease_and_a_leader_pod_deleted_hands_i
         lambda: _lease(real_cluster)["renewTime"] != lease["renewTime"],
         timeout=10,
     )
-    standby = next(pod for pod in pods if pod != leader)
+    transitions = lease.get("leaseTransitions", 0)
     started = time.monotonic()
     real_cluster.kubectl("delete", "pod", leader, "-n", OPERATOR_NAMESPACE, "--wait=false")
-    wait_for(
-        f"{standby} to take the Lease",
-        lambda: _lease(real_cluster)["holderIdentity"] == standby,
-        timeout=60,
-        interval=0.2,
-    )
-    print(f"handover to {standby} after deleting {leader}: {time.monotonic() - started:.1f} s")
-    assert _lease(real_cluster)["leaseTransitions"] >= 1
+
+    # The leader hands the Lease back as it stops, so the next leader need not wait out the
+    # lease duration. It is usually the standby; the Deployment's replacement pod may win the
+    # race when it starts within a retry period, which is as good.
+    def new_leader() -> str | None:
+        holder = _lease(real_cluster).get("holderIdentity")
+        return holder if holder and holder != leader else None
+
+    try:
+        successor = wait_for("another pod to take the Lease", new_leader, timeout=30, interval=0.2)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{_operator_logs(real_cluster)}") from None
+    seconds = time.monotonic() - started
+    print(f"handover to {successor} {seconds:.1f} s after deleting {leader}")
+    assert seconds < HANDOVER_LIMIT, f"{seconds:.1f} s: the Lease was not handed back"
+    assert _lease(real_cluster)["leaseTransitions"] == transitions + 1
     events = _kubectl_json(real_cluster, "get", "events", "-n", OPERATOR_NAMESPACE)["items"]
     messages = [event["message"] for event in events if event["reason"] == "LeaderElection"]
-    assert f"{standby} became leader" in messages, messages
+    assert f"{successor} became leader" in messages, messages
 
-    # The Deployment's replacement pod comes up as the new standby.
+    # The Deployment's replacement pod comes up; the two replicas still hold one Lease.
     def replaced() -> list[str] | None:
         pods = _two_operator_pods(real_cluster)
         return pods if pods and leader not in pods else None
 
     now = wait_for("a replacement operator pod Ready", replaced, timeout=120, interval=1)
-    assert standby in now and _lease(real_cluster)["holderIdentity"] == standby
+    assert successor in now and _lease(real_cluster)["holderIdentity"] == successor
+
+
+def _operator_logs(cluster: Cluster) -> str:
+    pods = _kubectl_json(cluster, "get", "pods", "-n", OPERATOR_NAMESPACE)["items"]
+    logs = []
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        result = cluster.kubectl("logs", name, "-n", OPERATOR_NAMESPACE, "--tail=40", check=False)
+        logs.append(f"----- {name} -----\n{result.stdout}{result.stderr}")
+    return "\n".join(logs)
 
 
 def _container_id(cluster: Cluster, pod: str) -> str:
@@ -283,7 +321,7 @@ def _container_id(cluster: Cluster, pod: str) -> str:
     return ids[0]
 
 
-def test_a_worker_container_killed_by_the_runtime_restarts_the_group_from_its_checkpoint(
+def test_deleted_children_come_back_and_a_killed_worker_container_resumes_from_its_checkpoint(
     real_cluster: Cluster,
 ) -> None:
     namespace = "killed"
@@ -304,6 +342,7 @@ def test_a_worker_container_killed_by_the_runtime_restarts_the_group_from_its_ch
         for pod in _trainer_pods(real_cluster, namespace, "Running")
         if pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1"
     )
+    _delete_and_see_restored(real_cluster, namespace, victim)
     killed = real_cluster.ctr(
         "tasks", "kill", "--signal", "SIGKILL", _container_id(real_cluster, victim)
     )
@@ -327,6 +366,39 @@ def test_a_worker_container_killed_by_the_runtime_restarts_the_group_from_its_ch
     resumed = re.search(r"resumed from step-(\d{8})", log.stdout)
     assert resumed, log.stdout[-2000:]
     assert int(resumed.group(1)) >= checkpoint
+
+
+def _delete_and_see_restored(cluster: Cluster, namespace: str, pod: str) -> None:
+    """Delete the running attempt's headless Service and ConfigMap; the operator recreates
+    both, and the pod's rendezvous name resolves again through cluster DNS."""
+    kinds = {"service": JOB, "configmap": f"{JOB}-a1-config"}
+
+    def uid(kind: str) -> str | None:
+        found = cluster.kubectl(
+            "get", kind, kinds[kind], "-n", namespace, "-o", "json", check=False
+        )
+        return json.loads(found.stdout)["metadata"]["uid"] if found.returncode == 0 else None
+
+    before = {kind: uid(kind) for kind in kinds}
+    deleted = time.monotonic()
+    cluster.kubectl("delete", *[f"{kind}/{name}" for kind, name in kinds.items()], "-n", namespace)
+    wait_for(
+        "the Service and ConfigMap recreated",
+        lambda: all(uid(kind) not in (None, before[kind]) for kind in kinds),
+        timeout=15,
+        interval=0.2,
+    )
+    print(f"recreated {time.monotonic() - deleted:.1f} s after the deletion")
+    resolve = "import os, socket; print(socket.gethostbyname(os.environ['MASTER_ADDR']))"
+
+    def resolves() -> bool:
+        answer = cluster.kubectl(
+            "exec", "-n", namespace, pod, "-c", "trainer", "--", "python", "-c", resolve,
+            check=False,
+        )  # fmt: skip
+        return answer.returncode == 0
+
+    wait_for("the rendezvous name to resolve again", resolves, timeout=30, interval=1)
 
 
 def test_stopping_the_cluster_leaves_no_trace_on_the_host(tmp_path: Path) -> None:

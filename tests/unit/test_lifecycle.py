@@ -942,6 +942,56 @@ def _pod_object(
     }
 
 
+def test_every_failed_worker_is_listed_and_the_message_names_the_others() -> None:
+    failed = tuple(
+        FailureView(
+            f"bert-a1-{index}-x{index}",
+            code,
+            f"step 40\nrank {index}: {reason} here",
+            index=index,
+            node=f"gpu-{index}",
+            reason=reason,
+        )
+        for index, code, reason in ((1, 137, "OOMKilled"), (0, 75, "Error"), (2, 75, "Error"))
+    )
+    observed = Observed(
+        created=CREATED,
+        attempts=(job(failed=True, failure_reason="BackoffLimitExceeded"),),
+        pods=(pod(0, "Failed", exit_code=75), pod(1, "Failed", exit_code=137)),
+        failure=failed[0],
+        failed_workers=failed,
+    )
+    decision = lifecycle.decide(make_spec(), status_after(api.Phase.RUNNING), observed, at(30))
+    listed = decision.status.failed_workers
+    assert [(w.pod, w.index, w.node, w.exit_code, w.reason) for w in listed] == [
+        ("bert-a1-1-x1", 1, "gpu-1", 137, "OOMKilled"),
+        ("bert-a1-0-x0", 0, "gpu-0", 75, "Error"),
+        ("bert-a1-2-x2", 2, "gpu-2", 75, "Error"),
+    ]
+    assert listed[0].last_line == "rank 1: OOMKilled here"
+    message = condition(decision, constants.CONDITION_RESTARTING).message
+    assert "; worker bert-a1-1-x1 failed with exit code 137 (" in message
+    assert "also failed: bert-a1-0-x0 (exit code 75" in message
+    assert "Error, node gpu-0); bert-a1-2-x2" in message
+    assert message.endswith("(status.failedWorkers)")
+    dumped = decision.status.model_dump(by_alias=True)
+    assert dumped["failedWorkers"][0]["lastLine"] == "rank 1: OOMKilled here"
+
+
+def test_a_failure_of_hundreds_of_workers_keeps_a_bounded_list() -> None:
+    failed = tuple(FailureView(f"bert-a1-{i}-x", 75, "x" * 5000, index=i) for i in range(300))
+    observed = Observed(
+        created=CREATED,
+        attempts=(job(failed=True, failure_reason="BackoffLimitExceeded"),),
+        failure=failed[0],
+        failed_workers=failed,
+    )
+    decision = lifecycle.decide(make_spec(), status_after(api.Phase.RUNNING), observed, at(30))
+    assert len(decision.status.failed_workers) == api.MAX_FAILED_WORKERS
+    assert all(len(w.last_line) <= api.LAST_LINE_CHARACTERS for w in decision.status.failed_workers)
+    assert "and 296 more (status.failedWorkers)" in decision.status.message
+
+
 def test_the_permanent_exit_code_explains_a_failed_attempt() -> None:
     pods = [
         observe.pod_view(_pod_object("bert-a2-0-a", 0, "Failed", 143)),

@@ -43,6 +43,9 @@ class RecordingApi:
         self.pods: list[dict[str, Any]] = []
         self.writes: list[tuple[str, str]] = []
         self.dry_runs: list[str] = []
+        self.existing: set[str] = set()
+        """``Kind/name`` of every applied child not deleted since."""
+        self.lookups: list[str] = []
 
     def refuse(self, obj: dict[str, Any]) -> None:
         """Raise the API server's refusal of ``obj``, if it has one (none here)."""
@@ -66,6 +69,10 @@ class RecordingApi:
     def list_kueue_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
         return []
 
+    def child_exists(self, kind: str, namespace: str, name: str) -> bool:
+        self.lookups.append(f"{kind}/{name}")
+        return f"{kind}/{name}" in self.existing
+
     def pod_log_tail(self, namespace: str, pod: str, lines: int = 20) -> str:
         return "accel-trainer: exit 75: rank 1: lost its peer"
 
@@ -76,6 +83,7 @@ class RecordingApi:
             self.dry_runs.append(f"{obj['kind']}/{obj['metadata']['name']}")
             return
         self.writes.append(("apply", f"{obj['kind']}/{obj['metadata']['name']}"))
+        self.existing.add(f"{obj['kind']}/{obj['metadata']['name']}")
         if obj["kind"] == "Job":
             created = copy.deepcopy(obj)
             created["metadata"]["creationTimestamp"] = "2026-11-28T12:00:01Z"
@@ -177,6 +185,50 @@ def test_the_status_explaining_a_restart_is_written_before_the_attempt_is_delete
     assert status["restarts"] == 1
     assert status["lastExitCode"] == 75
     assert "lost its peer" in status["message"]
+
+
+def test_a_deleted_service_and_config_map_of_the_live_attempt_are_recreated() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    reconciler = _reconciler(recording, progress_interval=0.0)
+    reconciler.reconcile("team-a", "bert")
+    reconciler.reconcile("team-a", "bert")
+    # The watches report both children, then their deletion by someone else.
+    for kind, name in (("Service", "bert"), ("ConfigMap", "bert-a1-config")):
+        reconciler.inventory.seen(kind, "team-a", name, deleted=False)
+        reconciler.inventory.seen(kind, "team-a", name, deleted=True)
+        recording.existing.discard(f"{kind}/{name}")
+    recording.writes.clear()
+    reconciler.reconcile("team-a", "bert")
+    assert recording.writes == [
+        ("apply", "ConfigMap/bert-a1-config"),
+        ("apply", "Service/bert"),
+        ("event", "ChildrenRestored"),
+    ]
+    status = recording.job["status"]
+    assert (status["attempt"], status["restarts"]) == (1, 0)
+
+
+def test_children_the_watches_have_seen_cost_no_request_to_the_api_server() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    reconciler = _reconciler(recording)
+    reconciler.reconcile("team-a", "bert")
+    reconciler.inventory.seen("Service", "team-a", "bert", deleted=False)
+    reconciler.inventory.seen("ConfigMap", "team-a", "bert-a1-config", deleted=False)
+    recording.lookups.clear()
+    reconciler.reconcile("team-a", "bert")
+    assert recording.lookups == []
+
+
+def test_the_children_of_a_finished_attempt_are_not_recreated() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    reconciler = _reconciler(recording)
+    reconciler.reconcile("team-a", "bert")
+    recording.jobs[0]["status"]["conditions"] = [{"type": "Complete", "status": "True"}]
+    recording.existing.clear()
+    recording.writes.clear()
+    reconciler.reconcile("team-a", "bert")
+    assert not [write for write in recording.writes if write[0] == "apply"]
+    assert recording.job["status"]["phase"] == "Succeeded"
 
 
 def test_a_spec_that_cannot_work_fails_the_job_and_creates_nothing() -> None:

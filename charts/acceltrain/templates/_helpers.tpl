@@ -42,7 +42,9 @@ The permissions the operator uses on the namespaces it watches, verb by verb (ac
 and kopf): it reads each AccelTrainJob with GET, lists and watches jobs, pods and AccelTrainJobs,
 applies children with server-side apply (patch, and create for the first apply), deletes
 torn-down attempts (the Job, its ConfigMap and pods left behind when the Job is already gone)
-and finished AccelTrainJobs past their TTL; it lists the scheduler's Events and posts its own. Services go with their job through the garbage collector. Children carry
+and finished AccelTrainJobs past their TTL; it lists the scheduler's Events and posts its own.
+It watches the jobs' Services and ConfigMaps (and GETs one it has not seen) to recreate those
+of a live attempt when deleted. Services go with their job through the garbage collector. Children carry
 blockOwnerDeletion, which clusters with OwnerReferencesPermissionEnforcement allow only to
 those who may update the owner's finalizers.
 */}}
@@ -61,10 +63,10 @@ those who may update the owner's finalizers.
   verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "delete"]
