@@ -235,6 +235,7 @@ class Cluster:
         tools_dir: Path = TOOLS_DIR,
         native_gang: bool = True,
         kueue: bool = False,
+        node_monitor_grace: str = controlplane.NODE_MONITOR_GRACE_PERIOD,
     ) -> None:
         """``real_node``: also run a kubelet + containerd node (``acceltrain-node-0``) with
         cluster DNS; ``images`` are imported into its containerd at start (built by ``make
@@ -256,6 +257,7 @@ class Cluster:
         self.tools_dir = tools_dir
         self.native_gang = native_gang
         self.kueue = kueue
+        self.node_monitor_grace = node_monitor_grace
         self._ip_forward_before: str | None = None
         self._host_dirs_before: list[str] = []
         self._containerd_root: Path | None = None
@@ -500,6 +502,7 @@ class Cluster:
                 self.pki_dir / "controller-manager.kubeconfig",
                 self.state_dir,
                 native_gang=self.native_gang,
+                node_monitor_grace=self.node_monitor_grace,
             ),
         )
         scheduler_config = self.pki_dir / "scheduler-config.yaml"
@@ -813,6 +816,38 @@ class Cluster:
 
         self._wait(time.monotonic() + timeout, f"CRD {name} Established", established)
 
+    def add_mortal_gpu_node(
+        self, name: str, *, gpus: int, pool: str = kwok.GPU_POOL, timeout: float = 30.0
+    ) -> None:
+        """A kwok GPU node kept alive by a kwok process of its own (component ``kwok-<name>``),
+        so that :meth:`lose_node` can cut it off alone."""
+        managed = f"mortal-{name}"
+        node = kwok.gpu_node(name, gpus=gpus, pool=pool)
+        node["metadata"]["annotations"][kwok.MANAGED_ANNOTATION] = managed
+        self.admin_api().create("/api/v1/nodes", node)
+        self._spawn(
+            f"kwok-{name}",
+            kwok.argv(
+                tool_path("kwok", self.tools_dir),
+                kubeconfig=self.kubeconfig,
+                stages=self.state_dir / "kwok" / "stages.yaml",
+                server_port=free_port(),
+                configuration=self.state_dir / "kwok" / "configuration.yaml",
+                managed_value=managed,
+                pod_cidr=kwok.MORTAL_POD_CIDR,
+            ),
+        )
+        deadline = time.monotonic() + timeout
+        self._wait(deadline, f"node {name}", lambda: self._nodes_ready([name]))
+
+    def lose_node(self, name: str) -> None:
+        """Cut a node added by :meth:`add_mortal_gpu_node` off, as a machine that lost power:
+        its kwok process is killed, so nothing renews its Lease or reports its pods, and after
+        the node-monitor grace period the node lifecycle controller taints it unreachable."""
+        component = f"kwok-{name}"
+        stop(self._records[component], grace_seconds=0)
+        self._popens.pop(component).wait(timeout=5)
+
     def delete_nodes(self, names: Iterable[str]) -> None:
         api = self.admin_api()
         for name in names:
@@ -1001,7 +1036,9 @@ class Cluster:
             for name in ("kube-apiserver", "kubelet", "containerd")
         ):
             self._drain_real_node()
-        for name in reversed(COMPONENTS):
+        # Components added while the cluster ran (kwok processes of mortal nodes) go first.
+        extras = [name for name in self._records if name not in COMPONENTS]
+        for name in [*extras, *reversed(COMPONENTS)]:
             record = self._records.get(name)
             if record is None:
                 continue

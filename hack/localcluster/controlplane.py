@@ -21,7 +21,8 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 CLUSTER_NAME = "acceltrain-local"
 # The node agent's Lease can lapse while the machine is busy training; the node must not be marked
-# NotReady and its pods evicted for that. Nodes that really leave are removed by the harness.
+# NotReady and its pods evicted for that. Nodes that really leave are removed by the harness; a
+# cluster that tests node loss sets a grace of seconds (Cluster(node_monitor_grace=...)).
 NODE_MONITOR_GRACE_PERIOD = "24h"
 # Health endpoints the controller-manager and scheduler serve without authentication.
 ALWAYS_ALLOWED_PATHS = "/healthz,/readyz,/livez,/metrics"
@@ -223,6 +224,7 @@ def controller_manager_argv(
     state_dir: Path,
     *,
     native_gang: bool = True,
+    node_monitor_grace: str = NODE_MONITOR_GRACE_PERIOD,
 ) -> list[str]:
     return [
         str(binary),
@@ -238,7 +240,7 @@ def controller_manager_argv(
         f"--cluster-signing-cert-file={pki.ca.cert}",
         f"--cluster-signing-key-file={pki.ca.key}",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-        f"--node-monitor-grace-period={NODE_MONITOR_GRACE_PERIOD}",
+        f"--node-monitor-grace-period={node_monitor_grace}",
         # The default is under /usr/libexec, which it would create on the host.
         f"--flex-volume-plugin-dir={state_dir / 'flex-volume-plugins'}",
         # Scale tests create and delete hundreds of pods; the default 20 QPS makes GC crawl.

@@ -24,6 +24,8 @@ GPU_TAINT_VALUE = "present"
 # kwok hands out pod IPs from this range. Nothing listens on them and nothing connects to them:
 # Prometheus only scrapes pods of the process node.
 POD_CIDR = "10.0.0.1/16"
+# Pod addresses of nodes that have a kwok process of their own (Cluster.add_mortal_gpu_node).
+MORTAL_POD_CIDR = "10.1.0.1/16"
 # kwok reports this as every fake node's address; loopback, so any stray connection stays local.
 NODE_IP = "127.0.0.1"
 # How long the Lease kwok keeps fresh for each node says it is alive (kwokctl's default).
@@ -79,16 +81,19 @@ def argv(
     stages: Path,
     server_port: int,
     configuration: Path | None = None,
+    managed_value: str = MANAGED_VALUE,
+    pod_cidr: str = POD_CIDR,
 ) -> list[str]:
+    """kwok managing the nodes annotated ``kwok.x-k8s.io/node=<managed_value>``."""
     return [
         str(binary),
         f"--kubeconfig={kubeconfig}",
         f"--config={stages}",
         *([f"--config={configuration}"] if configuration is not None else []),
         "--manage-all-nodes=false",
-        f"--manage-nodes-with-annotation-selector={MANAGED_ANNOTATION}={MANAGED_VALUE}",
+        f"--manage-nodes-with-annotation-selector={MANAGED_ANNOTATION}={managed_value}",
         f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
-        f"--cidr={POD_CIDR}",
+        f"--cidr={pod_cidr}",
         f"--node-ip={NODE_IP}",
         f"--server-address=127.0.0.1:{server_port}",
     ]

@@ -82,7 +82,7 @@ def _builder(
     subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
 ) -> x509.CertificateBuilder:
     # Backdated by a minute so that a certificate is valid for a process that checks it at once.
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import platform
 import socket
 import sys
 import uuid
@@ -47,6 +48,7 @@ from accel_operator.leader import (
     LeaderElector,
     StandbyHealth,
 )
+from accel_trainer import package_version
 
 RESYNC_ENV = constants.ENV_RECONCILE_INTERVAL
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -77,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m accel_operator",
         description="Kubernetes operator that runs DeepSpeed training jobs (AccelTrainJob).",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"acceltrain-operator {package_version()}"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the operator until SIGTERM/SIGINT")
@@ -286,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kube = KubeClient(load_api_client(args.kubeconfig, pool_size=options.api_connections), metrics)
     if args.metrics_port:
         metrics.serve(args.metrics_port)
+    _report_versions(kube, metrics)
     elector = _lead(args, kube, metrics) if args.leader_elect else None
     defaults = dataclasses.replace(defaults, native_gang=kube.serves_workloads())
     logging.getLogger("accel_operator").info(
@@ -350,6 +356,19 @@ def _step_down(reason: str) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(LEADERSHIP_LOST_EXIT_CODE)
+
+
+def _report_versions(kube: Any, metrics: Any) -> None:
+    """Log this operator's version and the cluster's, and export them as build_info."""
+    version = package_version()
+    server = kube.server_version()
+    metrics.record_build(version, server)
+    logging.getLogger("accel_operator").info(
+        "acceltrain-operator %s (Python %s) against Kubernetes %s",
+        version,
+        platform.python_version(),
+        server,
+    )
 
 
 def name_the_user() -> None:

@@ -393,6 +393,12 @@ class RunPolicy(CamelModel):
     a new node): leave room for that."""
     restart_on_stall: bool = True
     """Restart the attempt (from its checkpoint) when it stalls."""
+    node_loss_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    """How long the workers stay bound to a node that is unreachable or not ready before they
+    are evicted and the group restarts elsewhere from its checkpoint, spending no restart (the
+    tolerationSeconds of the node.kubernetes.io/unreachable and not-ready taints; Kubernetes'
+    default is 300). The cluster declares a node lost after kube-controller-manager's
+    --node-monitor-grace-period (40-50 s by default)."""
     gang_policy: GangPolicy = GangPolicy.AUTO
     """How the workers are placed all or nothing: Auto (Native where the cluster serves
     scheduling.k8s.io/v1alpha1 Workloads, else Timeout), Native (kube-scheduler binds no worker

@@ -64,6 +64,10 @@ FIELD_MANAGER = "acceltrain-operator"
 FINALIZER = f"{DOMAIN}/finalizer"
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# The node lifecycle controller's taints of a node that stopped answering or is not ready.
+NODE_LOSS_TAINTS = ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")
+# The taint manager's DisruptionTarget reason for a pod it evicts (a NoExecute taint).
+DISRUPTION_BY_TAINT = "DeletionByTaintManager"
 TRAINER_CONTAINER = "trainer"
 CONFIG_VOLUME = "acceltrain-config"
 CONFIG_MOUNT_PATH = "/etc/acceltrain"

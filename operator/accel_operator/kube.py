@@ -269,6 +269,14 @@ class KubeClient:
         items: list[dict[str, Any]] = (answer or {}).get("items") or []
         return items
 
+    def server_version(self) -> str:
+        """The API server's gitVersion (like v1.35.0), or "unknown" when it does not say."""
+        try:
+            answer = self.request("GET", "/version", verb="get", resource="version")
+        except ApiError:
+            return "unknown"
+        return str((answer or {}).get("gitVersion") or "unknown")
+
     def serves_workloads(self) -> bool:
         """Whether the API server serves scheduling.k8s.io/v1alpha1 Workloads (native gang
         scheduling); False on clusters without the GenericWorkload feature."""
@@ -363,9 +371,11 @@ class KubeClient:
             with contextlib.suppress(ApiError):
                 self.request("DELETE", path, verb="delete", resource=plural, body={})
 
-    def delete_pod(self, namespace: str, pod: str) -> None:
-        """Delete a worker pod whose Job is already gone (a leftover of a torn-down attempt)."""
-        self._delete("Pod", namespace, pod, resource="pods", body={})
+    def delete_pod(self, namespace: str, pod: str, *, force: bool = False) -> None:
+        """Delete a worker pod whose Job is already gone (a leftover of a torn-down attempt);
+        ``force``: at once (grace period 0), for a pod whose kubelet no longer answers."""
+        body = {"gracePeriodSeconds": 0} if force else {}
+        self._delete("Pod", namespace, pod, resource="pods", body=body)
 
     # --- events ------------------------------------------------------------------------------
     def post_event(
@@ -375,7 +385,7 @@ class KubeClient:
         says otherwise (what `kubectl describe` shows)."""
         metadata = about["metadata"]
         namespace = metadata["namespace"]
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if len(message) > EVENT_MESSAGE_LIMIT:
             message = message[: EVENT_MESSAGE_LIMIT - 3] + "..."
         event = {

@@ -132,7 +132,7 @@ def decide(
 
 def micro_time(now: dt.datetime | None = None) -> str:
     """A Kubernetes MicroTime (RFC 3339 with microseconds, UTC)."""
-    moment = now or dt.datetime.now(dt.timezone.utc)
+    moment = now or dt.datetime.now(dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

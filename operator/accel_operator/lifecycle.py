@@ -83,6 +83,10 @@ REASON_INVALID_SPEC = "InvalidSpec"
 REASON_FAILED_CREATE = "FailedCreate"
 REASON_INVALID_IMAGE = "InvalidImage"
 REASON_CHILDREN_RESTORED = "ChildrenRestored"
+REASON_POD_FORCE_DELETED = "WorkerForceDeleted"
+STUCK_TERMINATION_SECONDS = 30
+"""A deleted pod still there this long after its grace period ended has a kubelet that does
+not answer (a healthy one ends it within the grace period)."""
 # FailedCreate messages of causes that waiting cannot cure: an invalid pod, a pod security
 # violation, an admission webhook's denial. Quota and missing ServiceAccounts can be cured.
 _PERMANENT_CREATE_FAILURES = ("is invalid", "violates podsecurity", "denied the request")
@@ -123,6 +127,8 @@ class PodView:
     """The reason of a True ``DisruptionTarget`` condition: the pod was evicted, preempted or
     drained away (EvictionByEvictionAPI, PreemptionByScheduler, DeletionByTaintManager,
     TerminationByKubelet), not failed by its own doing."""
+    deletion_deadline: dt.datetime | None = None
+    """While the pod is being deleted: when its grace period ends (``deletionTimestamp``)."""
 
     @property
     def waiting(self) -> str:
@@ -267,6 +273,14 @@ class DeleteJob:
 
 
 @dataclasses.dataclass(frozen=True)
+class ForceDeletePod:
+    """Delete a pod of a torn-down attempt without waiting for its kubelet (grace period 0):
+    its node stopped answering, so nothing else would ever finish the deletion."""
+
+    pod: str
+
+
+@dataclasses.dataclass(frozen=True)
 class RestoreChildren:
     """Apply these children (kinds) of the live attempt again: they were deleted out of band."""
 
@@ -274,7 +288,7 @@ class RestoreChildren:
     kinds: tuple[str, ...]
 
 
-Action = CreateAttempt | DeleteAttempt | DeleteJob | RestoreChildren
+Action = CreateAttempt | DeleteAttempt | DeleteJob | RestoreChildren | ForceDeletePod
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,11 +325,15 @@ class Decision:
     def restores(self) -> list[RestoreChildren]:
         return [action for action in self.actions if isinstance(action, RestoreChildren)]
 
+    @property
+    def force_deletes(self) -> list[ForceDeletePod]:
+        return [action for action in self.actions if isinstance(action, ForceDeletePod)]
+
 
 # --- time ---------------------------------------------------------------------------------------
 def format_time(moment: dt.datetime) -> str:
     """RFC 3339 in UTC with second precision, as Kubernetes writes times."""
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
@@ -323,7 +341,7 @@ def parse_time(text: str | None) -> dt.datetime | None:
         return None
     moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
+        moment = moment.replace(tzinfo=dt.UTC)
     return moment
 
 
@@ -840,6 +858,7 @@ def _await_restart(
     spec: api.AccelTrainJobSpec, state: _Status, observed: Observed, plan: _Plan, current: int
 ) -> None:
     _delete_attempts_up_to(observed, plan, current)
+    _force_pods_of_lost_nodes(state, observed, plan, current)
     remaining = _old_attempt_remains(observed, current)
     due = parse_time(state.value.next_attempt_time) or state.now
     left = (due - state.now).total_seconds()
@@ -851,6 +870,36 @@ def _await_restart(
         plan.requeue(RESYNC_SECONDS)
         return
     _create_attempt(spec, state, plan, current + 1)
+
+
+def _force_pods_of_lost_nodes(state: _Status, observed: Observed, plan: _Plan, up_to: int) -> None:
+    """Pods of torn-down attempts whose kubelet will never confirm their end: evicted by the
+    taint manager from a node that is unreachable or not ready, or still there
+    STUCK_TERMINATION_SECONDS after their grace period ended. The next attempt waits for every
+    old pod to be gone, so without this a lost node would hold the group back for good."""
+    for pod in observed.pods:
+        if pod.attempt > up_to or not pod.deleting or pod.finished:
+            continue
+        lost = pod.disruption == constants.DISRUPTION_BY_TAINT and not pod.ready
+        overdue = None
+        if pod.deletion_deadline is not None:
+            since = (state.now - pod.deletion_deadline).total_seconds()
+            overdue = since >= STUCK_TERMINATION_SECONDS
+            if not overdue and not lost:
+                plan.requeue(STUCK_TERMINATION_SECONDS - since)
+        if not (lost or overdue):
+            continue
+        plan.actions.append(ForceDeletePod(pod.name))
+        why = "its node is unreachable or not ready" if lost else "its kubelet never finished it"
+        where = f" on {pod.node_name}" if pod.node_name else ""
+        plan.events.append(
+            Event(
+                "Warning",
+                REASON_POD_FORCE_DELETED,
+                f"worker {pod.name}{where} of attempt {pod.attempt} was deleted without "
+                f"waiting for its kubelet: {why}",
+            )
+        )
 
 
 def _fail(state: _Status, reason: str, message: str) -> None:
@@ -874,9 +923,12 @@ def _restart_after_disruption(
     preempted = "Preemption" in pod.disruption
     reason = REASON_PREEMPTED if preempted else REASON_EVICTED
     where = f" on {pod.node_name}" if pod.node_name else ""
+    cause = pod.disruption
+    if pod.disruption == constants.DISRUPTION_BY_TAINT and not pod.ready:
+        cause += ": its node is unreachable or not ready past runPolicy.nodeLossSeconds"
     message = (
         f"worker {pod.name}{where} was {'preempted' if preempted else 'evicted'} "
-        f"({pod.disruption}); attempt {attempt + 1} resumes from the last checkpoint in "
+        f"({cause}); attempt {attempt + 1} resumes from the last checkpoint in "
         f"{spec.run_policy.backoff_seconds} s (a disruption spends no runPolicy.maxRestarts)"
     )
     _replace_attempt(state, plan, attempt, spec.run_policy.backoff_seconds, reason, message)
@@ -1104,6 +1156,16 @@ def _supervise(
 
     if job.failed:
         _handle_failure(spec, state, observed, plan, job)
+        return
+    # Evicted or preempted and not yet gone: on a lost node it never will be, and the Job does
+    # not fail until it is. The group restarts now rather than wait for that.
+    disrupted = [
+        pod
+        for pod in observed.pods_of(job.attempt)
+        if pod.disruption and pod.deleting and not pod.finished
+    ]
+    if disrupted:
+        _restart_after_disruption(spec, state, plan, job.attempt, disrupted[0])
         return
 
     if job.suspended:

@@ -70,6 +70,12 @@ class OperatorMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.build_info = prometheus_client.Gauge(
+            "acceltrain_operator_build_info",
+            "Always 1: the operator's version and the Kubernetes version it talks to.",
+            ["version", "kubernetes_version"],
+            registry=self.registry,
+        )
         self._add_controller_runtime_metrics()
         self.api_requests = prometheus_client.Counter(
             "acceltrain_operator_api_requests",
@@ -146,6 +152,10 @@ class OperatorMetrics:
     def count_reconcile(self, result: str) -> None:
         """One reconcile ended with ``result`` (one of :data:`RECONCILE_RESULTS`)."""
         self.reconcile_total.labels(controller=CONTROLLER, result=result).inc()
+
+    def record_build(self, version: str, kubernetes_version: str) -> None:
+        self.build_info.clear()
+        self.build_info.labels(version=version, kubernetes_version=kubernetes_version).set(1)
 
     def record_phase(self, namespace: str, name: str, phase: str | None) -> None:
         """Remember a job's phase (None: the job is gone) and refresh the gauge."""

@@ -58,7 +58,7 @@ def attempt_view(job: Mapping[str, Any]) -> AttemptView | None:
         attempt=attempt,
         name=str(metadata.get("name", "")),
         uid=str(metadata.get("uid", "")),
-        created=parse_time(metadata.get("creationTimestamp")) or dt.datetime.now(dt.timezone.utc),
+        created=parse_time(metadata.get("creationTimestamp")) or dt.datetime.now(dt.UTC),
         started=parse_time(status.get("startTime")),
         suspended=bool((job.get("spec") or {}).get("suspend")),
         deleting=metadata.get("deletionTimestamp") is not None,
@@ -149,6 +149,7 @@ def pod_view(
         disruption=str((disruption or {}).get("reason") or "DisruptionTarget")
         if disruption
         else "",
+        deletion_deadline=parse_time(metadata.get("deletionTimestamp")),
     )
 
 

@@ -56,7 +56,7 @@ MAX_RETRY_SECONDS = 300.0
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class InvalidSpecError(Exception):
@@ -239,6 +239,8 @@ class Reconciler:
                 self.forget(namespace, name)
                 return None
             self._delete_attempt(namespace, name, action.attempt, observed, spec)
+        for force in decision.force_deletes:
+            self.kube.delete_pod(namespace, force.pod, force=True)
         if decision.restart_reason:
             self.metrics.restarts.labels(reason=decision.restart_reason).inc()
         if decision.launch_seconds is not None:

@@ -486,6 +486,7 @@ def _pod_spec(
         "containers": [_container(spec, ref, attempt, defaults)],
         "volumes": _volumes(spec, ref, attempt),
     }
+    tolerations.extend(_node_loss_tolerations(spec, tolerations))
     if node_selector:
         pod["nodeSelector"] = node_selector
     if tolerations:
@@ -499,6 +500,27 @@ def _pod_spec(
     if spec.service_account_name:
         pod["serviceAccountName"] = spec.service_account_name
     return pod
+
+
+def _node_loss_tolerations(
+    spec: api.AccelTrainJobSpec, tolerations: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Tolerate a lost node for runPolicy.nodeLossSeconds instead of the API server's default
+    300 s: a group with a worker on a dead node trains no further, and its other GPUs wait.
+    Taints the pool's own tolerations already cover are left to them."""
+    covered = {toleration.get("key") for toleration in tolerations}
+    if None in covered or "" in covered:  # an empty key tolerates every taint
+        return []
+    return [
+        {
+            "key": key,
+            "operator": "Exists",
+            "effect": "NoExecute",
+            "tolerationSeconds": spec.run_policy.node_loss_seconds,
+        }
+        for key in constants.NODE_LOSS_TAINTS
+        if key not in covered
+    ]
 
 
 def trainer_image(spec: api.AccelTrainJobSpec, defaults: ClusterDefaults) -> str:

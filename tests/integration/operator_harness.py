@@ -374,7 +374,7 @@ def fail_worker(
     ``message`` (its last log lines); with ``disruption``, the ``DisruptionTarget`` condition
     an eviction, preemption or drain adds (its reason)."""
     name = pod["metadata"]["name"]
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     container = pod["spec"]["containers"][0]["name"]
     terminated = {"exitCode": exit_code, "reason": reason, "startedAt": now, "finishedAt": now}
     if message:

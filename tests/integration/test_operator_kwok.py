@@ -7,6 +7,7 @@ crash safety quickly. Real training is in test_operator_training.py.
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from accel_operator import api, constants
+from accel_trainer import package_version
 from localcluster import kwok
 
 from .operator_harness import (
@@ -138,6 +140,11 @@ def test_a_job_gets_owned_children_runs_on_gpu_nodes_and_deletion_removes_them(
     metrics = operator.metrics()
     assert 'acceltrain_operator_jobs{phase="Succeeded"} 1.0' in metrics
     assert "acceltrain_operator_launch_seconds_count 1.0" in metrics
+    server = json.loads(crd.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    assert f'build_info{{kubernetes_version="{server}",version="{package_version()}"}} 1.0' in (
+        metrics
+    )
+    assert f"acceltrain-operator {package_version()} (Python " in operator.log_path.read_text()
 
     kube.delete_job(namespace, name)
     wait_for(

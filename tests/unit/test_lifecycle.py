@@ -29,7 +29,7 @@ from accel_operator.lifecycle import (
 
 from .conftest import MINIMAL_SPEC
 
-CREATED = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.timezone.utc)
+CREATED = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.UTC)
 
 
 def at(seconds: float) -> dt.datetime:
@@ -1112,3 +1112,60 @@ def test_a_pod_the_cluster_evicted_is_seen_as_a_disruption_and_a_crash_is_not() 
     assert observe.pod_view(evicted).disruption == "EvictionByEvictionAPI"
     assert observe.pod_view(cleared).disruption == ""
     assert observe.pod_view(_pod_object("bert-a2-2-c", 2, "Failed", 1)).disruption == ""
+
+
+# --- a lost node --------------------------------------------------------------------------------
+def _lost(index: int, attempt: int = 1, **fields: Any) -> PodView:
+    """A worker the taint manager evicted from a node that stopped answering: still Running as
+    far as the API server knows (no kubelet reports otherwise), not ready, being deleted."""
+    fields.setdefault("deletion_deadline", at(150))
+    return pod(
+        index,
+        attempt=attempt,
+        node_name="gpu-lost",
+        ready=False,
+        deleting=True,
+        disruption=constants.DISRUPTION_BY_TAINT,
+        **fields,
+    )
+
+
+def test_a_worker_evicted_from_a_lost_node_restarts_the_group_without_spending_a_restart() -> None:
+    observed = Observed(
+        created=CREATED, attempts=(job(),), pods=(pod(0), _lost(1)), progress=sample(40)
+    )
+    decision = lifecycle.decide(make_spec(), status_after(api.Phase.RUNNING), observed, at(100))
+    assert decision.status.phase is api.Phase.RESTARTING
+    assert (decision.status.restarts, decision.restart_reason) == (0, lifecycle.REASON_EVICTED)
+    assert lifecycle.DeleteAttempt(1) in decision.actions
+    message = condition(decision, constants.CONDITION_RESTARTING).message
+    assert "worker bert-a1-1-x1 on gpu-lost was evicted (DeletionByTaintManager" in message
+    assert "runPolicy.nodeLossSeconds" in message
+
+
+def test_a_pod_left_on_a_lost_node_is_force_deleted_so_the_next_attempt_can_start() -> None:
+    restarting = status_after(api.Phase.RESTARTING, next_attempt_time=ts(60))
+    observed = Observed(
+        created=CREATED,
+        attempts=(job(deleting=True),),
+        pods=(_lost(1), pod(0, deleting=True, deletion_deadline=at(200))),
+    )
+    decision = lifecycle.decide(make_spec(), restarting, observed, at(100))
+    assert decision.force_deletes == [lifecycle.ForceDeletePod("bert-a1-1-x1")]
+    [event] = [e for e in decision.events if e.reason == lifecycle.REASON_POD_FORCE_DELETED]
+    assert "worker bert-a1-1-x1 on gpu-lost of attempt 1" in event.message
+    assert "its node is unreachable or not ready" in event.message
+    # The healthy worker's kubelet still has its grace period: that pod is left to it.
+    assert decision.status.attempt == 1
+
+
+def test_a_pod_whose_kubelet_never_ends_it_is_force_deleted_after_its_grace_period() -> None:
+    restarting = status_after(api.Phase.RESTARTING, next_attempt_time=ts(60))
+    stuck = pod(0, deleting=True, deletion_deadline=at(100))
+    observed = Observed(created=CREATED, attempts=(), pods=(stuck,))
+    within = lifecycle.decide(make_spec(), restarting, observed, at(100 + 29))
+    assert within.force_deletes == []
+    assert within.requeue_after == pytest.approx(1)
+    overdue = lifecycle.decide(make_spec(), restarting, observed, at(100 + 30))
+    assert overdue.force_deletes == [lifecycle.ForceDeletePod("bert-a1-0-x0")]
+    assert "its kubelet never finished it" in overdue.events[-1].message

@@ -18,6 +18,7 @@ def test_the_operator_exports_process_memory_gc_and_its_own_series() -> None:
     metrics = OperatorMetrics()
     metrics.count_request("apply", "jobs")
     metrics.record_phase("team-a", "bert", "Running")
+    metrics.record_build("0.1.0", "v1.35.0")
     text = exposition(metrics)
     for name in (
         "process_resident_memory_bytes",
@@ -27,6 +28,7 @@ def test_the_operator_exports_process_memory_gc_and_its_own_series() -> None:
         "acceltrain_operator_leader",
         "acceltrain_operator_leader_transitions_total",
         'acceltrain_operator_jobs{phase="Running"} 1.0',
+        'acceltrain_operator_build_info{kubernetes_version="v1.35.0",version="0.1.0"} 1.0',
         'acceltrain_operator_api_requests_total{resource="jobs",verb="apply"} 1.0',
         # controller-runtime's names, so that alerts written for Go controllers apply.
         'controller_runtime_reconcile_total{controller="acceltrainjob",result="success"} 0.0',
@@ -48,3 +50,17 @@ def test_promtool_finds_the_operators_metrics_clean() -> None:
     result = promtool_check(promtool, exposition(metrics))
 
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_build_info_names_only_the_latest_versions() -> None:
+    metrics = OperatorMetrics()
+    metrics.record_build("0.1.0", "v1.34.2")
+    metrics.record_build("0.1.0", "v1.35.0")
+    series = [
+        line
+        for line in exposition(metrics).splitlines()
+        if line.startswith("acceltrain_operator_build_info{")
+    ]
+    assert series == [
+        'acceltrain_operator_build_info{kubernetes_version="v1.35.0",version="0.1.0"} 1.0'
+    ]

@@ -65,7 +65,7 @@ def test_job_wide_progress_multiplies_rank_zero_by_the_world_size() -> None:
         loss=1.23456,
         sparsity=0.5,
     )
-    now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
     progress = lifecycle.update_progress(spec, api.Progress(step=390), sample, now)
     assert spec.world_size == 4
     assert progress.samples_per_second == 128.0
@@ -143,7 +143,7 @@ def test_the_memory_preflight_estimate_reaches_the_job_status() -> None:
     assert sample.estimated_memory_bytes == 3 << 30
     assert sample.memory_budget_bytes == 8 << 30
     spec = api.parse_spec(copy.deepcopy(MINIMAL_SPEC), name="bert")
-    now = dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
     progress = lifecycle.update_progress(spec, api.Progress(), sample, now)
     shown = progress.model_dump(by_alias=True)
     assert shown["estimatedMemoryBytes"] == 3 << 30
@@ -167,6 +167,6 @@ def test_the_padding_efficiency_reaches_the_job_status() -> None:
     assert sample is not None
     assert sample.padding_efficiency == pytest.approx(300 / 512)
     spec = api.parse_spec(copy.deepcopy(MINIMAL_SPEC), name="bert")
-    now = dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
     progress = lifecycle.update_progress(spec, api.Progress(), sample, now)
     assert progress.model_dump(by_alias=True)["paddingEfficiency"] == 0.586

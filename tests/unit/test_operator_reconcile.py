@@ -20,7 +20,7 @@ from accel_operator.reconcile import InvalidSpecError, Reconciler
 
 from .conftest import MINIMAL_SPEC
 
-NOW = dt.datetime(2026, 11, 28, 12, 0, 30, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 28, 12, 0, 30, tzinfo=dt.UTC)
 
 
 class RecordingApi:
@@ -99,8 +99,8 @@ class RecordingApi:
     ) -> None:
         self.writes.append(("delete", f"attempt {attempt}"))
 
-    def delete_pod(self, namespace: str, pod: str) -> None:
-        self.writes.append(("delete", f"pod {pod}"))
+    def delete_pod(self, namespace: str, pod: str, *, force: bool = False) -> None:
+        self.writes.append(("delete", f"pod {pod}" + (" now" if force else "")))
 
     def delete_accel_job(self, namespace: str, name: str, uid: str) -> None:
         self.writes.append(("delete", name))

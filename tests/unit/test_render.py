@@ -272,3 +272,36 @@ def test_cpu_workers_do_not_get_the_gpu_pool_defaults() -> None:
         "spec"
     ]
     assert "nodeSelector" not in pod
+
+
+def _pod_of(document: dict[str, Any]) -> dict[str, Any]:
+    spec = api.parse_spec(document)
+    job = render.render_job(spec, render.JobRef("j", "ns", "uid"), 1)
+    pod: dict[str, Any] = job["spec"]["template"]["spec"]
+    return pod
+
+
+def test_workers_leave_a_lost_node_after_node_loss_seconds_not_the_default_five_minutes() -> None:
+    document = load_example(next(p for p in EXAMPLES if p.name == "cpu-smoke.yaml"))["spec"]
+    document.setdefault("runPolicy", {})["nodeLossSeconds"] = 45
+    lost = {
+        t["key"]: t["tolerationSeconds"]
+        for t in _pod_of(document)["tolerations"]
+        if t.get("effect") == "NoExecute"
+    }
+    assert lost == {"node.kubernetes.io/unreachable": 45, "node.kubernetes.io/not-ready": 45}
+
+
+def test_a_pools_own_toleration_of_a_lost_node_wins() -> None:
+    document = load_example(next(p for p in EXAMPLES if p.name == "cpu-smoke.yaml"))["spec"]
+    own = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}
+    document["nodePool"] = {"tolerations": [own]}
+    tolerations = _pod_of(document)["tolerations"]
+    assert own in tolerations
+    assert [t["key"] for t in tolerations if t["key"].startswith("node.kubernetes.io/")] == [
+        "node.kubernetes.io/unreachable",
+        "node.kubernetes.io/not-ready",
+    ]
+    # A toleration of every taint (empty key) covers both: nothing is added.
+    document["nodePool"] = {"tolerations": [{"operator": "Exists"}]}
+    assert _pod_of(document)["tolerations"] == [{"operator": "Exists"}]

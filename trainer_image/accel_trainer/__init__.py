@@ -7,3 +7,17 @@ pruning (:mod:`pruning`, :mod:`weights`), checkpoints (:mod:`checkpoint`), evalu
 (:mod:`evaluate`), the final export (:mod:`export`) and the Prometheus exporter (:mod:`metrics`).
 :mod:`config` is the contract with the operator; :mod:`errors` maps failures to its exit codes.
 """
+
+from importlib import metadata as _metadata
+
+DISTRIBUTION = "acceltrain"
+"""The Python distribution both images install (pyproject.toml), whose version the CLIs and the
+operator's build_info metric report."""
+
+
+def package_version() -> str:
+    """The installed acceltrain version; "unknown" when run from a tree that is not installed."""
+    try:
+        return _metadata.version(DISTRIBUTION)
+    except _metadata.PackageNotFoundError:
+        return "unknown"

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from accel_trainer import package_version
 from accel_trainer.config import DEFAULT_CONFIG_PATH, ENV_CONFIG, ENV_METRICS_PORT
 from accel_trainer.errors import ConfigError, TrainerError, exit_code_for, one_line
 from accel_trainer.launch import (
@@ -40,6 +41,7 @@ PROGRAM = "accel-trainer"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"{PROGRAM} {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="check the config and train with this pod's ranks")
     run.add_argument(
