@@ -15,7 +15,7 @@ scheduler, Job controller, garbage collector) with the operator as
 ::
 
     .venv/bin/python benchmarks/scale.py                    # 1000 jobs x 8 workers, own cluster
-    .venv/bin/python benchmarks/scale.py --jobs 100         # the test suite's variant
+    .venv/bin/python benchmarks/scale.py --jobs 100         # a small run
     .venv/bin/python benchmarks/scale.py --kubeconfig .cluster/kubeconfig --jobs 50
 
 Targets (issue 7): operator RSS <= 300 MB, launch p99 <= 10 s, every job Succeeded.

@@ -294,6 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _report_versions(kube, metrics)
     elector = _lead(args, kube, metrics) if args.leader_elect else None
     defaults = dataclasses.replace(defaults, native_gang=kube.serves_workloads())
+    options = dataclasses.replace(options, kueue=kube.serves_kueue_workloads())
+    if options.kueue:
+        logging.getLogger("accel_operator").info(
+            "Kueue is installed: watching its Workloads for the reasons queued jobs wait"
+        )
     logging.getLogger("accel_operator").info(
         "gang scheduling: %s",
         "native (the API server serves scheduling.k8s.io/v1alpha1 Workloads)"

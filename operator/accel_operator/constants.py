@@ -50,7 +50,9 @@ MANAGED_BY = "acceltrain-operator"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 # Kueue labels the Workload it makes for a batch/v1 Job with the Job's uid.
 LABEL_KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
-KUEUE_WORKLOADS_PATH = "/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads"
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
+KUEUE_API = f"/apis/{KUEUE_GROUP}/{KUEUE_VERSION}"
+KUEUE_WORKLOADS_PATH = KUEUE_API + "/namespaces/{namespace}/workloads"
 KUEUE_LABEL_PREFIX = "kueue.x-k8s.io/"
 LABEL_JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 

@@ -13,6 +13,8 @@ Registered on a registry of their own by :func:`build_registry` (the CLI passes 
   and Job changes are acted on at once.
 - ``on.event`` of the jobs' Services and ConfigMaps: keep the reconciler's inventory of them and
   queue the owner when one is deleted, so a live attempt gets it back within a second.
+- ``on.event`` of Kueue's Workloads, where Kueue is installed: queue the AccelTrainJob whose
+  attempt Job owns the Workload, so a queued job's status quotes why Kueue waits as it changes.
 
 The create/resume/update handler is sync (kopf runs it in its thread pool) because its outcome
 drives kopf's retries. The event and timer handlers are async and only mark the job in a
@@ -32,7 +34,7 @@ from typing import Any
 
 import kopf
 
-from accel_operator import api, constants, observe
+from accel_operator import api, constants, observe, render
 from accel_operator.kube import UNREACHABLE_ERRORS, ApiError
 from accel_operator.reconcile import InvalidSpecError, Reconciler
 from accel_operator.workqueue import QueueObserver, WorkQueue
@@ -56,6 +58,9 @@ class OperatorOptions:
     """Threads that reconcile jobs queued by events and timers: the jobs reconciled at once."""
     retry_delay: float = 5.0
     """Seconds before kopf retries a create/update/resume handler that failed."""
+    kueue: bool = False
+    """Whether Kueue is installed: its Workloads are watched, so that a queued job's status says
+    at once why Kueue does not admit it yet."""
 
     @property
     def handler_threads(self) -> int:
@@ -184,6 +189,18 @@ def build_registry(
         reconciler.inventory.seen(resource.kind, namespace, name, deleted=deleted)
         if deleted:
             work.add(namespace, owner)
+
+    if options.kueue:
+
+        @kopf.on.event(
+            constants.KUEUE_GROUP, constants.KUEUE_VERSION, "workloads", registry=registry
+        )
+        async def kueue_workload_event(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+            # Kueue's Workload of an attempt names the attempt's Job as its owner.
+            for ref in meta.get("ownerReferences") or []:
+                owner = render.accel_job_of_attempt(str(ref.get("name", "")))
+                if namespace and ref.get("kind") == "Job" and owner:
+                    work.add(namespace, owner)
 
     return registry
 

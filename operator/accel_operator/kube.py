@@ -280,14 +280,19 @@ class KubeClient:
     def serves_workloads(self) -> bool:
         """Whether the API server serves scheduling.k8s.io/v1alpha1 Workloads (native gang
         scheduling); False on clusters without the GenericWorkload feature."""
+        return self._serves("/apis/scheduling.k8s.io/v1alpha1", "workloads")
+
+    def serves_kueue_workloads(self) -> bool:
+        """Whether Kueue is installed (its kueue.x-k8s.io Workloads are served)."""
+        return self._serves(constants.KUEUE_API, "workloads")
+
+    def _serves(self, group_version: str, plural: str) -> bool:
         try:
-            answer = self.request(
-                "GET", "/apis/scheduling.k8s.io/v1alpha1", verb="get", resource="discovery"
-            )
+            answer = self.request("GET", group_version, verb="get", resource="discovery")
         except ApiError:
             return False
         resources = (answer or {}).get("resources") or []
-        return any(item.get("name") == "workloads" for item in resources)
+        return any(item.get("name") == plural for item in resources)
 
     def pod_log_tail(self, namespace: str, pod: str, lines: int = 20) -> str:
         """The trainer container's last log lines; empty when the node cannot serve logs."""

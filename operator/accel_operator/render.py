@@ -143,6 +143,12 @@ def attempt_job_name(job: str, attempt: int) -> str:
     return f"{job}-a{attempt}"
 
 
+def accel_job_of_attempt(job_name: str) -> str | None:
+    """The AccelTrainJob an attempt's Job name (``<job>-a<attempt>``) belongs to, else None."""
+    head, separator, attempt = job_name.rpartition("-a")
+    return head if separator and head and attempt.isdigit() else None
+
+
 def config_map_name(job: str, attempt: int) -> str:
     return f"{attempt_job_name(job, attempt)}-config"
 

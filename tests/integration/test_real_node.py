@@ -38,11 +38,13 @@ TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 JOB = "cpu-smoke"
 OPERATOR_NAMESPACE = "acceltrain-system"
 CLAIM = "cpu-smoke-checkpoints"
-# Long enough (about a minute of training at 500 samples/s) to look inside a running trainer.
-USER_PATH_STEPS = 300
-# Checkpoints every 10 steps: the kill comes after the first (while the run is far from its end),
-# attempt 2 runs the rest.
-KILL_RUN_STEPS = 200
+# Long enough (about 40 s of training at 500 samples/s) to look inside a running trainer and
+# see its samples/s in the job's status.
+USER_PATH_STEPS = 200
+# Checkpoints every 10 steps: the kill comes after the first (while the run is far from its end;
+# deleting and restoring the Service and ConfigMap first takes a few seconds), attempt 2 runs
+# the rest.
+KILL_RUN_STEPS = 150
 TRAINER_UID = 1000
 # Training itself takes about a minute; a cold node also starts the operator pod and two trainer
 # containers that import torch.

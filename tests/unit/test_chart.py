@@ -50,7 +50,7 @@ EXPECTED_RULES = {
     ("scheduling.k8s.io", "workloads"): {"create", "patch", "delete"},
     ("scheduling.volcano.sh", "podgroups"): {"create", "patch", "delete"},
     ("scheduling.x-k8s.io", "podgroups"): {"create", "patch", "delete"},
-    ("kueue.x-k8s.io", "workloads"): {"list"},
+    ("kueue.x-k8s.io", "workloads"): {"list", "watch"},
 }
 # In the release's namespace only: the leader Lease, and the Event naming a new leader.
 LEADER_ELECTION_RULES = {

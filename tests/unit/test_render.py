@@ -305,3 +305,15 @@ def test_a_pools_own_toleration_of_a_lost_node_wins() -> None:
     # A toleration of every taint (empty key) covers both: nothing is added.
     document["nodePool"] = {"tolerations": [{"operator": "Exists"}]}
     assert _pod_of(document)["tolerations"] == [{"operator": "Exists"}]
+
+
+@pytest.mark.parametrize(
+    ("job_name", "owner"),
+    [("bert-a1", "bert"), ("my-a2-job-a17", "my-a2-job"), ("bert", None), ("bert-ax", None)],
+)
+def test_the_accel_train_job_of_an_attempt_job_is_read_from_its_name(
+    job_name: str, owner: str | None
+) -> None:
+    assert render.accel_job_of_attempt(job_name) == owner
+    if owner is not None:
+        assert render.attempt_job_name(owner, int(job_name.rsplit("-a", 1)[1])) == job_name

@@ -84,8 +84,9 @@ those who may update the owner's finalizers.
 - apiGroups: ["scheduling.volcano.sh", "scheduling.x-k8s.io"]
   resources: ["podgroups"]
   verbs: ["create", "patch", "delete"]
-# Kueue's Workloads of queued attempts: why Kueue has not admitted one yet, for the job's status.
+# Kueue's Workloads of queued attempts (watched where Kueue is installed): why Kueue has not
+# admitted one yet, for the job's status.
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- end -}}
