@@ -121,3 +121,27 @@ def test_every_example_that_writes_checkpoints_mounts_a_claim_there() -> None:
             )
             assert volume is not None, f"{path.name}: nothing is mounted at {where}"
             assert "persistentVolumeClaim" in volume, f"{path.name}: {where} is not a claim"
+
+
+@pytest.mark.parametrize(
+    ("delta", "size", "latency", "verdict"),
+    [
+        (0.0, 0.645, 0.368, "yes"),  # the measured row: int8 scored exactly what fp32 scored
+        (-1.5, 0.645, 0.368, "no"),  # lost more than a point
+        (0.0, 1.02, 0.368, "no"),  # a bigger file
+        (0.0, 0.645, 1.10, "no"),  # slower on the CPU
+    ],
+)
+def test_the_int8_target_is_judged_on_accuracy_size_and_latency(
+    quality: ModuleType, delta: float, size: float, latency: float, verdict: str
+) -> None:
+    dense = _result(quality, "bbc-minilm-dense-zero2", 0.0)
+    dense.final["accuracy"] = 0.9595
+    dense.int8.update(delta_points=delta, size_ratio=size, latency_ratio=latency)
+
+    rows = quality._targets([dense])
+
+    [row] = [row for row in rows if row.startswith("| BBC int8")]
+    target = "BBC int8 at most 1.0 point below fp32, smaller file, faster on CPU"
+    assert row.startswith(f"| {target} | {delta:+.2f} points")
+    assert row.endswith(f"| {verdict} |")
