@@ -226,10 +226,9 @@ class Observed:
     attempts: tuple[AttemptView, ...] = ()
     pods: tuple[PodView, ...] = ()
     """Worker pods of every attempt that still has some."""
-    failure: FailureView | None = None
-    """The failed worker of the current attempt that best explains why its Job failed."""
     failed_workers: tuple[FailureView, ...] = ()
-    """Every failed worker of that attempt, the most telling first (``failure`` among them)."""
+    """Every failed worker of the current attempt when its Job failed, the one that best
+    explains the failure first (:attr:`failure`)."""
     progress: ProgressSample | None = None
     progress_visible: bool = True
     """False when rank 0's address is outside the networks the operator may scrape: the phase
@@ -237,6 +236,10 @@ class Observed:
     missing_children: tuple[str, ...] = ()
     """Kinds of the current attempt's ConfigMap and Service that the cluster does not hold
     (deleted out of band); only observed while that attempt's Job is live."""
+
+    @property
+    def failure(self) -> FailureView | None:
+        return self.failed_workers[0] if self.failed_workers else None
 
     def attempt(self, number: int) -> AttemptView | None:
         return next((job for job in self.attempts if job.attempt == number), None)

@@ -244,12 +244,6 @@ def _failure_rank(pod: PodView) -> tuple[int, int]:
     return kind, pod.index if pod.index is not None else 1 << 30
 
 
-def failed_worker(pods: Iterable[PodView]) -> PodView | None:
-    """The worker whose exit best explains a failed attempt (a permanent code wins)."""
-    failed = failed_workers(pods)
-    return failed[0] if failed else None
-
-
 def failed_workers(pods: Iterable[PodView]) -> list[PodView]:
     """Every failed worker of an attempt, the one whose exit best explains the failure first."""
     candidates = [

@@ -87,10 +87,10 @@ class Reconciler:
         read_pod_logs: bool = True,
         defaults: render.ClusterDefaults | None = None,
         clock: Clock = utc_now,
-        children: inventory.ChildInventory | None = None,
     ) -> None:
         self.kube = kube
-        self.inventory = children if children is not None else inventory.ChildInventory()
+        self.inventory = inventory.ChildInventory()
+        """Fed by the watches of the jobs' Services and ConfigMaps (handlers)."""
         self.defaults = defaults or render.ClusterDefaults()
         self.read_pod_logs = read_pod_logs
         self.scraper = scraper or ProgressScraper()
@@ -432,7 +432,6 @@ class Reconciler:
             generation=int(metadata.get("generation") or 0),
             attempts=attempts,
             pods=tuple(pods),
-            failure=failures[0] if failures else None,
             failed_workers=failures,
             progress=progress,
             progress_visible=visible,

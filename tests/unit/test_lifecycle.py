@@ -621,10 +621,12 @@ CASES = [
             created=CREATED,
             attempts=(job(failed=True, failure_reason="PodFailurePolicy"),),
             pods=(pod(0, "Failed", exit_code=66), pod(1, "Failed", exit_code=143)),
-            failure=FailureView(
-                "bert-a1-0-x0",
-                66,
-                "MissingInputError: data.path /data/missing.jsonl does not exist; mount it",
+            failed_workers=(
+                FailureView(
+                    "bert-a1-0-x0",
+                    66,
+                    "MissingInputError: data.path /data/missing.jsonl does not exist; mount it",
+                ),
             ),
         ),
         at(12),
@@ -638,7 +640,7 @@ CASES = [
             created=CREATED,
             attempts=(job(failed=True, failure_reason="BackoffLimitExceeded"),),
             pods=(pod(0, "Failed", exit_code=137), pod(1, "Failed", exit_code=75)),
-            failure=FailureView("bert-a1-0-x0", 137, ""),
+            failed_workers=(FailureView("bert-a1-0-x0", 137, ""),),
         ),
         at(30),
         _retryable_failure,
@@ -660,7 +662,7 @@ CASES = [
                 ),
                 pod(1, "Failed", exit_code=137),
             ),
-            failure=FailureView("bert-a1-0-x0", 143, ""),
+            failed_workers=(FailureView("bert-a1-0-x0", 143, ""),),
         ),
         at(30),
         _evicted,
@@ -673,7 +675,7 @@ CASES = [
             created=CREATED,
             attempts=(job(3, failed=True, failure_reason="BackoffLimitExceeded"),),
             pods=(pod(0, "Failed", attempt=3, exit_code=143, disruption="PreemptionByScheduler"),),
-            failure=FailureView("bert-a3-0-x0", 143, ""),
+            failed_workers=(FailureView("bert-a3-0-x0", 143, ""),),
         ),
         at(30),
         _preempted_without_restarts_left,
@@ -685,7 +687,7 @@ CASES = [
         Observed(
             created=CREATED,
             attempts=(job(3, failed=True, failure_reason="BackoffLimitExceeded"),),
-            failure=FailureView("bert-a3-1-x1", 75, "lost peer"),
+            failed_workers=(FailureView("bert-a3-1-x1", 75, "lost peer"),),
         ),
         at(30),
         _budget_exhausted,
@@ -697,7 +699,7 @@ CASES = [
         Observed(
             created=CREATED,
             attempts=(job(3, failed=True, failure_reason="BackoffLimitExceeded"),),
-            failure=FailureView("bert-a3-1-x1", 75, ""),
+            failed_workers=(FailureView("bert-a3-1-x1", 75, ""),),
         ),
         at(100),
         _backoff_doubles,
@@ -958,7 +960,6 @@ def test_every_failed_worker_is_listed_and_the_message_names_the_others() -> Non
         created=CREATED,
         attempts=(job(failed=True, failure_reason="BackoffLimitExceeded"),),
         pods=(pod(0, "Failed", exit_code=75), pod(1, "Failed", exit_code=137)),
-        failure=failed[0],
         failed_workers=failed,
     )
     decision = lifecycle.decide(make_spec(), status_after(api.Phase.RUNNING), observed, at(30))
@@ -983,7 +984,6 @@ def test_a_failure_of_hundreds_of_workers_keeps_a_bounded_list() -> None:
     observed = Observed(
         created=CREATED,
         attempts=(job(failed=True, failure_reason="BackoffLimitExceeded"),),
-        failure=failed[0],
         failed_workers=failed,
     )
     decision = lifecycle.decide(make_spec(), status_after(api.Phase.RUNNING), observed, at(30))
@@ -998,8 +998,7 @@ def test_the_permanent_exit_code_explains_a_failed_attempt() -> None:
         observe.pod_view(_pod_object("bert-a2-1-b", 1, "Failed", 65)),
         observe.pod_view(_pod_object("bert-a2-2-c", 2, "Failed", 1)),
     ]
-    worker = observe.failed_worker(pods)
-    assert worker is not None
+    worker = observe.failed_workers(pods)[0]
     assert (worker.name, worker.exit_code, worker.attempt, worker.index) == (
         "bert-a2-1-b",
         65,
