@@ -26,7 +26,7 @@ import yaml
 
 from accel_operator import api, constants
 from accel_operator.kube import ApiError, KubeClient, load_api_client
-from localcluster import free_port, operator_argv
+from localcluster import free_port, kwok, operator_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
@@ -418,7 +418,7 @@ def own_gpu_pool(cluster: Any, nodes: int, gpus: int) -> Iterator[dict[str, str]
         [f"{pool}-{index}" for index in range(nodes)], gpus=gpus, pool=pool, timeout=60
     )
     try:
-        yield {"acceltrain.io/pool": pool}
+        yield {kwok.POOL_LABEL: pool}
     finally:
         cluster.delete_nodes(names)
 
