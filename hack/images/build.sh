@@ -12,23 +12,23 @@
 #                recipe changed (a digest of the recipe is kept in the image's label). The other
 #                targets build it when they need it.
 #   pause        the local cluster's sandbox image ($PAUSE_IMAGE): FROM scratch + .tools/bin/pause
-#   operator     operator/Dockerfile              -> $OPERATOR_IMAGE
-#   trainer-cpu  trainer_image/Dockerfile.cpu     -> $TRAINER_CPU_IMAGE
-#   trainer      trainer_image/Dockerfile (CUDA)  -> $TRAINER_IMAGE; needs its CUDA base image
+#   operator     operator/Dockerfile                            -> $OPERATOR_IMAGE
+#   trainer-cpu  trainer_image/Dockerfile, ACCELERATOR=cpu      -> $TRAINER_CPU_IMAGE
+#   trainer      trainer_image/Dockerfile, ACCELERATOR=cuda     -> $TRAINER_IMAGE (no GPU needed)
 #
 # Image names come from OPERATOR_IMAGE, TRAINER_IMAGE, TRAINER_CPU_IMAGE (the Makefile exports
 # them; defaults ghcr.io/acceltrain/<name>:<version in pyproject.toml>) and PAUSE_IMAGE.
 #
-# With Docker the Dockerfiles' defaults are used (python:slim, torch from the PyTorch CPU index).
-# With podman nothing is pulled (`--pull=never`): the Python base is made here, and torch comes
-# from PyPI (the CPU index is not reachable where there is no Docker; PyPI's torch is the CUDA
-# build, which also runs on the CPU). Layers are cached in the engine's store, so a rebuild after
-# a code change takes seconds.
+# With Docker the Dockerfiles' defaults are used (python:slim; the CPU trainer's torch from the
+# PyTorch CPU index). With podman nothing is pulled (`--pull=never`): the Python base is made
+# here, and torch comes from PyPI for both trainers (the CPU index is not reachable where there is
+# no Docker; PyPI's torch is the CUDA build, which also runs on the CPU, and the two trainer images
+# then share their torch layer). Layers are cached in the engine's store, so a rebuild after a
+# code change takes seconds.
 #
 # Overrides, on either engine:
-#   ACCELTRAIN_PYTHON_IMAGE       the Python base of operator and trainer-cpu (PYTHON_IMAGE)
-#   ACCELTRAIN_TORCH_INDEX_URL    the index torch is installed from (TORCH_INDEX_URL)
-#   ACCELTRAIN_CUDA_BASE_IMAGE    the CUDA PyTorch base of the trainer image (BASE_IMAGE)
+#   ACCELTRAIN_PYTHON_IMAGE       the Python base of every image but pause (PYTHON_IMAGE)
+#   ACCELTRAIN_TORCH_INDEX_URL    the index the CPU trainer's torch comes from (TORCH_INDEX_URL)
 #   ACCELTRAIN_IMAGE_ENGINE       docker or podman instead of the automatic choice
 #   ACCELTRAIN_DEBIAN_MIRROR      the Debian mirror of the base (default: the host's apt sources)
 set -euo pipefail
@@ -161,19 +161,23 @@ build_base() {
 	podman import "${changes[@]}" "${workdir}/rootfs.tar" "${BASE_IMAGE_NAME}" >/dev/null
 }
 
-# The build arguments of operator and trainer-cpu on this engine.
-python_build_args() {
-	local python_image="${ACCELTRAIN_PYTHON_IMAGE:-}" torch_index="${ACCELTRAIN_TORCH_INDEX_URL:-}"
-	if [ "${engine}" = podman ]; then
-		python_image="${python_image:-${BASE_IMAGE_NAME}}"
-		torch_index="${torch_index:-https://pypi.org/simple}"
-	fi
+# The Python base of the images on this engine, as a build argument (none: the Dockerfile's).
+python_image_arg() {
+	local python_image="${ACCELTRAIN_PYTHON_IMAGE:-}"
+	if [ "${engine}" = podman ]; then python_image="${python_image:-${BASE_IMAGE_NAME}}"; fi
 	if [ -n "${python_image}" ]; then echo "PYTHON_IMAGE=${python_image}"; fi
-	if [ -n "${torch_index}" ]; then echo "TORCH_INDEX_URL=${torch_index}"; fi
 }
 
-cuda_base_image() {
-	echo "${ACCELTRAIN_CUDA_BASE_IMAGE:-$(sed -n 's/^ARG BASE_IMAGE=//p' trainer_image/Dockerfile)}"
+# Where the CPU trainer's torch comes from: PyPI under podman (the CPU index is not reachable
+# there), the PyTorch CPU index otherwise. The CUDA trainer takes the Dockerfile's (PyPI).
+cpu_torch_index() {
+	if [ -n "${ACCELTRAIN_TORCH_INDEX_URL:-}" ]; then
+		echo "${ACCELTRAIN_TORCH_INDEX_URL}"
+	elif [ "${engine}" = podman ]; then
+		echo https://pypi.org/simple
+	else
+		echo https://download.pytorch.org/whl/cpu
+	fi
 }
 
 # Refuses, before anything is built, what cannot be built here.
@@ -188,16 +192,7 @@ preflight() {
 			[ -x .tools/bin/pause ] || die "pause: .tools/bin/pause is missing; build it with" \
 				"\`bash hack/tools/build.sh pause\` (part of \`make tools\`)"
 			;;
-		trainer)
-			if [ "${engine}" = podman ] && ! podman image exists "$(cuda_base_image)"; then
-				die "trainer: the CUDA trainer image needs its CUDA base image $(cuda_base_image)," \
-					"which podman does not have and cannot pull here. Build it with Docker, or" \
-					"load that image into podman (e.g. from a registry mirror) or name one with" \
-					"ACCELTRAIN_CUDA_BASE_IMAGE. The other images: bash hack/images/build.sh" \
-					"pause operator trainer-cpu"
-			fi
-			;;
-		operator | trainer-cpu) ;;
+		operator | trainer-cpu | trainer) ;;
 		*) die "unknown target ${target} (base, pause, operator, trainer-cpu, trainer)" ;;
 		esac
 	done
@@ -227,22 +222,20 @@ build_pause() {
 build_target() {
 	local -a args=()
 	case "$1" in
+	operator | trainer-cpu | trainer)
+		if [ "${engine}" = podman ] && [ -z "${ACCELTRAIN_PYTHON_IMAGE:-}" ]; then ensure_base; fi
+		mapfile -t args < <(python_image_arg)
+		;;
+	esac
+	case "$1" in
 	base) ensure_base ;;
 	pause) build_pause ;;
-	operator | trainer-cpu)
-		if [ "${engine}" = podman ] && [ -z "${ACCELTRAIN_PYTHON_IMAGE:-}" ]; then
-			ensure_base
-		fi
-		if [ "$1" = operator ]; then
-			# The operator installs no torch: only its base applies.
-			mapfile -t args < <(python_build_args | grep -v '^TORCH_INDEX_URL=' || true)
-			build_image "${OPERATOR_IMAGE}" operator/Dockerfile . "${args[@]}"
-		else
-			mapfile -t args < <(python_build_args)
-			build_image "${TRAINER_CPU_IMAGE}" trainer_image/Dockerfile.cpu . "${args[@]}"
-		fi
+	operator) build_image "${OPERATOR_IMAGE}" operator/Dockerfile . "${args[@]}" ;;
+	trainer-cpu)
+		build_image "${TRAINER_CPU_IMAGE}" trainer_image/Dockerfile . "${args[@]}" \
+			ACCELERATOR=cpu "TORCH_INDEX_URL=$(cpu_torch_index)"
 		;;
-	trainer) build_image "${TRAINER_IMAGE}" trainer_image/Dockerfile . "BASE_IMAGE=$(cuda_base_image)" ;;
+	trainer) build_image "${TRAINER_IMAGE}" trainer_image/Dockerfile . "${args[@]}" ACCELERATOR=cuda ;;
 	esac
 }
 

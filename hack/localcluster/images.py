@@ -53,9 +53,9 @@ def engine() -> str:
     raise ImageError("no image engine: start a Docker engine (`docker info`) or install podman")
 
 
-def node_image_names() -> list[str]:
-    """The operator and CPU trainer images, named by the Makefile (``make image-names``), which
-    the local cluster's real node runs."""
+def image_names() -> dict[str, str]:
+    """The project's images by name in ``make image-names`` (the Makefile names them):
+    ``operator``, ``trainer`` (CUDA) and ``trainer-cpu``."""
     result = subprocess.run(
         ["make", "-s", "--no-print-directory", "image-names"],
         cwd=Path(__file__).resolve().parents[2],
@@ -67,8 +67,13 @@ def node_image_names() -> list[str]:
     names = result.stdout.split()
     if result.returncode != 0 or len(names) != 3:
         raise ImageError(f"`make image-names` failed: {result.stderr.strip() or result.stdout}")
-    operator, _cuda_trainer, trainer_cpu = names
-    return [operator, trainer_cpu]
+    return dict(zip(("operator", "trainer", "trainer-cpu"), names, strict=True))
+
+
+def node_image_names() -> list[str]:
+    """The operator and CPU trainer images, which the local cluster's real node runs."""
+    names = image_names()
+    return [names["operator"], names["trainer-cpu"]]
 
 
 def normalize_id(raw: str) -> str:
