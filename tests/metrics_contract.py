@@ -22,6 +22,7 @@ TRAINER_CONTRACT_FAMILIES = {
     "acceltrain_estimated_memory_bytes": "gauge",
     "acceltrain_memory_budget_bytes": "gauge",
     "acceltrain_step_seconds": "histogram",
+    "acceltrain_step_own_seconds": "gauge",
     "acceltrain_checkpoint_seconds": "histogram",
     "acceltrain_last_checkpoint_step": "gauge",
 }

@@ -409,6 +409,13 @@ class RunPolicy(CamelModel):
     of the scheduler-plugins scheduler."""
     queue_name: Annotated[str | None, Field(min_length=1, max_length=63)] = None
     """Kueue LocalQueue; the Job is created suspended with kueue.x-k8s.io/queue-name."""
+    straggler_threshold: Annotated[float, Field(ge=1.1, le=100.0)] = 1.5
+    """A rank is a straggler when its own work per step (acceltrain_step_own_seconds: loading
+    its micro-batches and their forward passes, which wait for no other rank) is above this many
+    times the median of the other ranks' for stragglerChecks checks in a row (one check every
+    10 s while the job runs). The Straggler condition then names its pod, node and rank."""
+    straggler_checks: Annotated[int, Field(ge=1, le=100)] = 3
+    """Checks in a row a rank must be above stragglerThreshold before it is named a straggler."""
 
 
 # --- the job ------------------------------------------------------------------------------------
@@ -618,6 +625,25 @@ class FailedWorker(CamelModel):
     """The trainer's last log line (its termination message)."""
 
 
+class RankSpread(CamelModel):
+    """The last comparison of the ranks' own work per step (every rank's exporter read)."""
+
+    rank: Annotated[int, Field(ge=0)]
+    """The global rank with the most own work per step."""
+    pod: str
+    """Its worker pod."""
+    node: str | None = None
+    """The node that pod runs on."""
+    own_seconds: Annotated[float, Field(ge=0.0)]
+    """Its own work per step (acceltrain_step_own_seconds), in seconds."""
+    others_median_seconds: Annotated[float, Field(ge=0.0)]
+    """The median of the other ranks' own work per step."""
+    checks_above: Annotated[int, Field(ge=0)] = 0
+    """Checks in a row this rank was above runPolicy.stragglerThreshold (0: it is not now)."""
+    time: str
+    """When the ranks were compared (RFC 3339)."""
+
+
 class AccelTrainJobStatus(CamelModel):
     """Observed state of the job, written by the operator."""
 
@@ -644,6 +670,8 @@ class AccelTrainJobStatus(CamelModel):
     """Latest complete checkpoint."""
     next_attempt_time: str | None = None
     """While Restarting: when the next attempt is created (backoff; RFC 3339)."""
+    rank_spread: RankSpread | None = None
+    """The slowest rank at the last comparison of every rank's own work per step (Straggler)."""
     last_exit_code: int | None = None
     """Exit code of the worker whose failure ended the last failed attempt."""
     failed_workers: Annotated[list[FailedWorker], Field(max_length=MAX_FAILED_WORKERS)] = Field(

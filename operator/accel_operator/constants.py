@@ -91,6 +91,8 @@ CONDITION_CREATED = "Created"
 CONDITION_SCHEDULED = "Scheduled"
 CONDITION_RUNNING = "Running"
 CONDITION_PROGRESSING = "Progressing"
+# True while one rank's own work per step stays far above the other ranks' (straggler.py).
+CONDITION_STRAGGLER = "Straggler"
 CONDITION_RESTARTING = "Restarting"
 CONDITION_SUSPENDED = "Suspended"
 CONDITION_SUCCEEDED = "Succeeded"

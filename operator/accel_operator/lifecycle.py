@@ -42,7 +42,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from accel_operator import api, constants, gang
+from accel_operator import api, constants, gang, straggler
 
 # The cap of the exponential restart backoff (runPolicy.backoffSeconds doubles up to it).
 MAX_BACKOFF_SECONDS = 600
@@ -230,6 +230,8 @@ class Observed:
     """Every failed worker of the current attempt when its Job failed, the one that best
     explains the failure first (:attr:`failure`)."""
     progress: ProgressSample | None = None
+    rank_times: tuple[straggler.RankTime, ...] | None = None
+    """Every rank's own work per step, when the ranks were compared in this reconcile."""
     progress_visible: bool = True
     """False when rank 0's address is outside the networks the operator may scrape: the phase
     then follows the pods alone, and stalls cannot be detected."""
@@ -485,6 +487,7 @@ _EVENTFUL_TRUE = {
     constants.CONDITION_CREATED: "Normal",
     constants.CONDITION_RUNNING: "Normal",
     constants.CONDITION_PROGRESSING: "Normal",
+    constants.CONDITION_STRAGGLER: "Warning",
     constants.CONDITION_RESTARTING: "Warning",
     constants.CONDITION_SUSPENDED: "Normal",
     constants.CONDITION_SUCCEEDED: "Normal",
@@ -495,6 +498,7 @@ _EVENTFUL_FALSE = {
     (constants.CONDITION_SCHEDULED, REASON_FAILED_CREATE): "Warning",
     (constants.CONDITION_PROGRESSING, REASON_STALLED): "Warning",
     (constants.CONDITION_SUSPENDED, "Resumed"): "Normal",
+    (constants.CONDITION_STRAGGLER, straggler.REASON_RECOVERED): "Normal",
 }
 
 
@@ -550,6 +554,7 @@ _CONDITION_ORDER = (
     constants.CONDITION_SCHEDULED,
     constants.CONDITION_RUNNING,
     constants.CONDITION_PROGRESSING,
+    constants.CONDITION_STRAGGLER,
     constants.CONDITION_RESTARTING,
     constants.CONDITION_SUSPENDED,
     constants.CONDITION_SUCCEEDED,
@@ -790,6 +795,8 @@ def _record_new_attempt(spec: api.AccelTrainJobSpec, state: _Status, attempt: in
     state.lower(
         constants.CONDITION_PROGRESSING, "WorkersStarting", f"attempt {attempt} is starting"
     )
+    state.lower(constants.CONDITION_STRAGGLER, "WorkersStarting", f"attempt {attempt} is starting")
+    value.rank_spread = None
     value.workers = api.WorkerCounts(total=spec.workers, summary=f"0/{spec.workers}")
     value.message = f"attempt {attempt} created"
 
@@ -1249,6 +1256,36 @@ def _supervise(
     if observed.progress_visible:
         plan.requeue(progress_interval)
         _check_stall(spec, state, observed, plan, job, trains)
+    if observed.rank_times is not None:
+        _check_stragglers(spec, state, observed.rank_times)
+
+
+def _check_stragglers(
+    spec: api.AccelTrainJobSpec, state: _Status, ranks: tuple[straggler.RankTime, ...]
+) -> None:
+    """Straggler: True once one rank's own work per step stays far above the others'."""
+    policy, value = spec.run_policy, state.value
+    verdict = straggler.judge(value.rank_spread, ranks, policy, format_time(state.now))
+    if verdict is None:
+        return
+    value.rank_spread = verdict.spread
+    if verdict.straggling:
+        message = straggler.straggler_message(verdict.spread, policy)
+        state.set(constants.CONDITION_STRAGGLER, True, straggler.REASON_SLOW_RANK, message)
+    elif state.is_true(constants.CONDITION_STRAGGLER):
+        state.set(
+            constants.CONDITION_STRAGGLER,
+            False,
+            straggler.REASON_RECOVERED,
+            f"rank {verdict.spread.rank} caught up: {straggler.even_message(policy)}",
+        )
+    elif state.condition(constants.CONDITION_STRAGGLER) is None:
+        state.set(
+            constants.CONDITION_STRAGGLER,
+            False,
+            straggler.REASON_EVEN,
+            straggler.even_message(policy),
+        )
 
 
 def _record_progress(spec: api.AccelTrainJobSpec, state: _Status, sample: ProgressSample) -> None:

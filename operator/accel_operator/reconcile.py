@@ -41,6 +41,7 @@ from accel_operator import (
     observe,
     refusals,
     render,
+    straggler,
 )
 from accel_operator.kube import ApiError, KubeClient
 from accel_operator.metrics import OperatorMetrics
@@ -101,6 +102,7 @@ class Reconciler:
         self._gates_lock = threading.Lock()
         self._last_status_write: dict[tuple[str, str], float] = {}
         self._last_api_error: dict[tuple[str, str], str] = {}
+        self._last_rank_check: dict[tuple[str, str], float] = {}
 
     # --- triggering --------------------------------------------------------------------------
     def _gate(self, namespace: str, name: str) -> _Gate:
@@ -117,6 +119,7 @@ class Reconciler:
             self._gates.pop((namespace, name), None)
             self._last_status_write.pop((namespace, name), None)
             self._last_api_error.pop((namespace, name), None)
+            self._last_rank_check.pop((namespace, name), None)
         self.metrics.record_phase(namespace, name, None)
 
     def reconcile(self, namespace: str, name: str) -> None:
@@ -423,9 +426,12 @@ class Reconciler:
             failures = self._failures(namespace, [pod for pod in pods if pod.attempt == current])
         progress, visible = None, True
         missing: tuple[str, ...] = ()
+        rank_times = None
         if status.phase not in lifecycle.FINISHED_PHASES and current_job is not None:
             progress, visible = self._progress(spec, pods, current)
             missing = self._missing_children(namespace, name, current_job)
+        if status.phase is api.Phase.RUNNING and visible and self._rank_check_due(namespace, name):
+            rank_times = self._rank_times(spec, pods, current)
         return lifecycle.Observed(
             native_gang=self.defaults.native_gang,
             created=lifecycle.parse_time(metadata.get("creationTimestamp")) or self.clock(),
@@ -434,9 +440,39 @@ class Reconciler:
             pods=tuple(pods),
             failed_workers=failures,
             progress=progress,
+            rank_times=rank_times,
             progress_visible=visible,
             missing_children=missing,
         )
+
+    def _rank_check_due(self, namespace: str, name: str) -> bool:
+        """At most one comparison of a job's ranks per straggler.CHECK_SECONDS."""
+        now = time.monotonic()
+        with self._gates_lock:
+            last = self._last_rank_check.get((namespace, name))
+            if last is not None and now - last < straggler.CHECK_SECONDS:
+                return False
+            self._last_rank_check[(namespace, name)] = now
+        return True
+
+    def _rank_times(
+        self, spec: api.AccelTrainJobSpec, pods: list[lifecycle.PodView], attempt: int
+    ) -> tuple[straggler.RankTime, ...] | None:
+        """Every rank's own work per step: each local rank of each running worker serves its
+        exporter on metrics.port + local rank. None for a job of one rank."""
+        if spec.world_size < 2:
+            return None
+        found = []
+        for pod in pods:
+            if pod.attempt != attempt or pod.deleting or pod.phase != "Running" or not pod.pod_ip:
+                continue
+            for local_rank in range(spec.procs):
+                measured = self.scraper.own_seconds(pod.pod_ip, spec.metrics.port + local_rank)
+                found += [
+                    straggler.RankTime(rank, pod.name, pod.node_name, seconds)
+                    for rank, seconds in measured.items()
+                ]
+        return tuple(found)
 
     def _missing_children(
         self, namespace: str, name: str, job: lifecycle.AttemptView

@@ -1,7 +1,8 @@
-"""Reading rank 0's Prometheus exporter for ``status.progress``.
+"""Reading the trainers' Prometheus exporters: rank 0's for ``status.progress``, every rank's
+own work per step for the straggler check (:mod:`accel_operator.straggler`).
 
-:func:`parse_metrics` is pure: the Prometheus text format in, a
-:class:`~accel_operator.lifecycle.ProgressSample` out. :class:`ProgressScraper` does the plain
+:func:`parse_metrics` and :func:`parse_own_seconds` are pure: the Prometheus text format in,
+what the operator uses out. :class:`ProgressScraper` does the plain
 HTTP GET of ``http://<pod IP>:<metrics port>/metrics``, with a short timeout so that a trainer
 that does not answer yet never holds up a reconcile, and only for pod addresses inside the
 networks the operator was told it may reach (``--scrape-network``; everything by default).
@@ -35,6 +36,7 @@ PADDING_EFFICIENCY = "acceltrain_padding_efficiency_ratio"
 LOSS = "acceltrain_loss"
 SPARSITY = "acceltrain_sparsity_ratio"
 CHECKPOINT_STEP = "acceltrain_last_checkpoint_step"
+OWN_SECONDS = "acceltrain_step_own_seconds"
 # The memory preflight's estimate for one rank (kind="device") and the memory the rank has.
 ESTIMATED_MEMORY = "acceltrain_estimated_memory_bytes"
 MEMORY_BUDGET = "acceltrain_memory_budget_bytes"
@@ -98,6 +100,22 @@ def parse_metrics(text: str, *, rank: str = "0") -> ProgressSample | None:
     )
 
 
+def parse_own_seconds(text: str) -> dict[int, float]:
+    """Global rank -> its own work per step, for the ranks of this exporter that measured some.
+
+    Raises ValueError for text that is not the Prometheus exposition format.
+    """
+    found: dict[int, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != OWN_SECONDS or not sample.labels.get("rank", "").isdigit():
+                continue
+            value = _finite(float(sample.value))
+            if value is not None and value > 0:
+                found[int(sample.labels["rank"])] = value
+    return found
+
+
 def parse_networks(values: Iterable[str]) -> list[Network]:
     """CIDRs of ``--scrape-network``; ValueError names the bad value."""
     networks = []
@@ -131,18 +149,40 @@ class ProgressScraper:
 
     def scrape(self, address: str, port: int) -> ProgressSample | None:
         """Rank 0's progress, or None when the exporter does not answer (yet) or has no step."""
+        text = self.fetch(address, port)
+        if text is None:
+            return None
+        try:
+            return parse_metrics(text)
+        except ValueError as error:
+            logger.warning(
+                "metrics of %s:%s are not in the Prometheus text format: %s", address, port, error
+            )
+            return None
+
+    def own_seconds(self, address: str, port: int) -> dict[int, float]:
+        """The own work per step of the rank serving on this port ({} when unknown)."""
+        text = self.fetch(address, port)
+        if text is None:
+            return {}
+        try:
+            return parse_own_seconds(text)
+        except ValueError as error:
+            logger.warning(
+                "metrics of %s:%s are not in the Prometheus text format: %s", address, port, error
+            )
+            return {}
+
+    def fetch(self, address: str, port: int) -> str | None:
+        """The exposition text, or None when not allowed or the exporter does not answer."""
         if not self.allowed(address):
             return None
         host = f"[{address}]" if ":" in address else address
         url = f"http://{host}:{port}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as response:
-                text = response.read(MAX_RESPONSE_BYTES).decode("utf-8", errors="replace")
+                data: bytes = response.read(MAX_RESPONSE_BYTES)
         except (urllib.error.URLError, OSError, TimeoutError) as error:
             logger.debug("metrics of %s not available: %s", url, error)
             return None
-        try:
-            return parse_metrics(text)
-        except ValueError as error:
-            logger.warning("metrics of %s are not in the Prometheus text format: %s", url, error)
-            return None
+        return data.decode("utf-8", errors="replace")

@@ -2,15 +2,19 @@
 
 Each test starts a tiny BERT on two worker pods (or one) and drives the operator's whole-group
 behaviours through real processes: a permanent trainer error, a model that cannot fit its memory
-limit, suspend/resume with the SIGTERM checkpoint, and a frozen trainer. The example trained
+limit, suspend/resume with the SIGTERM checkpoint, a rank slowed down (a straggler) and then
+frozen. The example trained
 with live progress and a killed worker resumed from its checkpoint run in real containers on the
 real node (test_real_node.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,17 +149,45 @@ def test_suspend_stops_the_pods_after_a_checkpoint_and_resume_continues_from_it(
     assert f"resumed from step-{sigterm_step:08d}" in log
 
 
-def test_a_frozen_trainer_is_reported_stalled_and_recovers_when_it_steps_again(
+@contextlib.contextmanager
+def _slowed(pids: list[int], stopped: float = 0.04, running: float = 0.02) -> Iterator[None]:
+    """Stop and continue the processes over and over: they run a third of the time."""
+    done = threading.Event()
+
+    def bursts() -> None:
+        while not done.is_set():
+            signal_processes(pids, signal.SIGSTOP)
+            time.sleep(stopped)
+            signal_processes(pids, signal.SIGCONT)
+            done.wait(running)
+
+    thread = threading.Thread(target=bursts, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        signal_processes(pids, signal.SIGCONT)
+
+
+def _straggler(kube: Api, namespace: str, name: str, status: str) -> dict[str, Any] | None:
+    found = condition(_status(kube, namespace, name), constants.CONDITION_STRAGGLER)
+    return found if found.get("status") == status else None
+
+
+def test_a_slowed_rank_is_named_a_straggler_and_a_frozen_one_stalls_the_job(
     kube: Api, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
     name = "frozen"
     spec = cpu_spec(
         tmp_path / "checkpoints",
-        workers=1,
-        steps=2000,
-        every=1000,
+        workers=2,
+        steps=20000,
+        every=20000,
         progressDeadlineSeconds=10,
         restartOnStall=False,
+        stragglerChecks=2,
     )
     kube.create_job(namespace, name, spec)
     wait_for(
@@ -163,10 +195,26 @@ def test_a_frozen_trainer_is_reported_stalled_and_recovers_when_it_steps_again(
         lambda: _status(kube, namespace, name).get("progress", {}).get("step", 0) >= 3,
         timeout=TRAINING_TIMEOUT,
     )
-    pod = _worker_pod(kube, namespace, name, attempt=1, index=0)
-    frozen = pod_processes(pod)
-    assert frozen
-    signal_processes(frozen, signal.SIGSTOP)
+    pod = _worker_pod(kube, namespace, name, attempt=1, index=1)
+    processes = pod_processes(pod)
+    assert processes
+    wait_for("Straggler=False", lambda: _straggler(kube, namespace, name, "False"), timeout=40)
+
+    # Rank 1 runs a third of the time: its own work per step triples, rank 0's does not.
+    with _slowed(processes):
+        slow = wait_for(
+            "Straggler=True", lambda: _straggler(kube, namespace, name, "True"), timeout=60
+        )
+    assert slow["reason"] == "SlowRank"
+    assert f"rank 1 (pod {pod} on node " in slow["message"]
+    spread = _status(kube, namespace, name)["rankSpread"]
+    assert (spread["rank"], spread["pod"]) == (1, pod)
+    assert spread["ownSeconds"] > 1.5 * spread["othersMedianSeconds"]
+    events = kube.events(namespace, name)
+    assert any(e["reason"] == "SlowRank" and e["type"] == "Warning" for e in events)
+
+    # Frozen: rank 0 waits for it in the gradient reduction, and the step stops.
+    signal_processes(processes, signal.SIGSTOP)
     try:
         stalled = wait_for(
             "Progressing=False with reason Stalled",
@@ -180,7 +228,7 @@ def test_a_frozen_trainer_is_reported_stalled_and_recovers_when_it_steps_again(
             timeout=40,
         )
     finally:
-        signal_processes(frozen, signal.SIGCONT)
+        signal_processes(processes, signal.SIGCONT)
     assert stalled["status"] == "False"
     assert "progressDeadlineSeconds (10 s)" in stalled["message"]
     events = kube.events(namespace, name)
@@ -196,4 +244,10 @@ def test_a_frozen_trainer_is_reported_stalled_and_recovers_when_it_steps_again(
         ),
         timeout=60,
     )
+    recovered = wait_for(
+        "Straggler=False once rank 1 runs freely",
+        lambda: _straggler(kube, namespace, name, "False"),
+        timeout=60,
+    )
+    assert recovered["reason"] == "StragglerRecovered"
     kube.delete_job(namespace, name)

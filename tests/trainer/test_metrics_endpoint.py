@@ -95,6 +95,9 @@ def test_metrics_endpoint_of_a_running_job_has_every_contract_series(
         assert value("acceltrain_loss_scale") == 1.0  # bf16 does not scale the loss
         assert value("acceltrain_device_memory_bytes") > 0
         assert value("acceltrain_step_seconds_count") >= 15
+        # Own work (loading, forward) is part of a step, never all of it (backward, optimizer).
+        step_mean = value("acceltrain_step_seconds_sum") / value("acceltrain_step_seconds_count")
+        assert 0 < value("acceltrain_step_own_seconds") < step_mean
         assert value("acceltrain_checkpoint_seconds_count") >= 2
 
     promtool = shutil.which("promtool")

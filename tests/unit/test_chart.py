@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import re
 import subprocess
@@ -426,14 +425,35 @@ def test_plain_manifests_build_with_kustomize() -> None:
     } <= kinds
 
 
-def test_the_cpu_trainer_image_ships_the_torch_the_suite_tests() -> None:
-    """The trainer is tested against the venv's torch; an image with another torch fails at run
-    time (torch's elastic launcher changes its arguments between releases)."""
-    dockerfile = (REPO_ROOT / "trainer_image" / "Dockerfile.cpu").read_text()
-    pinned = re.search(r"^ARG TORCH_VERSION=(\S+)$", dockerfile, re.MULTILINE)
-    assert pinned, "trainer_image/Dockerfile.cpu has no ARG TORCH_VERSION"
-    tested = importlib.metadata.version("torch").split("+")[0]
-    assert pinned.group(1) == tested, (
-        f"Dockerfile.cpu pins torch {pinned.group(1)}, the suite runs {tested}: "
-        "set ARG TORCH_VERSION to the tested one"
+def test_the_charts_readme_describes_every_value_and_dashboard_panel_as_they_are() -> None:
+    result = subprocess.run(
+        [sys.executable, "hack/chart_readme.py", "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
     )
+    assert result.returncode == 0, result.stderr
+    readme = (CHART / "README.md").read_text()
+    dashboard = json.loads((CHART / "dashboards" / "acceltrain.json").read_text())
+    for panel in dashboard["panels"]:
+        assert f"### {panel['title']}\n\n{panel['description']}" in readme
+    assert "| `metrics.podMonitor.enabled` | bool | `false` |" in readme
+
+
+def test_a_chart_value_without_a_doc_comment_is_named() -> None:
+    sys.path.insert(0, str(REPO_ROOT / "hack"))
+    from chart_readme import documented_values, undocumented_values
+
+    values = (
+        "# -- Documented, with\n# a second line.\nreplicas: 1\n"
+        "metrics:\n  # -- The port.\n  port: 8080\n  interval: 30s\n"
+        "# -- Covers its children.\nresources:\n  limits:\n    memory: 1Gi\n"
+    )
+
+    assert undocumented_values(values) == ["metrics.interval"]
+    assert [(v.key, v.type, v.default, v.description) for v in documented_values(values)] == [
+        ("replicas", "int", "1", "Documented, with a second line."),
+        ("metrics.port", "int", "8080", "The port."),
+        ("resources", "object", '{"limits": {"memory": "1Gi"}}', "Covers its children."),
+    ]

@@ -119,6 +119,34 @@ def test_every_contract_metric_is_exported_with_its_type_and_labels() -> None:
     assert memory_kinds == {"rss"}  # no GPU in unit tests
 
 
+def test_own_seconds_are_the_mean_of_the_rate_window_and_ignore_unmeasured_steps() -> None:
+    metrics = make_metrics(rate_window_steps=2)
+    assert sample_value(scrape(metrics), "acceltrain_step_own_seconds") == 0
+    for step, own in enumerate((0.9, 0.2, None, 0.4), start=1):
+        metrics.record_step(
+            step=step,
+            samples=8,
+            tokens=100,
+            step_seconds=1.0,
+            loss=1.0,
+            learning_rate=1e-4,
+            own_seconds=own,
+        )
+
+    # The window holds the last two steps; the unmeasured one does not count as 0.
+    assert sample_value(scrape(metrics), "acceltrain_step_own_seconds") == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="own_seconds"):
+        metrics.record_step(
+            step=5,
+            samples=8,
+            tokens=100,
+            step_seconds=1.0,
+            loss=1.0,
+            learning_rate=1e-4,
+            own_seconds=-1.0,
+        )
+
+
 def test_counters_and_step_gauge_follow_the_recorded_steps() -> None:
     metrics = make_metrics()
     record_steps(metrics, [(0.5, 16, 1000), (0.5, 16, 1200), (0.5, 8, 600)])

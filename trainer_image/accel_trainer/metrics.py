@@ -391,6 +391,7 @@ class _StepSample:
     samples: int
     tokens: int
     processed_tokens: int
+    own_seconds: float | None
 
 
 class TrainerMetrics:
@@ -547,6 +548,13 @@ class TrainerMetrics:
         self._step_seconds = histogram(
             "step_seconds", "Wall-clock seconds of one optimizer step.", STEP_SECONDS_BUCKETS
         ).labels(**self.labels)
+        self._step_own_seconds = gauge(
+            "step_own_seconds",
+            "Seconds per optimizer step this rank spent on work that waits for no other rank "
+            "(loading its micro-batches, their forward passes), over the last steps; 0 before "
+            "the first. Every rank's step takes as long as the slowest rank's, so this is what "
+            "tells a straggler apart.",
+        ).labels(**self.labels)
         self._checkpoint_seconds = histogram(
             "checkpoint_seconds",
             "Wall-clock seconds of one checkpoint save.",
@@ -670,12 +678,14 @@ class TrainerMetrics:
         learning_rate: float,
         loss_scale: float | None = None,
         sparsity: float | None = None,
+        own_seconds: float | None = None,
     ) -> None:
         """Account for one optimizer step of this rank.
 
         ``samples``/``tokens`` are this rank's (micro-batch x accumulation), ``tokens`` the real
         ones and ``padded_tokens`` all positions processed (``tokens`` when not given);
-        ``step_seconds`` is the wall-clock of the whole iteration, data loading included.
+        ``step_seconds`` is the wall-clock of the whole iteration, data loading included, and
+        ``own_seconds`` the part of it that waited for no other rank (None: not measured).
         ``loss`` may be non-finite (an fp16 overflow step); it is exported as is.
         """
         processed = tokens if padded_tokens is None else padded_tokens
@@ -693,6 +703,8 @@ class TrainerMetrics:
             )
         if sparsity is not None and not 0.0 <= sparsity <= 1.0:
             raise ValueError(f"sparsity must be a fraction in [0, 1], got {sparsity}")
+        if own_seconds is not None and not (own_seconds >= 0 and math.isfinite(own_seconds)):
+            raise ValueError(f"own_seconds must be a duration >= 0, got {own_seconds}")
         self._samples_total.inc(samples)
         self._tokens_total.inc(tokens)
         self._processed_tokens_total.inc(processed)
@@ -715,7 +727,7 @@ class TrainerMetrics:
         if sparsity is not None:
             self._sparsity.set(sparsity)
             self._latest["sparsity_ratio"] = float(sparsity)
-        self._window.append(_StepSample(step_seconds, samples, tokens, processed))
+        self._window.append(_StepSample(step_seconds, samples, tokens, processed, own_seconds))
         self._update_rates()
 
     def record_checkpoint(self, seconds: float, step: int | None = None) -> None:
@@ -805,6 +817,11 @@ class TrainerMetrics:
         window_seconds = sum(sample.seconds for sample in self._window)
         if window_seconds <= 0:
             return
+        owned = [sample.own_seconds for sample in self._window if sample.own_seconds is not None]
+        if owned:
+            own_seconds = sum(owned) / len(owned)
+            self._step_own_seconds.set(own_seconds)
+            self._latest["step_own_seconds"] = own_seconds
         samples_per_second = sum(sample.samples for sample in self._window) / window_seconds
         tokens = sum(sample.tokens for sample in self._window)
         tokens_per_second = tokens / window_seconds

@@ -51,6 +51,7 @@ from accel_trainer.data import (
 from accel_trainer.errors import OutOfMemoryError, TrainerError
 from accel_trainer.metrics import TrainerMetrics
 from accel_trainer.models import build_model, model_shape
+from accel_trainer.owntime import OwnWorkClock
 from accel_trainer.pruning import Pruner
 from accel_trainer.runconfig import (
     load_deepspeed_config,
@@ -162,6 +163,7 @@ class Recipe:
         self.info = RankInfo.from_env()
         self.stop = StopRequest()
         self.device = torch.device("cpu")
+        self.own_work = OwnWorkClock(self.device)
         self.eval_seconds = 0.0
         self.checkpoint_seconds = 0.0
         # Throughput bookkeeping for the summary line (steps after the warm-up ones).
@@ -255,6 +257,7 @@ class Recipe:
         if self.config.device == "cuda":
             torch.cuda.set_device(self.info.local_rank)
             self.device = torch.device("cuda", self.info.local_rank)
+            self.own_work = OwnWorkClock(self.device)
         backend = "nccl" if self.config.device == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
@@ -469,6 +472,7 @@ class Recipe:
                 tokens=tokens.real,
                 padded_tokens=tokens.padded,
                 step_seconds=step_seconds,
+                own_seconds=self.own_work.take(),
                 loss=loss,
                 learning_rate=self._learning_rate(),
                 loss_scale=self._loss_scale(),
@@ -502,12 +506,14 @@ class Recipe:
     def _optimizer_step(self) -> tuple[float, TokenCount]:
         """One optimizer step: gradient_accumulation micro-batches; returns the mean loss and
         the tokens this rank processed."""
-        engine, state = self.engine, self.state
+        engine, state, clock = self.engine, self.state, self.own_work
         total = 0.0
         tokens = TokenCount()
         for _ in range(self.accumulation):
-            batch = self.train_split.batch(self.order.indices(state.micro_steps), self.device)
-            loss = engine(**batch.tensors).loss
+            with clock.loading():
+                batch = self.train_split.batch(self.order.indices(state.micro_steps), self.device)
+            with clock.forward():
+                loss = engine(**batch.tensors).loss
             engine.backward(loss)
             engine.step()
             total += float(loss.detach())
