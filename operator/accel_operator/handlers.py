@@ -34,7 +34,7 @@ from typing import Any
 
 import kopf
 
-from accel_operator import api, constants, observe, render
+from accel_operator import api, constants, inventory, observe, render
 from accel_operator.kube import UNREACHABLE_ERRORS, ApiError
 from accel_operator.reconcile import InvalidSpecError, Reconciler
 from accel_operator.workqueue import QueueObserver, WorkQueue
@@ -180,14 +180,20 @@ def build_registry(
         name: str,
         labels: Mapping[str, str],
         resource: kopf.Resource,
+        body: kopf.Body,
         **_: Any,
     ) -> None:
         owner = labels.get(constants.LABEL_JOB_NAME)
         if namespace is None or not owner or not resource.kind:
             return
         deleted = type == "DELETED"
-        reconciler.inventory.seen(resource.kind, namespace, name, deleted=deleted)
-        if deleted:
+        content = inventory.owned_content(body)
+        changed = reconciler.inventory.content(resource.kind, namespace, name) not in (
+            None,
+            content,
+        )
+        reconciler.inventory.seen(resource.kind, namespace, name, deleted=deleted, content=content)
+        if deleted or changed:
             work.add(namespace, owner)
 
     if options.kueue:

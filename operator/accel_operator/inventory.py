@@ -1,15 +1,20 @@
-"""Which owned Services and ConfigMaps exist, as the operator's watches have seen them.
+"""Which owned Services and ConfigMaps exist, and what they hold, as the operator's watches
+have seen them.
 
 The operator restores the headless Service and the ConfigMap of a live attempt when they are
-deleted out of band (the pods' DNS names and the DeepSpeed config depend on them). Asking the API
-server on every reconcile would cost two requests per job per resync; instead the watch events
-of both kinds keep this index, and only a child the index does not hold (one deleted, or one the
+deleted or changed out of band (the pods' DNS names and the DeepSpeed config depend on them).
+Asking the API server on every reconcile would cost two requests per job per resync; instead the
+watch events of both kinds keep this index (presence, and the ``data``/``spec`` the operator
+compares with what it renders), and only a child the index does not hold (one deleted, or one the
 watch has not listed yet after a start) is checked with a GET before it is recreated.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 RESTORABLE_KINDS = ("ConfigMap", "Service")
 """The children restored while their attempt is live. The Job has its own rule (a lost Job
@@ -19,21 +24,50 @@ Key = tuple[str, str, str]
 """(kind, namespace, name)."""
 
 
+OWNED_FIELDS = ("data", "spec")
+"""The parts of a restorable child the operator writes and compares (a ConfigMap's data, a
+Service's spec); metadata and status belong to others too."""
+
+
+def owned_content(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the owned parts (a watch event's body is the watcher's to reuse)."""
+    return {field: copy.deepcopy(obj[field]) for field in OWNED_FIELDS if field in obj}
+
+
 class ChildInventory:
     """Thread-safe: watch handlers write it, reconcile threads read it."""
 
     def __init__(self) -> None:
         self._present: set[Key] = set()
+        self._content: dict[Key, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
-    def seen(self, kind: str, namespace: str, name: str, *, deleted: bool) -> None:
-        """Record a watch event of an owned child (``deleted`` for a DELETED event)."""
+    def seen(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        *,
+        deleted: bool,
+        content: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a watch event of an owned child (``deleted`` for a DELETED event) and, when
+        given, its :func:`owned_content`."""
+        key = (kind, namespace, name)
         with self._lock:
             if deleted:
-                self._present.discard((kind, namespace, name))
-            else:
-                self._present.add((kind, namespace, name))
+                self._present.discard(key)
+                self._content.pop(key, None)
+                return
+            self._present.add(key)
+            if content is not None:
+                self._content[key] = dict(content)
 
     def holds(self, kind: str, namespace: str, name: str) -> bool:
         with self._lock:
             return (kind, namespace, name) in self._present
+
+    def content(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The child's owned content at its last watch event; None when no event carried it."""
+        with self._lock:
+            return self._content.get((kind, namespace, name))

@@ -238,6 +238,9 @@ class Observed:
     missing_children: tuple[str, ...] = ()
     """Kinds of the current attempt's ConfigMap and Service that the cluster does not hold
     (deleted out of band); only observed while that attempt's Job is live."""
+    changed_children: tuple[str, ...] = ()
+    """Kinds of the current attempt's ConfigMap and Service whose content was changed out of
+    band; only observed while that attempt's Job is live."""
 
     @property
     def failure(self) -> FailureView | None:
@@ -723,21 +726,31 @@ def _step(
             f"the Job of attempt {current} was deleted while the attempt ran",
         )
         return
-    if observed.missing_children and not (job.complete or job.failed):
-        _restore_children(plan, job.attempt, observed.missing_children)
+    if (observed.missing_children or observed.changed_children) and not (
+        job.complete or job.failed
+    ):
+        _restore_children(plan, job.attempt, observed.missing_children, observed.changed_children)
     _supervise(spec, state, observed, plan, job, progress_interval)
 
 
-def _restore_children(plan: _Plan, attempt: int, kinds: tuple[str, ...]) -> None:
+def _restore_children(
+    plan: _Plan, attempt: int, missing: tuple[str, ...], changed: tuple[str, ...]
+) -> None:
     """A live attempt's pods resolve each other through its headless Service and mount its
-    ConfigMap: one deleted out of band is applied again, and the attempt goes on."""
-    plan.actions.append(RestoreChildren(attempt, kinds))
+    ConfigMap: one deleted or changed out of band is applied again, and the attempt goes on."""
+    plan.actions.append(RestoreChildren(attempt, (*missing, *changed)))
+    what = []
+    if missing:
+        verb = "were" if len(missing) > 1 else "was"
+        what.append(f"the {' and '.join(missing)} of attempt {attempt} {verb} deleted")
+    if changed:
+        verb = "were" if len(changed) > 1 else "was"
+        what.append(f"the {' and '.join(changed)} of attempt {attempt} {verb} changed out of band")
     plan.events.append(
         Event(
             "Warning",
             REASON_CHILDREN_RESTORED,
-            f"the {' and '.join(kinds)} of attempt {attempt} "
-            f"{'were' if len(kinds) > 1 else 'was'} deleted while the attempt ran; recreated",
+            f"{' and '.join(what)} while the attempt ran; applied again as rendered",
         )
     )
 

@@ -196,6 +196,22 @@ def needs_scheduler_events(pods: Iterable[PodView]) -> bool:
     )
 
 
+def holds_desired(live: Any, desired: Any) -> bool:
+    """Whether ``live`` still has every value ``desired`` sets: fields the API server or others
+    added (a Service's clusterIPs, a port's protocol) do not count, changed or removed ones do."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(
+            key in live and holds_desired(live[key], value) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(desired)
+            and all(holds_desired(have, want) for have, want in zip(live, desired, strict=True))
+        )
+    return bool(live == desired)
+
+
 def fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
     """What of a child Job or pod the lifecycle reacts to; other changes need no reconcile.
 

@@ -27,7 +27,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
@@ -215,16 +215,7 @@ class Reconciler:
         decision = lifecycle.decide(
             spec, status, observed, now, progress_interval=self.progress_interval
         )
-        kueue = tuple(
-            sorted(
-                (key, str(value))
-                for key, value in (metadata.get("labels") or {}).items()
-                if key.startswith(constants.KUEUE_LABEL_PREFIX)
-            )
-        )
-        ref = render.JobRef(
-            name=name, namespace=namespace, uid=str(metadata.get("uid", "")), kueue_labels=kueue
-        )
+        ref = _job_ref(metadata)
         for create in decision.creates:
             children = render.render_attempt(spec, ref, create.attempt, self.defaults)
             self._preflight(body, status, children, now)
@@ -426,10 +417,11 @@ class Reconciler:
             failures = self._failures(namespace, [pod for pod in pods if pod.attempt == current])
         progress, visible = None, True
         missing: tuple[str, ...] = ()
+        changed: tuple[str, ...] = ()
         rank_times = None
         if status.phase not in lifecycle.FINISHED_PHASES and current_job is not None:
             progress, visible = self._progress(spec, pods, current)
-            missing = self._missing_children(namespace, name, current_job)
+            missing, changed = self._children_to_restore(spec, _job_ref(metadata), current_job)
         if status.phase is api.Phase.RUNNING and visible and self._rank_check_due(namespace, name):
             rank_times = self._rank_times(spec, pods, current)
         return lifecycle.Observed(
@@ -443,6 +435,7 @@ class Reconciler:
             rank_times=rank_times,
             progress_visible=visible,
             missing_children=missing,
+            changed_children=changed,
         )
 
     def _rank_check_due(self, namespace: str, name: str) -> bool:
@@ -474,26 +467,29 @@ class Reconciler:
                 ]
         return tuple(found)
 
-    def _missing_children(
-        self, namespace: str, name: str, job: lifecycle.AttemptView
-    ) -> tuple[str, ...]:
-        """The live attempt's ConfigMap and Service that do not exist. The watches' inventory
-        answers for children it has seen; the API server for the others."""
+    def _children_to_restore(
+        self, spec: api.AccelTrainJobSpec, ref: render.JobRef, job: lifecycle.AttemptView
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The live attempt's ConfigMap and Service that do not exist, and those whose content
+        (a ConfigMap's data, a Service's spec) no longer holds what the operator rendered. The
+        watches' inventory answers for children it has seen; the API server for the others."""
         if job.complete or job.failed or job.suspended or job.deleting:
-            return ()
-        names = {
-            "ConfigMap": render.config_map_name(name, job.attempt),
-            "Service": render.service_name(name),
-        }
-        missing = []
-        for kind in inventory.RESTORABLE_KINDS:
-            if self.inventory.holds(kind, namespace, names[kind]):
+            return (), ()
+        missing, changed = [], []
+        for child in render.render_attempt(spec, ref, job.attempt, self.defaults):
+            kind, child_name = child["kind"], child["metadata"]["name"]
+            if kind not in inventory.RESTORABLE_KINDS:
                 continue
-            if self.kube.child_exists(kind, namespace, names[kind]):
-                self.inventory.seen(kind, namespace, names[kind], deleted=False)
-            else:
-                missing.append(kind)
-        return tuple(missing)
+            if not self.inventory.holds(kind, ref.namespace, child_name):
+                if self.kube.child_exists(kind, ref.namespace, child_name):
+                    self.inventory.seen(kind, ref.namespace, child_name, deleted=False)
+                else:
+                    missing.append(kind)
+                continue
+            live = self.inventory.content(kind, ref.namespace, child_name)
+            if live is not None and not observe.holds_desired(live, inventory.owned_content(child)):
+                changed.append(kind)
+        return tuple(missing), tuple(changed)
 
     @staticmethod
     def _pods_missing(
@@ -543,6 +539,22 @@ class Reconciler:
         if rank0.phase != "Running":
             return None, True
         return self.scraper.scrape(rank0.pod_ip, spec.metrics.port), True
+
+
+def _job_ref(metadata: Mapping[str, Any]) -> render.JobRef:
+    kueue = tuple(
+        sorted(
+            (key, str(value))
+            for key, value in (metadata.get("labels") or {}).items()
+            if key.startswith(constants.KUEUE_LABEL_PREFIX)
+        )
+    )
+    return render.JobRef(
+        name=metadata["name"],
+        namespace=metadata["namespace"],
+        uid=str(metadata.get("uid", "")),
+        kueue_labels=kueue,
+    )
 
 
 def _status_of(body: dict[str, Any]) -> api.AccelTrainJobStatus:

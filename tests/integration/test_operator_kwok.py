@@ -537,7 +537,7 @@ def test_an_evicted_worker_restarts_the_group_without_spending_a_restart(
     assert 'acceltrain_operator_restarts_total{reason="Evicted"} 1.0' in operator.metrics()
 
 
-def test_a_deleted_service_and_config_map_come_back_while_the_attempt_runs(
+def test_a_deleted_or_changed_service_and_config_map_come_back_while_the_attempt_runs(
     crd: Any, kube: Api, namespace: str, operator: OperatorProcess
 ) -> None:
     name = "restored"
@@ -560,6 +560,30 @@ def test_a_deleted_service_and_config_map_come_back_while_the_attempt_runs(
 
     wait_for("the Service and ConfigMap recreated", both_recreated, timeout=10, interval=0.1)
     print(f"recreated {time.monotonic() - deleted:.2f} s after the deletion")
+
+    # Changed out of band: the trainer's config and the Service's selector are put back.
+    rendered = kube.children(namespace, name)
+    config_map, service = rendered["configmaps"][0], rendered["services"][0]
+    key, label = next(iter(config_map["data"])), next(iter(service["spec"]["selector"]))
+    changed = time.monotonic()
+    crd.kubectl(
+        "patch", f"configmap/{name}-a1-config", "-n", namespace, "--type=merge",
+        "-p", json.dumps({"data": {key: "{}"}}),
+    )  # fmt: skip
+    crd.kubectl(
+        "patch", f"service/{name}", "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"selector": {label: "someone-else"}}}),
+    )  # fmt: skip
+
+    def both_reverted() -> bool:
+        now = kube.children(namespace, name)
+        return (
+            now["configmaps"][0]["data"] == config_map["data"]
+            and now["services"][0]["spec"]["selector"] == service["spec"]["selector"]
+        )
+
+    wait_for("the ConfigMap and Service reverted", both_reverted, timeout=10, interval=0.1)
+    print(f"reverted {time.monotonic() - changed:.2f} s after the change")
     wait_for("Succeeded", lambda: _phase(kube, namespace, name) == "Succeeded", 90, 0.5)
     status = kube.status(namespace, name)
     assert (status["attempt"], status["restarts"]) == (1, 0)
@@ -568,7 +592,8 @@ def test_a_deleted_service_and_config_map_come_back_while_the_attempt_runs(
     assert restored and {e["type"] for e in restored} == {"Warning"}
     said = " / ".join(e["message"] for e in restored)
     assert "ConfigMap" in said and "Service" in said and "of attempt 1" in said, said
-    assert "recreated" in said
+    assert "deleted while the attempt ran" in said
+    assert "changed out of band" in said
 
 
 def test_every_failed_worker_is_named_in_the_status_with_its_node_code_and_last_line(

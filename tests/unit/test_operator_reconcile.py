@@ -46,6 +46,8 @@ class RecordingApi:
         self.existing: set[str] = set()
         """``Kind/name`` of every applied child not deleted since."""
         self.lookups: list[str] = []
+        self.applied: list[dict[str, Any]] = []
+        self.posted: list[str] = []
 
     def refuse(self, obj: dict[str, Any]) -> None:
         """Raise the API server's refusal of ``obj``, if it has one (none here)."""
@@ -83,6 +85,7 @@ class RecordingApi:
             self.dry_runs.append(f"{obj['kind']}/{obj['metadata']['name']}")
             return
         self.writes.append(("apply", f"{obj['kind']}/{obj['metadata']['name']}"))
+        self.applied.append(copy.deepcopy(obj))
         self.existing.add(f"{obj['kind']}/{obj['metadata']['name']}")
         if obj["kind"] == "Job":
             created = copy.deepcopy(obj)
@@ -107,6 +110,7 @@ class RecordingApi:
 
     def post_event(self, accel_job: Any, event_type: str, reason: str, message: str) -> None:
         self.writes.append(("event", reason))
+        self.posted.append(message)
 
 
 def _reconciler(recording: RecordingApi, progress_interval: float = 3.0) -> Reconciler:
@@ -206,6 +210,36 @@ def test_a_deleted_service_and_config_map_of_the_live_attempt_are_recreated() ->
     ]
     status = recording.job["status"]
     assert (status["attempt"], status["restarts"]) == (1, 0)
+
+
+def test_a_config_map_changed_out_of_band_is_applied_again_and_one_left_alone_is_not() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    reconciler = _reconciler(recording, progress_interval=0.0)
+    reconciler.reconcile("team-a", "bert")
+    applied = {f"{c['kind']}/{c['metadata']['name']}": c for c in recording.applied}
+    config_map, service = applied["ConfigMap/bert-a1-config"], applied["Service/bert"]
+    # As the watches see them: the API server added fields of its own, nobody changed ours.
+    served = {**service["spec"], "clusterIPs": ["None"], "sessionAffinity": "None"}
+    reconciler.inventory.seen("Service", "team-a", "bert", deleted=False, content={"spec": served})
+    data = dict(config_map["data"])
+    reconciler.inventory.seen(
+        "ConfigMap", "team-a", "bert-a1-config", deleted=False, content={"data": data}
+    )
+    recording.writes.clear()
+    reconciler.reconcile("team-a", "bert")
+    assert [w for w in recording.writes if w[0] in ("apply", "event")] == []
+
+    edited = {key: "{}" for key in data}
+    reconciler.inventory.seen(
+        "ConfigMap", "team-a", "bert-a1-config", deleted=False, content={"data": edited}
+    )
+    reconciler.reconcile("team-a", "bert")
+
+    assert [w for w in recording.writes if w[0] in ("apply", "event")] == [
+        ("apply", "ConfigMap/bert-a1-config"),
+        ("event", "ChildrenRestored"),
+    ]
+    assert "ConfigMap of attempt 1 was changed out of band" in recording.posted[-1]
 
 
 def test_children_the_watches_have_seen_cost_no_request_to_the_api_server() -> None:
