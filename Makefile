@@ -194,6 +194,13 @@ FAILOVER_ARGS ?=
 bench-failover: venv tools
 	$(PY) benchmarks/failover.py $(FAILOVER_ARGS)
 
+# Faults injected into a training CPU job (a killed worker, deleted children, an eviction, a deleted
+# Job, a killed operator): time to recover, restarts spent, steps lost (own cluster, ~6 min).
+DRILLS_ARGS ?=
+.PHONY: bench-drills
+bench-drills: venv tools
+	$(PY) benchmarks/drills.py $(DRILLS_ARGS)
+
 # 1000 AccelTrainJobs x 8 workers in bursts on kwok nodes: launch p50/p99, operator RSS and CPU,
 # API requests per job, every job Succeeded. Smaller: make bench-scale SCALE_ARGS="--jobs 100".
 SCALE_ARGS ?=
