@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,10 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "hack"))
 
-from accel_operator import api, constants  # noqa: E402
+from failover import wait  # noqa: E402
+from operator_launch import post_job  # noqa: E402
+
+from accel_operator import constants  # noqa: E402
 from accel_operator.kube import KubeClient, load_api_client  # noqa: E402
 from localcluster import Cluster, free_port, operator_argv  # noqa: E402
 
@@ -113,29 +115,12 @@ class Jobs:
         self.client = KubeClient(load_api_client(str(kubeconfig)))
 
     def create(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
-        body = {
-            "apiVersion": api.API_VERSION,
-            "kind": api.KIND,
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": spec,
-        }
-        path = f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}"
-        self.client.request("POST", path, verb="create", resource=api.PLURAL, body=body)
+        post_job(self.client, namespace, name, spec)
 
     def status(self, namespace: str, name: str) -> dict[str, Any]:
         found = self.client.get_accel_job(namespace, name) or {}
         status: dict[str, Any] = found.get("status") or {}
         return status
-
-
-def wait(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def row(drill: Drill, seconds: float, restarts: int, lost: int, every: int) -> dict[str, Any]:
