@@ -563,7 +563,9 @@ def _targets(results: list[RunResult]) -> list[str]:
         c = dense.int8
         row(
             "BBC int8 at most 1.0 point below fp32, smaller file, faster on CPU",
-            f"{c['delta_points']:+.2f} points, size x{c['size_ratio']:.3f}, "
+            # Both scores, so that a delta of 0.00 reads as what it is, not as a missing score.
+            f"int8 {_pct(c['int8_score'])} vs fp32 {_pct(c['fp32_score'])} "
+            f"({c['delta_points']:+.2f} points), size x{c['size_ratio']:.3f}, "
             f"latency x{c['latency_ratio']:.3f}",
             c["delta_points"] >= -1.0 and c["size_ratio"] < 1 and c["latency_ratio"] < 1,
         )

@@ -137,11 +137,18 @@ def test_the_int8_target_is_judged_on_accuracy_size_and_latency(
 ) -> None:
     dense = _result(quality, "bbc-minilm-dense-zero2", 0.0)
     dense.final["accuracy"] = 0.9595
-    dense.int8.update(delta_points=delta, size_ratio=size, latency_ratio=latency)
+    dense.int8.update(
+        fp32_score=0.9595,
+        int8_score=0.9595 + delta / 100,
+        delta_points=delta,
+        size_ratio=size,
+        latency_ratio=latency,
+    )
 
     rows = quality._targets([dense])
 
     [row] = [row for row in rows if row.startswith("| BBC int8")]
     target = "BBC int8 at most 1.0 point below fp32, smaller file, faster on CPU"
-    assert row.startswith(f"| {target} | {delta:+.2f} points")
+    int8 = f"{95.95 + delta:.2f}"
+    assert row.startswith(f"| {target} | int8 {int8} vs fp32 95.95 ({delta:+.2f} points)")
     assert row.endswith(f"| {verdict} |")
