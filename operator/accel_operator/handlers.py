@@ -187,12 +187,9 @@ def build_registry(
         if namespace is None or not owner or not resource.kind:
             return
         deleted = type == "DELETED"
-        content = inventory.owned_content(body)
-        changed = reconciler.inventory.content(resource.kind, namespace, name) not in (
-            None,
-            content,
+        changed = reconciler.inventory.seen(
+            resource.kind, namespace, name, deleted=deleted, content=inventory.owned_content(body)
         )
-        reconciler.inventory.seen(resource.kind, namespace, name, deleted=deleted, content=content)
         if deleted or changed:
             work.add(namespace, owner)
 

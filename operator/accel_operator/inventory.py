@@ -40,6 +40,9 @@ class ChildInventory:
     def __init__(self) -> None:
         self._present: set[Key] = set()
         self._content: dict[Key, dict[str, Any]] = {}
+        self._unchecked: set[Key] = set()
+        """Children whose content arrived or changed since the reconciler last found it as
+        rendered: only these are rendered and compared."""
         self._lock = threading.Lock()
 
     def seen(
@@ -50,24 +53,35 @@ class ChildInventory:
         *,
         deleted: bool,
         content: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> bool:
         """Record a watch event of an owned child (``deleted`` for a DELETED event) and, when
-        given, its :func:`owned_content`."""
+        given, its :func:`owned_content`. True when content seen before has changed."""
         key = (kind, namespace, name)
         with self._lock:
             if deleted:
                 self._present.discard(key)
                 self._content.pop(key, None)
-                return
+                self._unchecked.discard(key)
+                return False
             self._present.add(key)
-            if content is not None:
-                self._content[key] = dict(content)
+            before = self._content.get(key)
+            if content is None or before == content:
+                return False
+            self._content[key] = dict(content)
+            self._unchecked.add(key)
+            return before is not None
 
     def holds(self, kind: str, namespace: str, name: str) -> bool:
         with self._lock:
             return (kind, namespace, name) in self._present
 
-    def content(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The child's owned content at its last watch event; None when no event carried it."""
+    def to_check(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The child's content when it has not been found as rendered since it last changed."""
+        key = (kind, namespace, name)
         with self._lock:
-            return self._content.get((kind, namespace, name))
+            return self._content.get(key) if key in self._unchecked else None
+
+    def checked(self, kind: str, namespace: str, name: str) -> None:
+        """The child holds what the operator renders: no need to compare it until it changes."""
+        with self._lock:
+            self._unchecked.discard((kind, namespace, name))

@@ -471,23 +471,33 @@ class Reconciler:
         self, spec: api.AccelTrainJobSpec, ref: render.JobRef, job: lifecycle.AttemptView
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The live attempt's ConfigMap and Service that do not exist, and those whose content
-        (a ConfigMap's data, a Service's spec) no longer holds what the operator rendered. The
-        watches' inventory answers for children it has seen; the API server for the others."""
+        (a ConfigMap's data, a Service's spec) no longer holds what the operator renders. The
+        watches' inventory answers for children it has seen, the API server for the others; a
+        child is rendered and compared only after a watch event changed its content."""
         if job.complete or job.failed or job.suspended or job.deleting:
             return (), ()
+        renderers: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+            "ConfigMap": (
+                render.config_map_name(ref.name, job.attempt),
+                lambda: render.render_config_map(spec, ref, job.attempt),
+            ),
+            "Service": (render.service_name(ref.name), lambda: render.render_service(spec, ref)),
+        }
         missing, changed = [], []
-        for child in render.render_attempt(spec, ref, job.attempt, self.defaults):
-            kind, child_name = child["kind"], child["metadata"]["name"]
-            if kind not in inventory.RESTORABLE_KINDS:
-                continue
+        for kind in inventory.RESTORABLE_KINDS:
+            child_name, rendered = renderers[kind]
             if not self.inventory.holds(kind, ref.namespace, child_name):
                 if self.kube.child_exists(kind, ref.namespace, child_name):
                     self.inventory.seen(kind, ref.namespace, child_name, deleted=False)
                 else:
                     missing.append(kind)
                 continue
-            live = self.inventory.content(kind, ref.namespace, child_name)
-            if live is not None and not observe.holds_desired(live, inventory.owned_content(child)):
+            live = self.inventory.to_check(kind, ref.namespace, child_name)
+            if live is None:
+                continue
+            if observe.holds_desired(live, inventory.owned_content(rendered())):
+                self.inventory.checked(kind, ref.namespace, child_name)
+            else:
                 changed.append(kind)
         return tuple(missing), tuple(changed)
 

@@ -15,7 +15,8 @@ import logging
 import math
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -42,6 +43,7 @@ ESTIMATED_MEMORY = "acceltrain_estimated_memory_bytes"
 MEMORY_BUDGET = "acceltrain_memory_budget_bytes"
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+T = TypeVar("T")
 
 
 def _rank_values(text: str, rank: str) -> dict[str, float]:
@@ -149,29 +151,23 @@ class ProgressScraper:
 
     def scrape(self, address: str, port: int) -> ProgressSample | None:
         """Rank 0's progress, or None when the exporter does not answer (yet) or has no step."""
-        text = self.fetch(address, port)
-        if text is None:
-            return None
-        try:
-            return parse_metrics(text)
-        except ValueError as error:
-            logger.warning(
-                "metrics of %s:%s are not in the Prometheus text format: %s", address, port, error
-            )
-            return None
+        return self._read(address, port, parse_metrics, None)
 
     def own_seconds(self, address: str, port: int) -> dict[int, float]:
         """The own work per step of the rank serving on this port ({} when unknown)."""
+        return self._read(address, port, parse_own_seconds, {})
+
+    def _read(self, address: str, port: int, parse: Callable[[str], T], unknown: T) -> T:
         text = self.fetch(address, port)
         if text is None:
-            return {}
+            return unknown
         try:
-            return parse_own_seconds(text)
+            return parse(text)
         except ValueError as error:
             logger.warning(
                 "metrics of %s:%s are not in the Prometheus text format: %s", address, port, error
             )
-            return {}
+            return unknown
 
     def fetch(self, address: str, port: int) -> str | None:
         """The exposition text, or None when not allowed or the exporter does not answer."""
