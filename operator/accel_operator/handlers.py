@@ -11,8 +11,9 @@ Registered on a registry of their own by :func:`build_registry` (the CLI passes 
 - ``on.event`` of the attempt Jobs and worker pods (label ``acceltrain.io/job-name``): queue a
   reconcile of the owning AccelTrainJob when something the lifecycle reacts to changed, so pod
   and Job changes are acted on at once.
-- ``on.event`` of the jobs' Services and ConfigMaps: keep the reconciler's inventory of them and
-  queue the owner when one is deleted, so a live attempt gets it back within a second.
+- ``on.event`` of the jobs' Services, ConfigMaps and (with native gang scheduling) Workloads: keep
+  the reconciler's inventory of them and queue the owner when one is deleted, so a live attempt
+  gets it back within a second.
 - ``on.event`` of Kueue's Workloads, where Kueue is installed: queue the AccelTrainJob whose
   attempt Job owns the Workload, so a queued job's status quotes why Kueue waits as it changes.
 
@@ -192,6 +193,12 @@ def build_registry(
         )
         if deleted or changed:
             work.add(namespace, owner)
+
+    if reconciler.defaults.native_gang:
+        # The attempts' gang Workloads, served only where native gang scheduling is on.
+        restorable_child_event = kopf.on.event(
+            "scheduling.k8s.io", "v1alpha1", "workloads", labels=children, registry=registry
+        )(restorable_child_event)
 
     if options.kueue:
 

@@ -1,12 +1,14 @@
-"""Which owned Services and ConfigMaps exist, and what they hold, as the operator's watches
-have seen them.
+"""Which owned Services, ConfigMaps and gang Workloads exist, and what they hold, as the
+operator's watches have seen them.
 
-The operator restores the headless Service and the ConfigMap of a live attempt when they are
-deleted or changed out of band (the pods' DNS names and the DeepSpeed config depend on them).
-Asking the API server on every reconcile would cost two requests per job per resync; instead the
-watch events of both kinds keep this index (presence, and the ``data``/``spec`` the operator
-compares with what it renders), and only a child the index does not hold (one deleted, or one the
-watch has not listed yet after a start) is checked with a GET before it is recreated.
+The operator restores the headless Service, the ConfigMap and the native gang Workload of a live
+attempt when they are deleted or changed out of band (the pods' DNS names, the DeepSpeed config
+and the scheduling of a re-created pod depend on them).
+Asking the API server on every reconcile would cost a request per child per job per resync;
+instead the watch events of these kinds keep this index (presence, and the ``data``/``spec`` the
+operator compares with what it renders), and only a child the index does not hold (one deleted,
+or one the watch has not listed yet after a start) is checked with a GET before it is
+recreated.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-RESTORABLE_KINDS = ("ConfigMap", "Service")
-"""The children restored while their attempt is live. The Job has its own rule (a lost Job
-restarts the group) and the gang objects are read by the scheduler only at placement."""
+RESTORABLE_KINDS = ("ConfigMap", "Service", "Workload")
+"""The children restored while their attempt is live: the pods mount the ConfigMap, resolve each
+other through the Service, and a pod the Job controller creates again waits for its gang
+Workload (the native one, scheduling.k8s.io; PodGroups of external schedulers are not watched).
+The Job has its own rule: a lost Job restarts the group."""
 
 Key = tuple[str, str, str]
 """(kind, namespace, name)."""

@@ -43,6 +43,8 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    # The native gang Workload (Kueue's kueue.x-k8s.io Workloads are read through KUEUE_API).
+    "Workload": (f"/apis/{gang.WORKLOAD_API_VERSION}", "workloads"),
     api.KIND: (f"/apis/{api.API_VERSION}", api.PLURAL),
 }
 
@@ -208,8 +210,8 @@ class KubeClient:
         return items
 
     def child_exists(self, kind: str, namespace: str, name: str) -> bool:
-        """Whether the child (a ConfigMap or a Service) exists; asked when the watch has no
-        record of it."""
+        """Whether the child (a ConfigMap, Service or native Workload) exists; asked when the
+        watch has no record of it."""
         try:
             self.request("GET", _path(kind, namespace, name), verb="get", resource=_KINDS[kind][1])
         except ApiError as error:

@@ -84,6 +84,15 @@ REASON_FAILED_CREATE = "FailedCreate"
 REASON_INVALID_IMAGE = "InvalidImage"
 REASON_CHILDREN_RESTORED = "ChildrenRestored"
 REASON_POD_FORCE_DELETED = "WorkerForceDeleted"
+# The reasons a whole-group restart is counted under (acceltrain_operator_restarts_total).
+RESTART_REASONS = (
+    REASON_WORKER_FAILED,
+    REASON_EVICTED,
+    REASON_PREEMPTED,
+    REASON_GANG_TIMEOUT,
+    REASON_STALLED,
+    REASON_ATTEMPT_LOST,
+)
 STUCK_TERMINATION_SECONDS = 30
 """A deleted pod still there this long after its grace period ended has a kubelet that does
 not answer (a healthy one ends it within the grace period)."""

@@ -3,8 +3,8 @@
 - ``acceltrain_operator_jobs{phase}``: AccelTrainJobs this operator reconciles, by phase.
 - ``acceltrain_operator_launch_seconds``: histogram of CR created -> every worker pod running,
   for first attempts.
-- ``acceltrain_operator_restarts_total{reason}``: whole-group restarts (WorkerFailed,
-  GangTimeout, Stalled, AttemptDeleted).
+- ``acceltrain_operator_restarts_total{reason}``: whole-group restarts (WorkerFailed, Evicted,
+  Preempted, GangTimeout, Stalled, AttemptDeleted), each reason exported at 0 from the start.
 - controller-runtime's names where the two overlap, so that alerts and dashboards written for Go
   controllers apply: ``controller_runtime_reconcile_total{controller,result}`` (success, error,
   requeue_after), ``controller_runtime_reconcile_errors_total{controller}``,
@@ -30,7 +30,7 @@ from typing import Final
 
 import prometheus_client
 
-from accel_operator import api
+from accel_operator import api, lifecycle
 
 LAUNCH_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -95,6 +95,9 @@ class OperatorMetrics:
         )
         for phase in api.Phase:
             self.jobs.labels(phase=phase.value).set(0)
+        # Every reason from the start, so a dashboard shows zeros rather than "No data".
+        for reason in lifecycle.RESTART_REASONS:
+            self.restarts.labels(reason=reason)
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 

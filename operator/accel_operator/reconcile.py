@@ -470,10 +470,11 @@ class Reconciler:
     def _children_to_restore(
         self, spec: api.AccelTrainJobSpec, ref: render.JobRef, job: lifecycle.AttemptView
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The live attempt's ConfigMap and Service that do not exist, and those whose content
-        (a ConfigMap's data, a Service's spec) no longer holds what the operator renders. The
-        watches' inventory answers for children it has seen, the API server for the others; a
-        child is rendered and compared only after a watch event changed its content."""
+        """The live attempt's ConfigMap, Service and native gang Workload that do not exist,
+        and those whose content (a ConfigMap's data, the others' spec) no longer holds what the
+        operator renders. The watches' inventory answers for children it has seen, the API server
+        for the others; a child is rendered and compared only after a watch event changed its
+        content."""
         if job.complete or job.failed or job.suspended or job.deleting:
             return (), ()
         renderers: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
@@ -483,8 +484,13 @@ class Reconciler:
             ),
             "Service": (render.service_name(ref.name), lambda: render.render_service(spec, ref)),
         }
+        group = render.render_gang_object(spec, ref, job.attempt, self.defaults)
+        if group is not None and group["kind"] in inventory.RESTORABLE_KINDS:
+            renderers[group["kind"]] = (group["metadata"]["name"], lambda: group)
         missing, changed = [], []
         for kind in inventory.RESTORABLE_KINDS:
+            if kind not in renderers:
+                continue
             child_name, rendered = renderers[kind]
             if not self.inventory.holds(kind, ref.namespace, child_name):
                 if self.kube.child_exists(kind, ref.namespace, child_name):

@@ -679,6 +679,17 @@ def _volumes(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> list[dic
     return volumes
 
 
+def render_gang_object(
+    spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int, defaults: ClusterDefaults
+) -> dict[str, Any] | None:
+    """The attempt's Workload or PodGroup (named as its Job), None under a policy without one."""
+    name = attempt_job_name(ref.name, attempt)
+    policy = gang.in_force(spec, defaults.native_gang).policy
+    return gang.group_object(
+        policy, spec, name, _metadata(name, ref, attempt_labels(ref.name, attempt))
+    )
+
+
 def render_attempt(
     spec: api.AccelTrainJobSpec,
     ref: JobRef,
@@ -687,11 +698,7 @@ def render_attempt(
 ) -> list[dict[str, Any]]:
     """Every child of one attempt, in the order they should be applied: the gang object
     before the Job whose pods name it."""
-    name = attempt_job_name(ref.name, attempt)
-    policy = gang.in_force(spec, defaults.native_gang).policy
-    group = gang.group_object(
-        policy, spec, name, _metadata(name, ref, attempt_labels(ref.name, attempt))
-    )
+    group = render_gang_object(spec, ref, attempt, defaults)
     return [
         render_config_map(spec, ref, attempt),
         render_service(spec, ref),

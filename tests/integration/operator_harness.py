@@ -229,6 +229,13 @@ class Api:
             "services": self.items(f"/api/v1/namespaces/{namespace}/services", selector),
         }
 
+    def workloads(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The job's native gang Workloads (scheduling.k8s.io/v1alpha1)."""
+        selector = f"{constants.LABEL_JOB_NAME}={job}"
+        return self.items(
+            f"/apis/scheduling.k8s.io/v1alpha1/namespaces/{namespace}/workloads", selector
+        )
+
     def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return [
             event

@@ -537,7 +537,7 @@ def test_an_evicted_worker_restarts_the_group_without_spending_a_restart(
     assert 'acceltrain_operator_restarts_total{reason="Evicted"} 1.0' in operator.metrics()
 
 
-def test_a_deleted_or_changed_service_and_config_map_come_back_while_the_attempt_runs(
+def test_a_deleted_or_changed_service_config_map_and_gang_workload_come_back_while_it_runs(
     crd: Any, kube: Api, namespace: str, operator: OperatorProcess
 ) -> None:
     name = "restored"
@@ -545,20 +545,26 @@ def test_a_deleted_or_changed_service_and_config_map_come_back_while_the_attempt
     spec["env"] = [{"name": kwok.RUN_DURATION_ENV, "value": "15s"}]
     kube.create_job(namespace, name, spec)
     wait_for("the job to run", lambda: _phase(kube, namespace, name) == "Running", 60, 0.2)
-    before = kube.children(namespace, name)
-    uids = {
-        kind: obj["metadata"]["uid"] for kind in ("services", "configmaps") for obj in before[kind]
-    }
+
+    def uids() -> dict[str, str | None]:
+        now = {**kube.children(namespace, name), "workloads": kube.workloads(namespace, name)}
+        return {
+            kind: now[kind][0]["metadata"]["uid"] if now[kind] else None
+            for kind in ("services", "configmaps", "workloads")
+        }
+
+    before = uids()
+    assert all(before.values()), before
     deleted = time.monotonic()
-    crd.kubectl("delete", f"service/{name}", f"configmap/{name}-a1-config", "-n", namespace)
+    crd.kubectl(
+        "delete", f"service/{name}", f"configmap/{name}-a1-config",
+        f"workloads.scheduling.k8s.io/{name}-a1", "-n", namespace,
+    )  # fmt: skip
 
-    def both_recreated() -> bool:
-        now = kube.children(namespace, name)
-        return all(
-            [obj["metadata"]["uid"] for obj in now[kind]] not in ([], [uids[kind]]) for kind in uids
-        )
+    def all_recreated() -> bool:
+        return all(uid not in (None, before[kind]) for kind, uid in uids().items())
 
-    wait_for("the Service and ConfigMap recreated", both_recreated, timeout=10, interval=0.1)
+    wait_for("the Service, ConfigMap and Workload recreated", all_recreated, 10, interval=0.1)
     print(f"recreated {time.monotonic() - deleted:.2f} s after the deletion")
 
     # Changed out of band: the trainer's config and the Service's selector are put back.
@@ -591,7 +597,8 @@ def test_a_deleted_or_changed_service_and_config_map_come_back_while_the_attempt
     restored = [e for e in kube.events(namespace, name) if e["reason"] == "ChildrenRestored"]
     assert restored and {e["type"] for e in restored} == {"Warning"}
     said = " / ".join(e["message"] for e in restored)
-    assert "ConfigMap" in said and "Service" in said and "of attempt 1" in said, said
+    assert all(kind in said for kind in ("ConfigMap", "Service", "Workload")), said
+    assert "of attempt 1" in said, said
     assert "deleted while the attempt ran" in said
     assert "changed out of band" in said
 

@@ -42,6 +42,19 @@ def test_the_operator_exports_process_memory_gc_and_its_own_series() -> None:
         assert name in text, name
 
 
+def test_every_restart_reason_is_exported_at_zero_before_any_restart() -> None:
+    text = exposition(OperatorMetrics())
+    for reason in (
+        "WorkerFailed",
+        "Evicted",
+        "Preempted",
+        "GangTimeout",
+        "Stalled",
+        "AttemptDeleted",
+    ):
+        assert f'acceltrain_operator_restarts_total{{reason="{reason}"}} 0.0' in text, reason
+
+
 def test_promtool_finds_the_operators_metrics_clean() -> None:
     promtool = promtool_or_skip()
     metrics = OperatorMetrics()

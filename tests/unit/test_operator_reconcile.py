@@ -17,6 +17,7 @@ import pytest
 from accel_operator import api, constants
 from accel_operator.kube import ApiError, KubeClient
 from accel_operator.reconcile import InvalidSpecError, Reconciler
+from accel_operator.render import ClusterDefaults
 
 from .conftest import MINIMAL_SPEC
 
@@ -210,6 +211,28 @@ def test_a_deleted_service_and_config_map_of_the_live_attempt_are_recreated() ->
     ]
     status = recording.job["status"]
     assert (status["attempt"], status["restarts"]) == (1, 0)
+
+
+def test_a_deleted_gang_workload_of_the_live_attempt_is_recreated_under_native_gangs() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    reconciler = Reconciler(
+        cast(KubeClient, recording),
+        clock=lambda: NOW,
+        progress_interval=0.0,
+        defaults=ClusterDefaults(native_gang=True),
+    )
+    reconciler.reconcile("team-a", "bert")
+    reconciler.reconcile("team-a", "bert")
+    assert "Workload/bert-a1" in recording.existing
+    for kind, name in (("Service", "bert"), ("ConfigMap", "bert-a1-config")):
+        reconciler.inventory.seen(kind, "team-a", name, deleted=False)
+    reconciler.inventory.seen("Workload", "team-a", "bert-a1", deleted=False)
+    reconciler.inventory.seen("Workload", "team-a", "bert-a1", deleted=True)
+    recording.existing.discard("Workload/bert-a1")
+    recording.writes.clear()
+    reconciler.reconcile("team-a", "bert")
+    assert recording.writes == [("apply", "Workload/bert-a1"), ("event", "ChildrenRestored")]
+    assert "the Workload of attempt 1 was deleted" in recording.posted[-1]
 
 
 def test_a_config_map_changed_out_of_band_is_applied_again_and_one_left_alone_is_not() -> None:

@@ -76,11 +76,11 @@ those who may update the owner's finalizers.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["list", "create"]
-# Gang objects of the attempts (runPolicy.gangPolicy): native Workloads, Volcano and
-# scheduler-plugins PodGroups.
+# Gang objects of the attempts (runPolicy.gangPolicy): native Workloads (watched, and restored
+# when deleted while their attempt runs), Volcano and scheduler-plugins PodGroups.
 - apiGroups: ["scheduling.k8s.io"]
   resources: ["workloads"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["scheduling.volcano.sh", "scheduling.x-k8s.io"]
   resources: ["podgroups"]
   verbs: ["create", "patch", "delete"]
