@@ -4,9 +4,9 @@ Pure: no I/O, no clock, no kopf, no Kubernetes client. :func:`decide` takes the 
 current status, what the reconciler observed (the attempt Jobs, their pods, the failed worker's
 exit code and log tail, rank 0's scraped metrics) and the time, and returns a :class:`Decision`:
 the new status, the actions to execute (create attempt k, delete attempt k, delete the job,
-restore a live attempt's deleted ConfigMap or Service) and the events to post. Calling it
-again with the status it returned and the same observation returns the same status and no
-actions or events, which is what makes a reconcile safe to repeat.
+restore a live attempt's deleted or changed ConfigMap, Service or gang Workload) and the events
+to post. Calling it again with the status it returned and the same observation returns the same
+status and no actions or events, which is what makes a reconcile safe to repeat.
 
 Phases::
 
@@ -745,8 +745,9 @@ def _step(
 def _restore_children(
     plan: _Plan, attempt: int, missing: tuple[str, ...], changed: tuple[str, ...]
 ) -> None:
-    """A live attempt's pods resolve each other through its headless Service and mount its
-    ConfigMap: one deleted or changed out of band is applied again, and the attempt goes on."""
+    """A live attempt's pods resolve each other through its headless Service, mount its
+    ConfigMap, and a re-created pod waits for its gang Workload: one deleted or changed out of
+    band is applied again, and the attempt goes on."""
     plan.actions.append(RestoreChildren(attempt, (*missing, *changed)))
     what = []
     if missing:
