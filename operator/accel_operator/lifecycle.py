@@ -1,4 +1,5 @@
-"""The AccelTrainJob state machine: observed children in, new status and actions out.
+"""The AccelTrainJob state machine: observed children in, new status and actions out
+(docs/design.md#the-lifecycle).
 
 Pure: no I/O, no clock, no kopf, no Kubernetes client. :func:`decide` takes the parsed spec, the
 current status, what the reconciler observed (the attempt Jobs, their pods, the failed worker's

@@ -1,6 +1,6 @@
 """One reconcile of one AccelTrainJob: observe, decide, act, write status, post events.
 
-The JobSet-style loop (observe, decide, act; README "The AccelTrainJob"):
+The JobSet-style loop (observe, decide, act; docs/design.md#the-reconcile-loop):
 
 1. observe: the AccelTrainJob (a fresh GET), its attempt Jobs and worker pods (LISTs by label),
    the scheduler's FailedScheduling events when a pod cannot be placed, the failed worker's log

@@ -1,4 +1,5 @@
-"""The contract between operator and trainer: ``trainer.json``, the pod env, and the exit codes.
+"""The contract between operator and trainer: ``trainer.json``, the pod env, and the exit codes
+(docs/design.md#the-operator-trainer-contract).
 
 This module imports only pydantic. The operator builds a :class:`TrainerConfig` from an
 ``AccelTrainJob`` spec and writes it as ``trainer.json``; the trainer reads it back. The section

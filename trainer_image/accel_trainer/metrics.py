@@ -1,9 +1,10 @@
 """The trainer's Prometheus exporter and the throughput arithmetic behind it.
 
-Owns the per-rank metrics contract (the README's metrics table): every series is prefixed
-``acceltrain_`` and labelled ``acceltrain_job`` (the AccelTrainJob's name), ``node_rank`` and
-``rank``: none of them is a label Prometheus gives its targets (``job``, ``namespace``, ``pod``), so
-no scrape configuration renames them to ``exported_*``; the namespace is the target's. The operator
+Owns the per-rank metrics contract (the README's metrics table;
+docs/design.md#the-metrics-contract): every series is prefixed ``acceltrain_`` and labelled
+``acceltrain_job`` (the AccelTrainJob's name), ``node_rank`` and ``rank``: none of them is a label
+Prometheus gives its targets (``job``, ``namespace``, ``pod``), so no scrape configuration renames
+them to ``exported_*``; the namespace is the target's. The operator
 scrapes rank 0's exporter for ``status.progress``; Prometheus and the Grafana dashboard read all
 ranks. The training loop drives it::
 
