@@ -293,7 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics.serve(args.metrics_port)
     _report_versions(kube, metrics)
     elector = _lead(args, kube, metrics) if args.leader_elect else None
-    defaults = dataclasses.replace(defaults, native_gang=kube.serves_workloads())
+    defaults = dataclasses.replace(
+        defaults,
+        native_gang=kube.serves_workloads(),
+        pod_group_apis=kube.served_pod_group_apis(),
+    )
     options = dataclasses.replace(options, kueue=kube.serves_kueue_workloads())
     if options.kueue:
         logging.getLogger("accel_operator").info(

@@ -11,9 +11,9 @@ Registered on a registry of their own by :func:`build_registry` (the CLI passes 
 - ``on.event`` of the attempt Jobs and worker pods (label ``acceltrain.io/job-name``): queue a
   reconcile of the owning AccelTrainJob when something the lifecycle reacts to changed, so pod
   and Job changes are acted on at once.
-- ``on.event`` of the jobs' Services, ConfigMaps and (with native gang scheduling) Workloads: keep
-  the reconciler's inventory of them and queue the owner when one is deleted, so a live attempt
-  gets it back within a second.
+- ``on.event`` of the jobs' Services, ConfigMaps and gang objects (native Workloads, PodGroups
+  where their API is served): keep the reconciler's inventory of them and queue the owner when
+  one is deleted, so a live attempt gets it back within a second.
 - ``on.event`` of Kueue's Workloads, where Kueue is installed: queue the AccelTrainJob whose
   attempt Job owns the Workload, so a queued job's status quotes why Kueue waits as it changes.
 
@@ -35,7 +35,7 @@ from typing import Any
 
 import kopf
 
-from accel_operator import api, constants, inventory, observe, render
+from accel_operator import api, constants, gang, inventory, observe, render
 from accel_operator.kube import UNREACHABLE_ERRORS, ApiError
 from accel_operator.reconcile import InvalidSpecError, Reconciler
 from accel_operator.workqueue import QueueObserver, WorkQueue
@@ -194,10 +194,14 @@ def build_registry(
         if deleted or changed:
             work.add(namespace, owner)
 
+    gang_apis = list(reconciler.defaults.pod_group_apis)
     if reconciler.defaults.native_gang:
-        # The attempts' gang Workloads, served only where native gang scheduling is on.
+        gang_apis.append(gang.WORKLOAD_API_VERSION)
+    for api_version in gang_apis:
+        # The attempts' gang objects, watched where their API was served at start-up.
+        group, _, version = api_version.partition("/")
         restorable_child_event = kopf.on.event(
-            "scheduling.k8s.io", "v1alpha1", "workloads", labels=children, registry=registry
+            group, version, gang.PLURALS[api_version], labels=children, registry=registry
         )(restorable_child_event)
 
     if options.kueue:

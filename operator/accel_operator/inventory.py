@@ -18,11 +18,19 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-RESTORABLE_KINDS = ("ConfigMap", "Service", "Workload")
+RESTORABLE_KINDS = ("ConfigMap", "Service", "Workload", "PodGroup")
 """The children restored while their attempt is live: the pods mount the ConfigMap, resolve each
-other through the Service, and a pod the Job controller creates again waits for its gang
-Workload (the native one, scheduling.k8s.io; PodGroups of external schedulers are not watched).
-The Job has its own rule: a lost Job restarts the group."""
+other through the Service, and a pod the Job controller creates again waits for its gang object
+(the native Workload, or a PodGroup of Volcano or scheduler-plugins). The Job has its own rule:
+a lost Job restarts the group."""
+
+
+def watched_gang_object(group: Mapping[str, Any], pod_group_apis: tuple[str, ...]) -> bool:
+    """Whether the operator's watches cover this gang object: the native Workload always (it is
+    rendered only where the API is served), a PodGroup when its API was served at start-up."""
+    if group["kind"] == "Workload":
+        return True
+    return group["kind"] == "PodGroup" and group["apiVersion"] in pod_group_apis
 
 Key = tuple[str, str, str]
 """(kind, namespace, name)."""

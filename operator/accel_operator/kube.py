@@ -209,11 +209,12 @@ class KubeClient:
         items: list[dict[str, Any]] = (answer or {}).get("items") or []
         return items
 
-    def child_exists(self, kind: str, namespace: str, name: str) -> bool:
-        """Whether the child (a ConfigMap, Service or native Workload) exists; asked when the
-        watch has no record of it."""
+    def child_exists(self, kind: str, namespace: str, name: str, api_version: str = "") -> bool:
+        """Whether the child (a ConfigMap, Service or gang object; ``api_version`` for a kind
+        served by several groups) exists; asked when the watch has no record of it."""
+        path, plural = _object_path(api_version, kind, namespace, name)
         try:
-            self.request("GET", _path(kind, namespace, name), verb="get", resource=_KINDS[kind][1])
+            self.request("GET", path, verb="get", resource=plural)
         except ApiError as error:
             if error.status == 404:
                 return False
@@ -283,6 +284,14 @@ class KubeClient:
         """Whether the API server serves scheduling.k8s.io/v1alpha1 Workloads (native gang
         scheduling); False on clusters without the GenericWorkload feature."""
         return self._serves("/apis/scheduling.k8s.io/v1alpha1", "workloads")
+
+    def served_pod_group_apis(self) -> tuple[str, ...]:
+        """The PodGroup apiVersions (Volcano's, scheduler-plugins') the API server serves."""
+        return tuple(
+            version
+            for version, plural in gang.PLURALS.items()
+            if plural == "podgroups" and self._serves(f"/apis/{version}", plural)
+        )
 
     def serves_kueue_workloads(self) -> bool:
         """Whether Kueue is installed (its kueue.x-k8s.io Workloads are served)."""

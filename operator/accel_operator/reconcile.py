@@ -485,7 +485,7 @@ class Reconciler:
             "Service": (render.service_name(ref.name), lambda: render.render_service(spec, ref)),
         }
         group = render.render_gang_object(spec, ref, job.attempt, self.defaults)
-        if group is not None and group["kind"] in inventory.RESTORABLE_KINDS:
+        if group is not None and inventory.watched_gang_object(group, self.defaults.pod_group_apis):
             renderers[group["kind"]] = (group["metadata"]["name"], lambda: group)
         missing, changed = [], []
         for kind in inventory.RESTORABLE_KINDS:
@@ -493,7 +493,8 @@ class Reconciler:
                 continue
             child_name, rendered = renderers[kind]
             if not self.inventory.holds(kind, ref.namespace, child_name):
-                if self.kube.child_exists(kind, ref.namespace, child_name):
+                api_version = str(group["apiVersion"]) if group and group["kind"] == kind else ""
+                if self.kube.child_exists(kind, ref.namespace, child_name, api_version):
                     self.inventory.seen(kind, ref.namespace, child_name, deleted=False)
                 else:
                     missing.append(kind)

@@ -41,6 +41,9 @@ class ClusterDefaults:
     native_gang: bool = False
     """Whether the API server serves scheduling.k8s.io/v1alpha1 Workloads (detected at start-up):
     the Auto gang policy is then Native."""
+    pod_group_apis: tuple[str, ...] = ()
+    """The PodGroup apiVersions (Volcano's, scheduler-plugins') the API server serves, detected
+    at start-up: the operator watches their PodGroups and restores a live attempt's."""
 
 
 class MissingImageError(ValueError):

@@ -24,10 +24,12 @@ from localcluster import kwok
 from .operator_harness import (
     REPO_ROOT,
     Api,
+    ApiError,
     OperatorProcess,
     condition,
     fail_worker,
     gpu_spec,
+    running_operator,
     wait_for,
 )
 
@@ -601,6 +603,85 @@ def test_a_deleted_or_changed_service_config_map_and_gang_workload_come_back_whi
     assert "of attempt 1" in said, said
     assert "deleted while the attempt ran" in said
     assert "changed out of band" in said
+
+
+# scheduler-plugins' PodGroup API as a bare CRD: the operator only needs it to be served (no
+# scheduler runs the Coscheduling plugin here, so the attempt's pods stay Pending).
+POD_GROUP_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podgroups.scheduling.x-k8s.io"},
+    "spec": {
+        "group": "scheduling.x-k8s.io",
+        "names": {"kind": "PodGroup", "plural": "podgroups", "singular": "podgroup"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def _lists(kube: Api, path: str) -> bool:
+    try:
+        kube.items(path)
+    except ApiError as error:
+        assert error.status == 429, error
+        return False
+    return True
+
+
+def test_a_deleted_pod_group_comes_back_where_its_api_is_served(
+    crd: Any, kube: Api, namespace: str, tmp_path: Path
+) -> None:
+    """The operator started after the PodGroup API appeared watches PodGroups and restores the
+    live attempt's one, as it does the native Workload."""
+    name = "grouped"
+    groups = f"/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{namespace}/podgroups"
+    crd.kubectl("apply", "-f", "-", input=json.dumps(POD_GROUP_CRD))
+    try:
+        crd.wait_crd_established(POD_GROUP_CRD["metadata"]["name"])
+        # A new CRD's storage answers 429 for a moment; the operator's watch would start late.
+        wait_for("PodGroups listed", lambda: _lists(kube, groups), timeout=30, interval=0.2)
+        with running_operator(crd, namespace, tmp_path):
+            spec = gpu_spec(workers=2, devices=1)
+            spec["runPolicy"] = {
+                "gangPolicy": "Coscheduling",
+                "schedulerName": "scheduler-plugins-scheduler",
+            }
+            kube.create_job(namespace, name, spec)
+            first = wait_for("the PodGroup", lambda: kube.items(groups), timeout=30)
+            before = first[0]["metadata"]["uid"]
+            # The API server may refuse watches of a CRD this new for a moment (429 while its
+            # watch cache starts), and kopf retries after a backoff: the deletion must come
+            # after the operator's watch runs, as it would for a CRD installed long before.
+            time.sleep(3)
+            deleted = time.monotonic()
+            crd.kubectl("delete", f"podgroups.scheduling.x-k8s.io/{name}-a1", "-n", namespace)
+
+            def recreated() -> bool:
+                return [g["metadata"]["uid"] for g in kube.items(groups)] not in ([], [before])
+
+            wait_for("the PodGroup recreated", recreated, timeout=10, interval=0.1)
+            print(f"recreated {time.monotonic() - deleted:.2f} s after the deletion")
+            status = kube.status(namespace, name)
+            assert (status["attempt"], status["restarts"]) == (1, 0), status
+            said = [e["message"] for e in kube.events(namespace, name)
+                    if e["reason"] == "ChildrenRestored"]  # fmt: skip
+            assert any("the PodGroup of attempt 1 was deleted" in m for m in said), said
+            kube.delete_job(namespace, name)
+    finally:
+        crd.kubectl("delete", "crd", POD_GROUP_CRD["metadata"]["name"], "--timeout=60s")
 
 
 def test_every_failed_worker_is_named_in_the_status_with_its_node_code_and_last_line(

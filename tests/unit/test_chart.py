@@ -47,8 +47,8 @@ EXPECTED_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
     ("scheduling.k8s.io", "workloads"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("scheduling.volcano.sh", "podgroups"): {"create", "patch", "delete"},
-    ("scheduling.x-k8s.io", "podgroups"): {"create", "patch", "delete"},
+    ("scheduling.volcano.sh", "podgroups"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("scheduling.x-k8s.io", "podgroups"): {"get", "list", "watch", "create", "patch", "delete"},
     ("kueue.x-k8s.io", "workloads"): {"list", "watch"},
 }
 # In the release's namespace only: the leader Lease, and the Event naming a new leader.

@@ -72,7 +72,7 @@ class RecordingApi:
     def list_kueue_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
         return []
 
-    def child_exists(self, kind: str, namespace: str, name: str) -> bool:
+    def child_exists(self, kind: str, namespace: str, name: str, api_version: str = "") -> bool:
         self.lookups.append(f"{kind}/{name}")
         return f"{kind}/{name}" in self.existing
 
@@ -213,26 +213,54 @@ def test_a_deleted_service_and_config_map_of_the_live_attempt_are_recreated() ->
     assert (status["attempt"], status["restarts"]) == (1, 0)
 
 
-def test_a_deleted_gang_workload_of_the_live_attempt_is_recreated_under_native_gangs() -> None:
-    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+def _gang_reconciler(policy: str, defaults: ClusterDefaults) -> tuple[RecordingApi, Reconciler]:
+    spec = copy.deepcopy(MINIMAL_SPEC)
+    spec["runPolicy"] = {"gangPolicy": policy}
+    if policy == "Coscheduling":
+        spec["runPolicy"]["schedulerName"] = "scheduler-plugins-scheduler"
+    recording = RecordingApi(spec)
     reconciler = Reconciler(
-        cast(KubeClient, recording),
-        clock=lambda: NOW,
-        progress_interval=0.0,
-        defaults=ClusterDefaults(native_gang=True),
+        cast(KubeClient, recording), clock=lambda: NOW, progress_interval=0.0, defaults=defaults
     )
     reconciler.reconcile("team-a", "bert")
     reconciler.reconcile("team-a", "bert")
-    assert "Workload/bert-a1" in recording.existing
     for kind, name in (("Service", "bert"), ("ConfigMap", "bert-a1-config")):
         reconciler.inventory.seen(kind, "team-a", name, deleted=False)
-    reconciler.inventory.seen("Workload", "team-a", "bert-a1", deleted=False)
-    reconciler.inventory.seen("Workload", "team-a", "bert-a1", deleted=True)
-    recording.existing.discard("Workload/bert-a1")
+    return recording, reconciler
+
+
+@pytest.mark.parametrize(
+    ("policy", "defaults", "kind"),
+    [
+        ("Auto", ClusterDefaults(native_gang=True), "Workload"),
+        (
+            "Coscheduling",
+            ClusterDefaults(pod_group_apis=("scheduling.x-k8s.io/v1alpha1",)),
+            "PodGroup",
+        ),
+    ],
+)
+def test_a_deleted_gang_object_of_the_live_attempt_is_recreated(
+    policy: str, defaults: ClusterDefaults, kind: str
+) -> None:
+    recording, reconciler = _gang_reconciler(policy, defaults)
+    assert f"{kind}/bert-a1" in recording.existing
+    reconciler.inventory.seen(kind, "team-a", "bert-a1", deleted=False)
+    reconciler.inventory.seen(kind, "team-a", "bert-a1", deleted=True)
+    recording.existing.discard(f"{kind}/bert-a1")
     recording.writes.clear()
     reconciler.reconcile("team-a", "bert")
-    assert recording.writes == [("apply", "Workload/bert-a1"), ("event", "ChildrenRestored")]
-    assert "the Workload of attempt 1 was deleted" in recording.posted[-1]
+    assert recording.writes == [("apply", f"{kind}/bert-a1"), ("event", "ChildrenRestored")]
+    assert f"the {kind} of attempt 1 was deleted" in recording.posted[-1]
+
+
+def test_a_pod_group_whose_api_was_not_served_at_start_is_neither_looked_up_nor_recreated() -> None:
+    recording, reconciler = _gang_reconciler("Volcano", ClusterDefaults())
+    recording.existing.discard("PodGroup/bert-a1")
+    recording.lookups.clear()
+    recording.writes.clear()
+    reconciler.reconcile("team-a", "bert")
+    assert recording.lookups == [] and recording.writes == []
 
 
 def test_a_config_map_changed_out_of_band_is_applied_again_and_one_left_alone_is_not() -> None:

@@ -76,14 +76,14 @@ those who may update the owner's finalizers.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["list", "create"]
-# Gang objects of the attempts (runPolicy.gangPolicy): native Workloads (watched, and restored
-# when deleted while their attempt runs), Volcano and scheduler-plugins PodGroups.
+# Gang objects of the attempts (runPolicy.gangPolicy): native Workloads, Volcano and
+# scheduler-plugins PodGroups; watched, and restored when deleted while their attempt runs.
 - apiGroups: ["scheduling.k8s.io"]
   resources: ["workloads"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["scheduling.volcano.sh", "scheduling.x-k8s.io"]
   resources: ["podgroups"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Kueue's Workloads of queued attempts (watched where Kueue is installed): why Kueue has not
 # admitted one yet, for the job's status.
 - apiGroups: ["kueue.x-k8s.io"]
