@@ -387,10 +387,15 @@ class KubeClient:
             with contextlib.suppress(ApiError):
                 self.request("DELETE", path, verb="delete", resource=plural, body={})
 
-    def delete_pod(self, namespace: str, pod: str, *, force: bool = False) -> None:
-        """Delete a worker pod whose Job is already gone (a leftover of a torn-down attempt);
-        ``force``: at once (grace period 0), for a pod whose kubelet no longer answers."""
-        body = {"gracePeriodSeconds": 0} if force else {}
+    def delete_pod(
+        self, namespace: str, pod: str, *, force: bool = False, grace_seconds: int | None = None
+    ) -> None:
+        """Delete a worker pod whose Job is already gone (a leftover of a torn-down attempt), or
+        one of a failed attempt with ``grace_seconds``; ``force``: at once (grace period 0), for
+        a pod whose kubelet no longer answers."""
+        body: dict[str, Any] = {}
+        if force or grace_seconds is not None:
+            body["gracePeriodSeconds"] = 0 if force else grace_seconds
         self._delete("Pod", namespace, pod, resource="pods", body=body)
 
     # --- events ------------------------------------------------------------------------------

@@ -51,6 +51,11 @@ MAX_BACKOFF_SECONDS = 600
 # missed watch events.
 RESYNC_SECONDS = 60.0
 LOG_TAIL_CHARACTERS = 1500
+# The grace period of the surviving pods of an attempt in which a worker failed. Their ranks wait
+# in a collective for the lost one and can neither finish a step nor save a checkpoint (saving
+# needs every rank), so their own grace (render.TERMINATION_GRACE_SECONDS, for the SIGTERM
+# checkpoint of an eviction or a suspend) would only hold the GPUs and delay the next attempt.
+FAILED_ATTEMPT_GRACE_SECONDS = 5
 
 # Failed reasons of the permanent exit codes; "PermanentFailure" when the pod failure policy
 # fired without an exit code the operator could read.
@@ -280,9 +285,11 @@ class CreateAttempt:
 
 @dataclasses.dataclass(frozen=True)
 class DeleteAttempt:
-    """Delete this attempt's Job with its pods, and its ConfigMap (after the status is written)."""
+    """Delete this attempt's Job with its pods, and its ConfigMap (after the status is written).
+    ``grace_seconds``: delete its unfinished pods with this grace period instead of their own."""
 
     attempt: int
+    grace_seconds: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -621,9 +628,10 @@ class _Plan:
     restart_reason: str | None = None
     launch_seconds: float | None = None
 
-    def delete(self, attempt: int) -> None:
-        if DeleteAttempt(attempt) not in self.actions:
-            self.actions.append(DeleteAttempt(attempt))
+    def delete(self, attempt: int, grace_seconds: int | None = None) -> None:
+        planned = (a for a in self.actions if isinstance(a, DeleteAttempt))
+        if all(action.attempt != attempt for action in planned):
+            self.actions.append(DeleteAttempt(attempt, grace_seconds))
 
     def requeue(self, seconds: float) -> None:
         self.due.append(max(0.0, seconds))
@@ -1011,7 +1019,7 @@ def _replace_attempt(
     value.message = message
     state.set(constants.CONDITION_RESTARTING, True, reason, message)
     state.lower(constants.CONDITION_RUNNING, "Restarting", f"attempt {attempt} is being replaced")
-    plan.delete(attempt)
+    plan.delete(attempt, FAILED_ATTEMPT_GRACE_SECONDS if reason == REASON_WORKER_FAILED else None)
     plan.restart_reason = reason
     plan.requeue(delay)
 

@@ -232,7 +232,7 @@ class Reconciler:
                 self.kube.delete_accel_job(namespace, name, ref.uid)
                 self.forget(namespace, name)
                 return None
-            self._delete_attempt(namespace, name, action.attempt, observed, spec)
+            self._delete_attempt(namespace, name, action, observed, spec)
         for force in decision.force_deletes:
             self.kube.delete_pod(namespace, force.pod, force=True)
         if decision.restart_reason:
@@ -323,17 +323,20 @@ class Reconciler:
         self,
         namespace: str,
         name: str,
-        attempt: int,
+        action: lifecycle.DeleteAttempt,
         observed: lifecycle.Observed,
         spec: api.AccelTrainJobSpec,
     ) -> None:
         policy = gang.in_force(spec, self.defaults.native_gang).policy
-        self.kube.delete_attempt(namespace, name, attempt, gang.GROUP_KINDS.get(policy))
-        if observed.attempt(attempt) is None:
-            # The Job is gone already, so its garbage collection will not take these pods.
-            for pod in observed.pods_of(attempt):
-                if not pod.deleting:
-                    self.kube.delete_pod(namespace, pod.name)
+        self.kube.delete_attempt(namespace, name, action.attempt, gang.GROUP_KINDS.get(policy))
+        job_gone = observed.attempt(action.attempt) is None
+        for pod in observed.pods_of(action.attempt):
+            if action.grace_seconds is not None and not pod.finished:
+                # A shorter grace than the pod's own; a later delete may shorten it.
+                self.kube.delete_pod(namespace, pod.name, grace_seconds=action.grace_seconds)
+            elif job_gone and not pod.deleting:
+                # The Job is gone already, so its garbage collection will not take this pod.
+                self.kube.delete_pod(namespace, pod.name)
 
     def _write(
         self,

@@ -259,7 +259,8 @@ def _retryable_failure(d: lifecycle.Decision) -> None:
     assert d.status.phase is api.Phase.RESTARTING
     assert d.status.restarts == 1
     assert d.status.last_exit_code == 137
-    assert d.actions == (DeleteAttempt(1),)
+    # The survivors wait in a collective for the lost rank: they go with a short grace.
+    assert d.actions == (DeleteAttempt(1, grace_seconds=lifecycle.FAILED_ATTEMPT_GRACE_SECONDS),)
     restarting = condition(d, constants.CONDITION_RESTARTING)
     assert restarting.reason == "WorkerFailed"
     assert "exit code 137 (killed by signal 9, retryable)" in restarting.message
@@ -269,6 +270,7 @@ def _retryable_failure(d: lifecycle.Decision) -> None:
 def _evicted(d: lifecycle.Decision) -> None:
     assert d.status.phase is api.Phase.RESTARTING
     assert d.status.restarts == 0
+    # The other workers keep their own grace period for the SIGTERM checkpoint.
     assert d.actions == (DeleteAttempt(1),)
     restarting = condition(d, constants.CONDITION_RESTARTING)
     assert restarting.reason == "Evicted"

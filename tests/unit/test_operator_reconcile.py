@@ -103,8 +103,11 @@ class RecordingApi:
     ) -> None:
         self.writes.append(("delete", f"attempt {attempt}"))
 
-    def delete_pod(self, namespace: str, pod: str, *, force: bool = False) -> None:
-        self.writes.append(("delete", f"pod {pod}" + (" now" if force else "")))
+    def delete_pod(
+        self, namespace: str, pod: str, *, force: bool = False, grace_seconds: int | None = None
+    ) -> None:
+        grace = f" in {grace_seconds} s" if grace_seconds is not None else ""
+        self.writes.append(("delete", f"pod {pod}" + (" now" if force else grace)))
 
     def delete_accel_job(self, namespace: str, name: str, uid: str) -> None:
         self.writes.append(("delete", name))
@@ -190,6 +193,35 @@ def test_the_status_explaining_a_restart_is_written_before_the_attempt_is_delete
     assert status["restarts"] == 1
     assert status["lastExitCode"] == 75
     assert "lost its peer" in status["message"]
+
+
+def test_the_survivors_of_a_failed_worker_are_deleted_with_a_short_grace() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    reconciler = _reconciler(recording)
+    reconciler.reconcile("team-a", "bert")
+    recording.jobs[0]["status"]["conditions"] = [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+    ]
+
+    def pod(index: int, phase: str, state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": f"bert-a1-{index}-x",
+                "labels": {constants.LABEL_JOB_NAME: "bert", constants.LABEL_ATTEMPT: "1"},
+                "annotations": {constants.LABEL_JOB_COMPLETION_INDEX: str(index)},
+            },
+            "spec": {"nodeName": "acceltrain-cpu-0"},
+            "status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]},
+        }
+
+    recording.pods = [
+        pod(0, "Running", {"running": {}}),
+        pod(1, "Failed", {"terminated": {"exitCode": 137}}),
+    ]
+    recording.writes.clear()
+    reconciler.reconcile("team-a", "bert")
+    deletes = [target for verb, target in recording.writes if verb == "delete"]
+    assert deletes == ["attempt 1", "pod bert-a1-0-x in 5 s"]
 
 
 def test_a_deleted_service_and_config_map_of_the_live_attempt_are_recreated() -> None:
