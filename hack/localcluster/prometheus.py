@@ -189,3 +189,28 @@ def query_range(
         raise PrometheusError(f"range query {promql!r} failed: {answer}")
     result: list[dict[str, Any]] = answer["data"]["result"]
     return result
+
+
+def label_values(
+    base_url: str, label: str, match: str, *, start: float, end: float, timeout: float = 10.0
+) -> list[str]:
+    """The values ``label`` takes on the series ``match`` selects between two Unix times (what
+    Grafana's ``label_values(match, label)`` asks)."""
+    parameters = {"match[]": match, "start": f"{start:.3f}", "end": f"{end:.3f}"}
+    url = f"{base_url}/api/v1/label/{label}/values?{urllib.parse.urlencode(parameters)}"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        answer = json.loads(response.read().decode())
+    if answer.get("status") != "success":
+        raise PrometheusError(f"label values of {label!r} for {match!r} failed: {answer}")
+    values: list[str] = answer["data"]
+    return values
+
+
+def label_names(base_url: str, *, start: float, end: float, timeout: float = 10.0) -> list[str]:
+    """Every label name of every series stored between two Unix times."""
+    parameters = {"start": f"{start:.3f}", "end": f"{end:.3f}"}
+    url = f"{base_url}/api/v1/labels?{urllib.parse.urlencode(parameters)}"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        answer = json.loads(response.read().decode())
+    names: list[str] = answer["data"]
+    return names

@@ -8,7 +8,8 @@
 # Tools: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kubelet
 # (wrapper modules in kubernetes/ and etcd/, see pin.sh), coredns (wrapper module in
 # coredns/ with the plugins the local cluster uses), containerd with its runc shim and ctr, kwok,
-# helm, kind, prometheus and kueue (`go install pkg@version`), and pause, the sandbox binary
+# helm, kind, prometheus and kueue (`go install pkg@version`), prometheus-operator (wrapper module in
+# prometheus-operator/, with its CRDs), and pause, the sandbox binary
 # compiled from the pause.c in the Kubernetes module (`gcc -static`; no pause image can be pulled
 # here).
 #
@@ -33,7 +34,7 @@ export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-buildvcs=false"
 go_build_flags=(-p 2)
 
 all_tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet
-	coredns containerd pause kwok helm kind prometheus kueue)
+	coredns containerd pause kwok helm kind prometheus kueue prometheus-operator)
 
 die() {
 	echo "build.sh: $*" >&2
@@ -47,6 +48,10 @@ go_version="$(go env GOVERSION)"
 # cache a binary under the wrong version.
 grep -Eq "^(require)?[[:space:]]*k8s.io/kubernetes ${KUBERNETES_VERSION}( |\$)" "${tools_dir}/kubernetes/go.mod" ||
 	die "hack/tools/kubernetes/go.mod does not pin k8s.io/kubernetes ${KUBERNETES_VERSION}" \
+		"(versions.env); run: bash hack/tools/pin.sh"
+grep -Eq "^(require)?[[:space:]]*github.com/prometheus-operator/prometheus-operator ${PROMETHEUS_OPERATOR_VERSION}( |\$)" \
+	"${tools_dir}/prometheus-operator/go.mod" ||
+	die "hack/tools/prometheus-operator/go.mod does not pin ${PROMETHEUS_OPERATOR_VERSION}" \
 		"(versions.env); run: bash hack/tools/pin.sh"
 grep -Eq "^(require)?[[:space:]]*go.etcd.io/etcd/server/v3 ${ETCD_VERSION}( |\$)" "${tools_dir}/etcd/go.mod" ||
 	die "hack/tools/etcd/go.mod does not pin etcd ${ETCD_VERSION} (versions.env);" \
@@ -72,6 +77,9 @@ prometheus_tags="remove_all_sd,enable_kubernetes_sd"
 # Kueue logs its release at start and sends it in its User-Agent; unset it says v0.0.0-main.
 kueue_ldflags="-X sigs.k8s.io/kueue/pkg/version.GitVersion=${KUEUE_VERSION}"
 
+# The operator reports its release as its version (`--version`, the build_info metric).
+prometheus_operator_ldflags="-X github.com/prometheus/common/version.Version=${PROMETHEUS_OPERATOR_VERSION#v}"
+
 file_digest() {
 	cat "$@" | sha256sum | cut -c1-16
 }
@@ -87,6 +95,7 @@ version_of() {
 	kind) echo "${KIND_VERSION}" ;;
 	prometheus) echo "${PROMETHEUS_VERSION}" ;;
 	kueue) echo "${KUEUE_VERSION}" ;;
+	prometheus-operator) echo "${PROMETHEUS_OPERATOR_VERSION}" ;;
 	*) die "unknown tool '$1'; known tools: ${all_tools[*]}" ;;
 	esac
 }
@@ -113,6 +122,10 @@ stamp_of() {
 	prometheus) echo "${go_version} ${PROMETHEUS_VERSION} ${prometheus_tags} ${prometheus_ldflags}" ;;
 	# The suffix names the manifest set of copy_kueue_manifests; change it when that set changes.
 	kueue) echo "${go_version} ${KUEUE_VERSION} ${kueue_ldflags} manifests-v1" ;;
+	prometheus-operator)
+		echo "${go_version} $(file_digest "${tools_dir}/prometheus-operator/go.mod" \
+			"${tools_dir}/prometheus-operator/go.sum") ${prometheus_operator_ldflags} crds-v1"
+		;;
 	*) echo "${go_version} $(version_of "${name}")" ;;
 	esac
 }
@@ -148,6 +161,20 @@ copy_kueue_manifests() {
 	chmod -R u+w "${target}"
 	[[ -s "${target}/crd/kueue.x-k8s.io_workloads.yaml" ]] ||
 		die "no Kueue CRDs found in ${module_dir}"
+}
+
+# The Prometheus Operator's CRDs (monitoring.coreos.com) come from its module, as Kueue's do;
+# hack/localcluster/monitoring.py applies them from .tools/share/prometheus-operator/crd/.
+copy_prometheus_operator_crds() {
+	local target="$1" module_dir
+	module_dir="$(cd "${tools_dir}/prometheus-operator" &&
+		go mod download -json "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	mkdir -p "${target}/crd"
+	cp "${module_dir}"/example/prometheus-operator-crd/*.yaml "${target}/crd/"
+	chmod -R u+w "${target}"
+	[[ -s "${target}/crd/monitoring.coreos.com_podmonitors.yaml" ]] ||
+		die "no Prometheus Operator CRDs found in ${module_dir}"
 }
 
 # Builds one tool into $2 (an empty directory).
@@ -196,6 +223,13 @@ build_into() {
 			"sigs.k8s.io/kueue/cmd/kueue@${KUEUE_VERSION}"
 		copy_kueue_manifests "${out}/kueue-manifests"
 		;;
+	prometheus-operator)
+		(cd "${tools_dir}/prometheus-operator" &&
+			go build -mod=readonly "${go_build_flags[@]}" -ldflags "${prometheus_operator_ldflags}" \
+				-o "${out}/prometheus-operator" \
+				github.com/prometheus-operator/prometheus-operator/cmd/operator)
+		copy_prometheus_operator_crds "${out}/prometheus-operator-manifests"
+		;;
 	esac
 }
 
@@ -237,6 +271,10 @@ ensure_tool() {
 	if [[ "${name}" == kueue ]]; then
 		mkdir -p "${share_dir}"
 		ln -sfn "${entry}/kueue-manifests" "${share_dir}/kueue"
+	fi
+	if [[ "${name}" == prometheus-operator ]]; then
+		mkdir -p "${share_dir}"
+		ln -sfn "${entry}/prometheus-operator-manifests" "${share_dir}/prometheus-operator"
 	fi
 }
 

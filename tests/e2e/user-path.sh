@@ -14,7 +14,9 @@
 # (created; the release goes to acceltrain-system); E2E_TIMEOUT seconds for the job;
 # E2E_RELEASE the Helm release name; E2E_MAX_STEPS, when set, replaces the example's maxSteps
 # (on a fast machine its 40 steps are over in seconds, too short a window to look inside a running
-# trainer). Leaves everything installed; the caller cleans up.
+# trainer); E2E_HELM_VALUES, when set, a further values file for the release (the real-node test
+# turns the PodMonitor and ServiceMonitor on with it). Leaves everything installed; the caller
+# cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -29,12 +31,14 @@ context_flags=()
 [ -n "${KUBE_CONTEXT:-}" ] && context_flags=(--context "$KUBE_CONTEXT")
 helm_flags=()
 [ -n "${KUBE_CONTEXT:-}" ] && helm_flags=(--kube-context "$KUBE_CONTEXT")
+values_flags=(--values tests/e2e/ci-values.yaml)
+[ -n "${E2E_HELM_VALUES:-}" ] && values_flags+=(--values "$E2E_HELM_VALUES")
 
 kubectl() { "$KUBECTL" "${context_flags[@]}" "$@"; }
 
 "$HELM" "${helm_flags[@]}" install "$RELEASE" charts/acceltrain \
 	--namespace acceltrain-system --create-namespace --wait --timeout 300s \
-	--values tests/e2e/ci-values.yaml \
+	"${values_flags[@]}" \
 	--set "image.repository=${OPERATOR_IMAGE%:*}" --set "image.tag=${OPERATOR_IMAGE##*:}" \
 	--set "trainer.image=${TRAINER_CPU_IMAGE}"
 echo "operator: $(kubectl get pods -n acceltrain-system -l app.kubernetes.io/instance="$RELEASE" --no-headers)"

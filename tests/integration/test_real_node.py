@@ -8,6 +8,11 @@ running as a pod under the chart's ServiceAccount, ``kubectl apply`` of ``cpu-sm
 the job) and training to Succeeded. While it trains, this test looks inside a trainer container;
 afterwards it checks the claim's files and Prometheus's series. A second test kills a worker's
 container through the runtime and sees the group restart and resume from its checkpoint.
+
+The release is installed with its PodMonitor and ServiceMonitor on, and a real Prometheus Operator
+(``localcluster.monitoring``) renders them into a scrape configuration that a second Prometheus
+runs on; a later test asks that Prometheus every query of the chart's Grafana dashboard about the
+jobs the module ran.
 """
 
 from __future__ import annotations
@@ -19,20 +24,24 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from localcluster import Cluster, realnode
-from localcluster.prometheus import query
+from accel_operator.lifecycle import RESTART_REASONS
+from localcluster import Cluster, monitoring, realnode
+from localcluster.prometheus import label_names, query, query_range
 
+from . import dashboard
 from .operator_harness import REPO_ROOT, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.trainer, pytest.mark.real_node]
 
 USER_PATH = REPO_ROOT / "tests" / "e2e" / "user-path.sh"
+MONITORS_VALUES = REPO_ROOT / "tests" / "e2e" / "monitors-values.yaml"
 CPU_SMOKE = REPO_ROOT / "manifests" / "examples" / "cpu-smoke.yaml"
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 JOB = "cpu-smoke"
@@ -98,6 +107,23 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster.stop()
 
 
+@dataclass(frozen=True)
+class ManagedPrometheus:
+    """The Prometheus that runs on the Prometheus Operator's configuration, since ``started``."""
+
+    url: str
+    started: float
+
+
+@pytest.fixture(scope="module")
+def managed_prometheus(real_cluster: Cluster) -> Iterator[ManagedPrometheus]:
+    started = time.time()
+    monitoring.start_prometheus_operator(real_cluster)
+    url = monitoring.start_managed_prometheus(real_cluster)
+    with monitoring.ConfigReloader(real_cluster, url):
+        yield ManagedPrometheus(url, started)
+
+
 def _user_path_env(cluster: Cluster, namespace: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -108,6 +134,7 @@ def _user_path_env(cluster: Cluster, namespace: str) -> dict[str, str]:
         "E2E_NAMESPACE": namespace,
         "E2E_TIMEOUT": str(JOB_TIMEOUT),
         "E2E_MAX_STEPS": str(USER_PATH_STEPS),
+        "E2E_HELM_VALUES": str(MONITORS_VALUES),
     }
 
 
@@ -152,7 +179,7 @@ def _introspect_a_running_trainer(cluster: Cluster, namespace: str) -> dict[str,
 
 
 def test_the_user_path_trains_cpu_smoke_in_hardened_containers_with_cluster_dns(
-    real_cluster: Cluster,
+    real_cluster: Cluster, managed_prometheus: ManagedPrometheus
 ) -> None:
     namespace = "user-path"
     script = subprocess.Popen(
@@ -401,6 +428,70 @@ def _delete_and_see_restored(cluster: Cluster, namespace: str, pod: str) -> None
         return answer.returncode == 0
 
     wait_for("the rendezvous name to resolve again", resolves, timeout=30, interval=1)
+
+
+def _jobs_that_ran(cluster: Cluster) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every AccelTrainJob of the module by (namespace, name), with its status."""
+    items = _kubectl_json(cluster, "get", "atj", "--all-namespaces")["items"]
+    return {
+        (item["metadata"]["namespace"], item["metadata"]["name"]): item.get("status", {})
+        for item in items
+    }
+
+
+def test_every_dashboard_query_through_the_prometheus_operator_shows_each_job_and_rank(
+    real_cluster: Cluster, managed_prometheus: ManagedPrometheus
+) -> None:
+    """The chart's PodMonitor and ServiceMonitor, rendered by the Prometheus Operator into the
+    configuration a Prometheus runs on, and every query of the Grafana dashboard against it: per
+    AccelTrainJob, every rank, no label renamed to ``exported_*``."""
+    jobs = _jobs_that_ran(real_cluster)
+    assert jobs, "no AccelTrainJob ran in this module (run it with the user path test)"
+    generated = monitoring.scrape_jobs(monitoring.generated_config(real_cluster))
+    assert {job.split("/")[0] for job in generated} == {"podMonitor", "serviceMonitor"}, generated
+    url = managed_prometheus.url
+    window = dashboard.Window(managed_prometheus.started, time.time())
+    renamed = [name for name in label_names(url, start=window.start, end=window.end)
+               if name.startswith("exported_")]  # fmt: skip
+    assert not renamed, renamed
+
+    board = dashboard.load()
+    values = dashboard.variable_values(url, board, window)
+    assert {(ns, name) for ns, name in jobs} <= {
+        (ns, name) for ns in values["namespace"] for name in values["job"]
+    }, values
+    assert set(values["job"]) == {name for _, name in jobs}, values
+    answers = dashboard.panel_answers(url, board, values, window)
+    for answer in answers:
+        assert answer.series, f"no data for {answer.title!r}: {answer.expr}"
+        groups = _series_groups(answer)
+        if "rank" in answer.expr:
+            # Every rank of every job: two workers x two ranks each.
+            assert groups == {(ns, name, str(rank)) for ns, name in jobs for rank in range(4)}, (
+                answer.title, groups)  # fmt: skip
+        elif "acceltrain_job" in answer.expr:
+            assert groups == set(jobs), (answer.title, groups)
+    restarts = next(answer for answer in answers if answer.title == "Restarts")
+    # Every reason is exported from the start (a panel of zeros, not "No data"); the killed
+    # worker's restart is counted as WorkerFailed.
+    spent = {series["metric"]["reason"]: _peak(series) for series in restarts.series}
+    assert set(spent) == set(RESTART_REASONS), spent
+    restarted = sum(1 for status in jobs.values() if status.get("restarts"))
+    assert spent["WorkerFailed"] >= restarted, (spent, jobs)
+    # The operator's own series came through the ServiceMonitor (both replicas are targets).
+    operator = query_range(url, 'up{namespace="acceltrain-system"}', start=window.start,
+                           end=window.end, step=window.step)  # fmt: skip
+    assert operator and all(_peak(series) == 1 for series in operator), operator
+
+
+def _series_groups(answer: dashboard.PanelAnswer) -> set[tuple[str, ...]]:
+    keys = ("namespace", "acceltrain_job", "rank") if "rank" in answer.expr else (
+        "namespace", "acceltrain_job")  # fmt: skip
+    return {tuple(series["metric"].get(key, "") for key in keys) for series in answer.series}
+
+
+def _peak(series: dict[str, Any]) -> float:
+    return max(float(value) for _, value in series["values"])
 
 
 def test_stopping_the_cluster_leaves_no_trace_on_the_host(tmp_path: Path) -> None:
