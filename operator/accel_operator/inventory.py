@@ -32,6 +32,7 @@ def watched_gang_object(group: Mapping[str, Any], pod_group_apis: tuple[str, ...
         return True
     return group["kind"] == "PodGroup" and group["apiVersion"] in pod_group_apis
 
+
 Key = tuple[str, str, str]
 """(kind, namespace, name)."""
 

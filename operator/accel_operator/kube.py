@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import kubernetes
 import urllib3
+from kubernetes.dynamic import DynamicClient
 
 from accel_operator import api, constants, gang, render
 from accel_operator.metrics import OperatorMetrics
@@ -108,11 +109,24 @@ def load_api_client(kubeconfig: str | None = None, pool_size: int = 32) -> Any:
     return kubernetes.client.ApiClient(configuration)
 
 
+class _NoDiscovery:
+    """The discoverer handed to :class:`~kubernetes.dynamic.DynamicClient`: the operator builds
+    its own paths and never asks the client for its resources, so no discovery request is sent
+    and no discovery cache file is written (the operator's root filesystem is read-only)."""
+
+    def __init__(self, client: Any, cache_file: Any) -> None:
+        del client, cache_file
+
+
 class KubeClient:
     """Typed-enough access to the objects an AccelTrainJob owns."""
 
     def __init__(self, api_client: Any, metrics: OperatorMetrics | None = None) -> None:
-        self._client = api_client
+        # DynamicClient.request is the client's public way to send a request to any path; the
+        # client keeps it working across its own transport's generations.
+        self._transport = DynamicClient(  # type: ignore[no-untyped-call]
+            api_client, discoverer=_NoDiscovery
+        )
         self._metrics = metrics or OperatorMetrics()
         self._instance = socket.gethostname()
         self.write_fence: Callable[[], None] | None = None
@@ -137,26 +151,22 @@ class KubeClient:
         Writes pass the write fence first unless ``fenced`` is False (the Lease's own)."""
         if method != "GET" and fenced and self.write_fence is not None:
             self.write_fence()
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type or "application/json"
-        serialized = self._client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
         self._metrics.count_request(verb, resource)
         try:
-            response = self._client.call_api(*serialized, _request_timeout=timeout)
+            response = self._transport.request(
+                method,
+                path,
+                body=body,
+                query_params=list((query or {}).items()),
+                header_params={"Accept": "application/json"},
+                content_type=content_type or "application/json",
+                _request_timeout=timeout,
+                serialize=False,
+            )
         except kubernetes.client.ApiException as error:
             raise ApiError(method, path, int(error.status or 0), str(error.body or "")) from None
-        data = response.read()
+        data = response.data
         text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
-        if response.status >= 400:
-            raise ApiError(method, path, response.status, text)
         if not text:
             return None
         try:

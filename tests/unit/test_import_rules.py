@@ -77,3 +77,29 @@ def test_the_operator_image_carries_every_trainer_module_the_operator_imports() 
         if f"trainer_image/accel_trainer/{name.split('.')[1]}.py" not in dockerfile
     ]
     assert missing == []
+
+
+# The generated client's transport (ApiClient.param_serialize/call_api, the REST client) changes
+# between client generations; the operator reaches the API server only through public entry
+# points (DynamicClient.request, the config loaders).
+TRANSPORT_INTERNALS = ("param_serialize", "call_api", "rest_client", "kubernetes.watch.watch")
+
+
+def test_the_operator_uses_no_internal_of_the_kubernetes_client() -> None:
+    found = {
+        f"{path.name}: {name}"
+        for path in OPERATOR.glob("*.py")
+        for name in TRANSPORT_INTERNALS
+        if name in path.read_text()
+    }
+    private = {
+        f"{path.name}: {node.attr}"
+        for path in OPERATOR.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and isinstance(node.value, ast.Name)
+        and node.value.id in {"kubernetes", "kopf"}
+    }
+    assert not found | private, sorted(found | private)

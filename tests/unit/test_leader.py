@@ -260,8 +260,12 @@ def test_the_watchdog_reports_a_lapsed_lease_at_once() -> None:
 
 
 class UnreachableApi:
-    def param_serialize(self, **_: Any) -> Any:
-        raise AssertionError("the request was sent")
+    """An ApiClient that fails the test if anything reaches its transport."""
+
+    configuration = None
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the request was sent ({name})")
 
 
 def test_a_replica_that_does_not_lead_sends_no_write() -> None:
