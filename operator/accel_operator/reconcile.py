@@ -327,16 +327,21 @@ class Reconciler:
         observed: lifecycle.Observed,
         spec: api.AccelTrainJobSpec,
     ) -> None:
+        pods = observed.pods_of(action.attempt)
+        if action.grace_seconds is not None:
+            # Before the Job: its garbage collection would stop them with their own grace, and
+            # a later delete only shortens the grace where the kubelet honours it. The Job has
+            # failed, so its controller creates no pod in their place.
+            for pod in pods:
+                if not pod.finished:
+                    self.kube.delete_pod(namespace, pod.name, grace_seconds=action.grace_seconds)
         policy = gang.in_force(spec, self.defaults.native_gang).policy
         self.kube.delete_attempt(namespace, name, action.attempt, gang.GROUP_KINDS.get(policy))
-        job_gone = observed.attempt(action.attempt) is None
-        for pod in observed.pods_of(action.attempt):
-            if action.grace_seconds is not None and not pod.finished:
-                # A shorter grace than the pod's own; a later delete may shorten it.
-                self.kube.delete_pod(namespace, pod.name, grace_seconds=action.grace_seconds)
-            elif job_gone and not pod.deleting:
-                # The Job is gone already, so its garbage collection will not take this pod.
-                self.kube.delete_pod(namespace, pod.name)
+        if observed.attempt(action.attempt) is None and action.grace_seconds is None:
+            # The Job is gone already, so its garbage collection will not take these pods.
+            for pod in pods:
+                if not pod.deleting:
+                    self.kube.delete_pod(namespace, pod.name)
 
     def _write(
         self,

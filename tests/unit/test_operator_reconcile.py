@@ -221,7 +221,7 @@ def test_the_survivors_of_a_failed_worker_are_deleted_with_a_short_grace() -> No
     recording.writes.clear()
     reconciler.reconcile("team-a", "bert")
     deletes = [target for verb, target in recording.writes if verb == "delete"]
-    assert deletes == ["attempt 1", "pod bert-a1-0-x in 5 s"]
+    assert deletes == ["pod bert-a1-0-x in 5 s", "attempt 1"]
 
 
 def test_a_deleted_service_and_config_map_of_the_live_attempt_are_recreated() -> None:
