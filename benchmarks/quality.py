@@ -66,7 +66,12 @@ INPUTS_CLAIM = "quality-inputs"
 """The examples' claim of prepared inputs; this benchmark binds it to its own inputs directory
 and every other claim to the run's checkpoint directory (the process node mounts host paths)."""
 INPUTS_MOUNT = "/inputs"
-EXTENSIONS_CACHE = Path(tempfile.gettempdir()) / "acceltrain-quality-torch-extensions"
+# DeepSpeed's JIT-built CPU ops (the shared-memory collectives), kept between runs in the same
+# directory the tests and the drills build them into: ninja rebuilds an op when the command
+# that built it differs, so one directory per command line, not per tool, saves a build.
+EXTENSIONS_CACHE = Path(
+    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "acceltrain", "torch-extensions"
+)
 CPU_POOL = {"acceltrain.io/pool": "cpu"}
 DEFAULT_RUNS = (
     "bbc-minilm-dense-zero2",
@@ -121,13 +126,13 @@ def _bind_claims(spec: dict[str, Any], inputs_dir: Path, runs_dir: Path) -> None
     EXTENSIONS_CACHE.mkdir(parents=True, exist_ok=True)
     spec.setdefault("volumes", []).append(
         {
-            "name": "extensions-cache",
-            "mountPath": "/var/cache/acceltrain",
+            "name": "torch-extensions",
+            "mountPath": "/torch-extensions",
             "hostPath": {"path": str(EXTENSIONS_CACHE)},
         }
     )
     spec.setdefault("env", []).append(
-        {"name": "TORCH_EXTENSIONS_DIR", "value": "/var/cache/acceltrain/torch_extensions"}
+        {"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}
     )
 
 
