@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -554,6 +554,24 @@ def _int8_table(results: list[RunResult]) -> list[str]:
     return lines
 
 
+def _int8_target(row: Callable[[str, str, bool], None], bbc: list[RunResult]) -> None:
+    """Judged on every BBC run's int8 export: the run that lost the most, the largest size and
+    latency ratios (one run's export can tie its fp32 score exactly; the worst one decides)."""
+    if not bbc:
+        return
+    worst = min(bbc, key=lambda result: result.int8["delta_points"])
+    c = worst.int8
+    size = max(result.int8["size_ratio"] for result in bbc)
+    latency = max(result.int8["latency_ratio"] for result in bbc)
+    row(
+        "BBC int8 at most 1.0 point below fp32, smaller file, faster on CPU",
+        f"worst of {len(bbc)} runs: {worst.run.name} int8 {_pct(c['int8_score'])} vs fp32 "
+        f"{_pct(c['fp32_score'])} ({c['delta_points']:+.2f} points); size x{size:.3f}, "
+        f"latency x{latency:.3f} at most",
+        c["delta_points"] >= -1.0 and size < 1 and latency < 1,
+    )
+
+
 def _targets(results: list[RunResult]) -> list[str]:
     by_name = {result.run.name: result for result in results}
     lines = ["| target | measured | met |", "|---|---|---|"]
@@ -565,15 +583,7 @@ def _targets(results: list[RunResult]) -> list[str]:
     if dense:
         accuracy = dense.final["accuracy"]
         row("BBC dense accuracy >= 95.00", _pct(accuracy), accuracy >= 0.95)
-        c = dense.int8
-        row(
-            "BBC int8 at most 1.0 point below fp32, smaller file, faster on CPU",
-            # Both scores, so that a delta of 0.00 reads as what it is, not as a missing score.
-            f"int8 {_pct(c['int8_score'])} vs fp32 {_pct(c['fp32_score'])} "
-            f"({c['delta_points']:+.2f} points), size x{c['size_ratio']:.3f}, "
-            f"latency x{c['latency_ratio']:.3f}",
-            c["delta_points"] >= -1.0 and c["size_ratio"] < 1 and c["latency_ratio"] < 1,
-        )
+    _int8_target(row, [r for r in results if r.run.name.startswith("bbc-") and r.int8])
     if dense and pruned:
         delta = points_delta(pruned.final["accuracy"], dense.final["accuracy"])
         row(
