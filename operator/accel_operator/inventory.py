@@ -25,12 +25,10 @@ other through the Service, and a pod the Job controller creates again waits for 
 a lost Job restarts the group."""
 
 
-def watched_gang_object(group: Mapping[str, Any], pod_group_apis: tuple[str, ...]) -> bool:
+def watched_gang_object(api_version: str, kind: str, pod_group_apis: tuple[str, ...]) -> bool:
     """Whether the operator's watches cover this gang object: the native Workload always (it is
     rendered only where the API is served), a PodGroup when its API was served at start-up."""
-    if group["kind"] == "Workload":
-        return True
-    return group["kind"] == "PodGroup" and group["apiVersion"] in pod_group_apis
+    return kind == "Workload" or (kind == "PodGroup" and api_version in pod_group_apis)
 
 
 Key = tuple[str, str, str]

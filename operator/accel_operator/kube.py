@@ -44,8 +44,6 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
-    # The native gang Workload (Kueue's kueue.x-k8s.io Workloads are read through KUEUE_API).
-    "Workload": (f"/apis/{gang.WORKLOAD_API_VERSION}", "workloads"),
     api.KIND: (f"/apis/{api.API_VERSION}", api.PLURAL),
 }
 
@@ -219,9 +217,9 @@ class KubeClient:
         items: list[dict[str, Any]] = (answer or {}).get("items") or []
         return items
 
-    def child_exists(self, kind: str, namespace: str, name: str, api_version: str = "") -> bool:
-        """Whether the child (a ConfigMap, Service or gang object; ``api_version`` for a kind
-        served by several groups) exists; asked when the watch has no record of it."""
+    def child_exists(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Whether the child (a ConfigMap, Service or gang object) exists; asked when the watch
+        has no record of it."""
         path, plural = _object_path(api_version, kind, namespace, name)
         try:
             self.request("GET", path, verb="get", resource=plural)

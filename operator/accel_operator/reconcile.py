@@ -478,31 +478,42 @@ class Reconciler:
     def _children_to_restore(
         self, spec: api.AccelTrainJobSpec, ref: render.JobRef, job: lifecycle.AttemptView
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The live attempt's ConfigMap, Service and native gang Workload that do not exist,
+        """The live attempt's ConfigMap, Service and watched gang object that do not exist,
         and those whose content (a ConfigMap's data, the others' spec) no longer holds what the
         operator renders. The watches' inventory answers for children it has seen, the API server
         for the others; a child is rendered and compared only after a watch event changed its
         content."""
         if job.complete or job.failed or job.suspended or job.deleting:
             return (), ()
-        renderers: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+        # kind -> (apiVersion, name, the renderer, called only for a child to compare).
+        renderers: dict[str, tuple[str, str, Callable[[], dict[str, Any] | None]]] = {
             "ConfigMap": (
+                "v1",
                 render.config_map_name(ref.name, job.attempt),
                 lambda: render.render_config_map(spec, ref, job.attempt),
             ),
-            "Service": (render.service_name(ref.name), lambda: render.render_service(spec, ref)),
+            "Service": (
+                "v1",
+                render.service_name(ref.name),
+                lambda: render.render_service(spec, ref),
+            ),
         }
-        group = render.render_gang_object(spec, ref, job.attempt, self.defaults)
-        if group is not None and inventory.watched_gang_object(group, self.defaults.pod_group_apis):
-            renderers[group["kind"]] = (group["metadata"]["name"], lambda: group)
+        group = gang.GROUP_KINDS.get(gang.in_force(spec, self.defaults.native_gang).policy)
+        if group is not None and inventory.watched_gang_object(
+            *group, self.defaults.pod_group_apis
+        ):
+            renderers[group[1]] = (
+                group[0],
+                render.attempt_job_name(ref.name, job.attempt),
+                lambda: render.render_gang_object(spec, ref, job.attempt, self.defaults),
+            )
         missing, changed = [], []
         for kind in inventory.RESTORABLE_KINDS:
             if kind not in renderers:
                 continue
-            child_name, rendered = renderers[kind]
+            api_version, child_name, rendered = renderers[kind]
             if not self.inventory.holds(kind, ref.namespace, child_name):
-                api_version = str(group["apiVersion"]) if group and group["kind"] == kind else ""
-                if self.kube.child_exists(kind, ref.namespace, child_name, api_version):
+                if self.kube.child_exists(api_version, kind, ref.namespace, child_name):
                     self.inventory.seen(kind, ref.namespace, child_name, deleted=False)
                 else:
                     missing.append(kind)
@@ -510,7 +521,7 @@ class Reconciler:
             live = self.inventory.to_check(kind, ref.namespace, child_name)
             if live is None:
                 continue
-            if observe.holds_desired(live, inventory.owned_content(rendered())):
+            if observe.holds_desired(live, inventory.owned_content(rendered() or {})):
                 self.inventory.checked(kind, ref.namespace, child_name)
             else:
                 changed.append(kind)

@@ -72,7 +72,7 @@ class RecordingApi:
     def list_kueue_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
         return []
 
-    def child_exists(self, kind: str, namespace: str, name: str, api_version: str = "") -> bool:
+    def child_exists(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         self.lookups.append(f"{kind}/{name}")
         return f"{kind}/{name}" in self.existing
 
