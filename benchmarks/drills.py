@@ -45,16 +45,12 @@ from operator_launch import post_job  # noqa: E402
 from accel_operator import constants  # noqa: E402
 from accel_operator.kube import KubeClient, load_api_client  # noqa: E402
 from localcluster import Cluster, free_port, operator_argv  # noqa: E402
+from localcluster.cpujobs import build_deepspeed_ops, tiny_bert_spec  # noqa: E402
 
 CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
-CPU_POOL = {"acceltrain.io/pool": "cpu"}
 
 RESUMED_LINE = re.compile(r"resumed from step-(\d{8})")
 STEP_LINE = re.compile(r"accel-trainer: step (\d+)/\d+ loss")
-# DeepSpeed's CPU op, built once here and mounted into every pod (as the integration tests do).
-TORCH_EXTENSIONS_DIR = Path(
-    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "acceltrain", "torch-extensions"
-)
 
 
 @dataclass(frozen=True)
@@ -75,37 +71,10 @@ DRILLS = (
 
 
 def job_spec(checkpoints: Path, steps: int, every: int) -> dict[str, Any]:
-    """A tiny BERT that really trains on the process node, checkpointing to a host directory."""
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    TORCH_EXTENSIONS_DIR.mkdir(parents=True, exist_ok=True)
-    return {
-        "image": "ghcr.io/acceltrain/trainer-cpu:0.1.0",
-        "workers": 2,
-        "devicesPerWorker": 0,
-        "procsPerWorker": 1,
-        "nodePool": {"nodeSelector": dict(CPU_POOL)},
-        "model": {
-            "config": {"architecture": "bert", "hiddenSize": 32, "numLayers": 1, "numHeads": 2}
-        },
-        "data": {"synthetic": {"numSamples": 4096, "numLabels": 2}, "maxLength": 16},
-        "training": {"maxSteps": steps, "microBatchSize": 8, "logEvery": 10},
-        "deepspeed": {"zero": {"stage": 1}, "precision": "fp32"},
-        "checkpoint": {"path": "/checkpoints", "everySteps": every, "keep": 2},
-        "env": [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}],
-        "volumes": [
-            {
-                "name": "checkpoints",
-                "mountPath": "/checkpoints",
-                "hostPath": {"path": str(checkpoints)},
-            },
-            {
-                "name": "torch-extensions",
-                "mountPath": "/torch-extensions",
-                "hostPath": {"path": str(TORCH_EXTENSIONS_DIR)},
-            },
-        ],
-        "runPolicy": {"backoffSeconds": 1, "maxRestarts": 3},
-    }
+    """The tests' tiny BERT on the process node, logging every 10 steps, three restarts."""
+    return tiny_bert_spec(
+        checkpoints, steps=steps, every=every, samples=4096, log_every=10, maxRestarts=3
+    )
 
 
 class Jobs:
@@ -157,17 +126,6 @@ class Operator:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signum)
             self.process.wait(timeout=30)
-
-
-def build_deepspeed_ops() -> None:
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(TORCH_EXTENSIONS_DIR), "DS_ACCELERATOR": "cpu"}
-    subprocess.run(
-        [sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=900,
-    )
 
 
 def pod_processes(pod: str) -> list[int]:

@@ -59,6 +59,7 @@ from quality.prepare_data import prepare  # noqa: E402
 from accel_operator import api, constants  # noqa: E402
 from accel_operator.kube import KubeClient, load_api_client  # noqa: E402
 from localcluster import Cluster, free_port, operator_argv  # noqa: E402
+from localcluster.cpujobs import CPU_POOL, mount_extensions  # noqa: E402
 
 EXAMPLES = REPO_ROOT / "manifests" / "examples"
 CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
@@ -66,13 +67,6 @@ INPUTS_CLAIM = "quality-inputs"
 """The examples' claim of prepared inputs; this benchmark binds it to its own inputs directory
 and every other claim to the run's checkpoint directory (the process node mounts host paths)."""
 INPUTS_MOUNT = "/inputs"
-# DeepSpeed's JIT-built CPU ops (the shared-memory collectives), kept between runs in the same
-# directory the tests and the drills build them into: ninja rebuilds an op when the command
-# that built it differs, so one directory per command line, not per tool, saves a build.
-EXTENSIONS_CACHE = Path(
-    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "acceltrain", "torch-extensions"
-)
-CPU_POOL = {"acceltrain.io/pool": "cpu"}
 DEFAULT_RUNS = (
     "bbc-minilm-dense-zero2",
     "bbc-minilm-pruned-zero2",
@@ -123,17 +117,7 @@ def _bind_claims(spec: dict[str, Any], inputs_dir: Path, runs_dir: Path) -> None
             directory = runs_dir / claim["claimName"]
             directory.mkdir(parents=True, exist_ok=True)
             volume["hostPath"] = {"path": str(directory)}
-    EXTENSIONS_CACHE.mkdir(parents=True, exist_ok=True)
-    spec.setdefault("volumes", []).append(
-        {
-            "name": "torch-extensions",
-            "mountPath": "/torch-extensions",
-            "hostPath": {"path": str(EXTENSIONS_CACHE)},
-        }
-    )
-    spec.setdefault("env", []).append(
-        {"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}
-    )
+    mount_extensions(spec)
 
 
 def planned_steps(spec: dict[str, Any], inputs_dir: Path) -> int:

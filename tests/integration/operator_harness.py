@@ -14,7 +14,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,38 +26,18 @@ import yaml
 from accel_operator import api, constants
 from accel_operator.kube import ApiError, KubeClient, load_api_client
 from localcluster import free_port, kwok, operator_argv
+from localcluster.cpujobs import build_deepspeed_ops, mount_extensions
+from localcluster.cpujobs import tiny_bert_spec as cpu_spec
+
+__all__ = ["build_deepspeed_ops", "cpu_spec"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO_ROOT / "manifests" / "crd" / "acceltrain.io_acceltrainjobs.yaml"
 CPU_SMOKE = REPO_ROOT / "manifests" / "examples" / "cpu-smoke.yaml"
 GPU_POOL = {"acceltrain.io/pool": "gpu"}
-CPU_POOL = {"acceltrain.io/pool": "cpu"}
-# DeepSpeed compiles a communication op on a trainer's first start (~30 s idle, minutes on a
-# busy machine). Pods of these tests share one build directory on the host with `make demo`,
-# kept between runs, and the session builds it once before any trainer starts.
-TORCH_EXTENSIONS_DIR = Path(
-    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "acceltrain", "torch-extensions"
-)
 OPERATOR_LOG_TAIL = 80
 
 T = TypeVar("T")
-
-
-def build_deepspeed_ops() -> None:
-    """Compile DeepSpeed's CPU communication op into :data:`TORCH_EXTENSIONS_DIR` in a process
-    of its own: built inside a pod on a busy machine, the build can outlast a job's progress
-    deadline, and the restart that follows kills it. A no-op when already built."""
-    TORCH_EXTENSIONS_DIR.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(TORCH_EXTENSIONS_DIR), "DS_ACCELERATOR": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert result.returncode == 0, f"building DeepSpeed's shm op failed:\n{result.stderr[-2000:]}"
 
 
 def cpu_smoke_for_the_process_node(checkpoints: Path) -> tuple[str, dict[str, Any]]:
@@ -76,16 +55,7 @@ def cpu_smoke_for_the_process_node(checkpoints: Path) -> tuple[str, dict[str, An
         "mountPath": spec["volumes"][0]["mountPath"],
         "hostPath": {"path": str(checkpoints)},
     }
-    TORCH_EXTENSIONS_DIR.mkdir(parents=True, exist_ok=True)
-    spec["volumes"].append(
-        {
-            "name": "torch-extensions",
-            "mountPath": "/torch-extensions",
-            "hostPath": {"path": str(TORCH_EXTENSIONS_DIR)},
-        }
-    )
-    spec["env"] = [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}]
-    return str(job["metadata"]["name"]), spec
+    return str(job["metadata"]["name"]), mount_extensions(spec)
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
@@ -443,59 +413,6 @@ def gpu_spec(workers: int = 2, devices: int = 2, **run_policy: Any) -> dict[str,
         "training": {"maxSteps": 20},
         "checkpoint": {"resume": False},
         "runPolicy": {"backoffSeconds": 1, "gangTimeoutSeconds": 60, **run_policy},
-    }
-
-
-def cpu_spec(
-    checkpoint_dir: Path,
-    *,
-    workers: int = 2,
-    procs: int = 1,
-    steps: int = 60,
-    every: int = 10,
-    **run_policy: Any,
-) -> dict[str, Any]:
-    """A tiny BERT that really trains on the process node, checkpointing to a host directory."""
-    TORCH_EXTENSIONS_DIR.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    return {
-        "image": "ghcr.io/acceltrain/trainer-cpu:0.1.0",
-        "workers": workers,
-        "devicesPerWorker": 0,
-        "procsPerWorker": procs,
-        "nodePool": {"nodeSelector": dict(CPU_POOL)},
-        "model": {
-            "config": {
-                "architecture": "bert",
-                "hiddenSize": 32,
-                "numLayers": 1,
-                "numHeads": 2,
-                "maxPositionEmbeddings": 32,
-            }
-        },
-        "data": {"synthetic": {"numSamples": 1024, "numLabels": 2}, "maxLength": 16},
-        "training": {
-            "maxSteps": steps,
-            "microBatchSize": 8,
-            "logEvery": 5,
-            "scheduler": {"type": "linear", "warmupSteps": 2},
-        },
-        "deepspeed": {"zero": {"stage": 1}, "precision": "fp32"},
-        "checkpoint": {"path": "/checkpoints", "everySteps": every, "keep": 2},
-        "env": [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}],
-        "volumes": [
-            {
-                "name": "checkpoints",
-                "mountPath": "/checkpoints",
-                "hostPath": {"path": str(checkpoint_dir)},
-            },
-            {
-                "name": "torch-extensions",
-                "mountPath": "/torch-extensions",
-                "hostPath": {"path": str(TORCH_EXTENSIONS_DIR)},
-            },
-        ],
-        "runPolicy": {"backoffSeconds": 1, "gangTimeoutSeconds": 120, **run_policy},
     }
 
 
