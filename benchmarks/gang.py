@@ -59,8 +59,8 @@ class PodSpan:
 class BindingWatcher(Watcher):
     """When each worker pod was bound and when it let go of its node."""
 
-    def __init__(self, api_client: Any, namespace: str) -> None:
-        super().__init__(api_client, namespace)
+    def __init__(self, kubeconfig: Path, namespace: str) -> None:
+        super().__init__(kubeconfig, namespace)
         self.threads = self.threads[:1]  # pods only
         self.spans: dict[str, PodSpan] = {}
 

@@ -47,7 +47,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "hack"))
 
 from accel_operator import api, constants, render  # noqa: E402
-from accel_operator.kube import KubeClient, load_api_client  # noqa: E402
+from accel_operator.kube import ApiError, KubeClient, load_api_client  # noqa: E402
+from accel_operator.metrics import OperatorMetrics  # noqa: E402
 from localcluster import free_port, operator_argv  # noqa: E402
 
 WRITE_VERBS = ("apply", "create", "patch", "delete")
@@ -104,10 +105,16 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 class Watcher:
-    """Watch streams on the namespace's pods and AccelTrainJobs, feeding :class:`Launch`."""
+    """Watch streams on the namespace's pods, AccelTrainJobs and Jobs, feeding :class:`Launch`.
 
-    def __init__(self, api_client: Any, namespace: str) -> None:
-        self.api_client = api_client
+    The streams go through the operator's access layer (:meth:`KubeClient.watch`), which resumes
+    from the last resourceVersion when the API server closes a stream (it closes a watch whose
+    reader falls behind, and every watch after its timeout); when that version has expired the
+    stream starts again from the current state."""
+
+    def __init__(self, kubeconfig: Path, namespace: str) -> None:
+        self.metrics = OperatorMetrics()
+        self.kube = KubeClient(load_api_client(str(kubeconfig)), self.metrics)
         self.namespace = namespace
         self.launches: dict[str, Launch] = {}
         self.lock = threading.Lock()
@@ -122,24 +129,21 @@ class Watcher:
         for thread in self.threads:
             thread.start()
 
+    def streams_opened(self) -> int:
+        """Watch streams opened so far, resumptions included."""
+        return int(self.metrics.requests({"watch"}))
+
     def _stream(self, path: str) -> Iterator[dict[str, Any]]:
-        serialized = self.api_client.param_serialize(
-            method="GET",
-            resource_path=path,
-            query_params=[("watch", "true"), ("allowWatchBookmarks", "false")],
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = self.api_client.call_api(*serialized, _request_timeout=None)
-        buffer = b""
-        for chunk in response.response.stream(65536):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if line.strip():
-                    yield json.loads(line)
-            if self.stopped.is_set():
-                return
+        resource = path.rsplit("/", 1)[-1]
+        while not self.stopped.is_set():
+            try:
+                for event in self.kube.watch(path, resource=resource):
+                    yield event
+                    if self.stopped.is_set():
+                        return
+            except ApiError as error:
+                if error.status != 410:
+                    raise
 
     def _pods(self) -> None:
         with self._ends_with_the_benchmark():
@@ -505,7 +509,7 @@ def start_session(
     log = Path(tempfile.gettempdir()) / f"{namespace}-operator.log"
     operator = Operator(Path(kubeconfig), namespace, log)
     stack.callback(operator.stop)
-    watcher = watcher_type(load_api_client(str(kubeconfig)), namespace)
+    watcher = watcher_type(Path(kubeconfig), namespace)
     watcher.start()
     stack.callback(watcher.stopped.set)
     time.sleep(1)

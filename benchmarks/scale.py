@@ -30,7 +30,6 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,54 +57,6 @@ from accel_operator.kube import KubeClient  # noqa: E402
 RSS_TARGET_MB = 300.0
 LAUNCH_P99_TARGET_S = 10.0
 POST_THREADS = 4
-
-
-class ResumingWatcher(Watcher):
-    """:class:`Watcher` whose streams resume from the last resourceVersion when they end.
-
-    The API server closes a watch whose reader falls behind (and every watch after its timeout);
-    with thousands of pod events on two busy cores that happened within the first minutes, and
-    the base class's streams then ended without a word, so later pods were never seen Running.
-    """
-
-    reconnects = 0
-
-    def _stream(self, path: str) -> Iterator[dict[str, Any]]:
-        version: str | None = None
-        while not self.stopped.is_set():
-            query = [("watch", "true"), ("allowWatchBookmarks", "true")]
-            if version is not None:
-                query.append(("resourceVersion", version))
-            serialized = self.api_client.param_serialize(
-                method="GET",
-                resource_path=path,
-                query_params=query,
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-            )
-            response = self.api_client.call_api(*serialized, _request_timeout=None)
-            buffer = b""
-            gone = False
-            for chunk in response.response.stream(4096, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer and not gone:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    if event["type"] == "ERROR":
-                        # 410 Gone: the version is too old; a fresh watch replays current state.
-                        version, gone = None, True
-                        continue
-                    version = event["object"]["metadata"].get("resourceVersion", version)
-                    if event["type"] != "BOOKMARK":
-                        yield event
-                if gone or self.stopped.is_set():
-                    break
-            response.response.release_conn()
-            if self.stopped.is_set():
-                return
-            self.reconnects += 1
 
 
 @dataclass
@@ -249,7 +200,7 @@ def final_phases(
 
 def run(
     kube: KubeClient,
-    watcher: ResumingWatcher,
+    watcher: Watcher,
     operator: Operator,
     namespace: str,
     *,
@@ -382,10 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             args.kubeconfig,
             nodes=args.nodes,
             prefix="scale",
-            watcher_type=ResumingWatcher,
             start_timeout=180,
         )
-        assert isinstance(watcher, ResumingWatcher)
         result = run(
             kube,
             watcher,
@@ -400,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             ttl=None if args.keep_finished else args.ttl,
         )
         print(f"operator log: {log}")
-        print(f"watch streams resumed after the API server closed them: {watcher.reconnects}")
+        resumed = watcher.streams_opened() - len(watcher.threads)
+        print(f"watch streams resumed after the API server closed them: {resumed}")
         print_table(result)
         if args.json:
             args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")

@@ -62,17 +62,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 from kubernetes.utils.quantity import parse_quantity as _untyped_parse_quantity
-from kubernetes.watch.watch import iter_resp_lines as _untyped_iter_resp_lines
+
+from accel_operator.kube import ApiError, KubeClient, load_api_client
 
 from .netns import (
     LaunchPlan,
@@ -90,8 +89,6 @@ log = logging.getLogger("localcluster.nodeagent")
 
 # The kubernetes client's helpers carry no annotations.
 parse_quantity: Callable[[str], Decimal] = _untyped_parse_quantity
-iter_resp_lines: Callable[[Any], Iterator[str]] = _untyped_iter_resp_lines
-load_kube_config: Callable[..., None] = config.load_kube_config
 
 POOL_LABEL = "acceltrain.io/pool"
 PROCESS_NODE_ANNOTATION = "acceltrain.io/process-node"
@@ -102,8 +99,7 @@ CLUSTER_DOMAIN = "cluster.local"
 
 LEASE_DURATION_SECONDS = 40
 HEARTBEAT_SECONDS = 10.0
-RELIST_SECONDS = 60.0
-WATCH_TIMEOUT_SECONDS = 30
+RELIST_SECONDS = 60
 REQUEST_TIMEOUT = (5.0, 30.0)
 MAX_GRACE_SECONDS = 30
 DEFAULT_GRACE_SECONDS = 30
@@ -641,64 +637,43 @@ def probe_once(probe: Mapping[str, Any], pod_ip: str, container: Mapping[str, An
 # --- the API ------------------------------------------------------------------------------------
 
 
+def resource_of(path: str) -> str:
+    """The resource (and subresource) an API path names, like ``pods/status``: the label of the
+    request counter."""
+    parts = path.strip("/").split("/")
+    if parts[0] in ("api", "apis"):
+        parts = parts[2:] if parts[0] == "api" else parts[3:]
+        if len(parts) > 2 and parts[0] == "namespaces":
+            parts = parts[2:]
+    return "/".join(parts[0:1] + parts[2:3]) or "discovery"
+
+
 class Kube:
-    """The API calls of the agent, as JSON, over the kubernetes client's configured transport."""
+    """The agent's API calls, as JSON, through the operator's access layer
+    (:class:`~accel_operator.kube.KubeClient`: its transport, errors and watches)."""
 
     def __init__(self, kubeconfig: Path) -> None:
-        configuration = client.Configuration()
-        load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
         # One connection per pod thread plus the watch and the heartbeat.
-        configuration.connection_pool_maxsize = 64
-        self._api = client.ApiClient(configuration)
+        self.client = KubeClient(load_api_client(str(kubeconfig), pool_size=64))
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        query: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-        timeout: float | tuple[float, float] = REQUEST_TIMEOUT,
-        stream: bool = False,
-    ) -> Any:
-        method, url, headers, body, post = self._api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list((query or {}).items()),
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
+    def _call(self, method: str, verb: str, path: str, **options: Any) -> Any:
+        return self.client.request(
+            method, path, verb=verb, resource=resource_of(path), timeout=REQUEST_TIMEOUT, **options
         )
-        response = self._api.call_api(
-            method,
-            url,
-            header_params=headers,
-            body=body,
-            post_params=post,
-            _request_timeout=timeout,
-        )
-        if stream and 200 <= response.status <= 299:
-            return response.response
-        payload: bytes = response.response.data
-        if not 200 <= response.status <= 299:
-            raise ApiException.from_response(
-                http_resp=response, body=payload.decode(errors="replace"), data=None
-            )
-        return json.loads(payload or b"null")
 
     def get(self, path: str, **query: str) -> Any:
-        return self.call("GET", path, query=query)
+        return self._call("GET", "get", path, query=query)
 
     def create(self, path: str, body: Mapping[str, Any]) -> Any:
-        return self.call("POST", path, body=body)
+        return self._call("POST", "create", path, body=dict(body))
 
     def patch(self, path: str, body: Mapping[str, Any], *, strategic: bool = True) -> Any:
         kind = "strategic-merge-patch" if strategic else "merge-patch"
-        return self.call("PATCH", path, body=body, content_type=f"application/{kind}+json")
+        content_type = f"application/{kind}+json"
+        return self._call("PATCH", "patch", path, body=dict(body), content_type=content_type)
 
     def delete(self, path: str, body: Mapping[str, Any]) -> Any:
-        return self.call("DELETE", path, body=body)
+        return self._call("DELETE", "delete", path, body=dict(body))
 
 
 class ApiObjects:
@@ -710,7 +685,7 @@ class ApiObjects:
     def _data(self, path: str, binary_data_is_base64: bool) -> dict[str, bytes] | None:
         try:
             obj = self.kube.get(path)
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise PodSetupError("ContainerCreating", f"reading {path}: {error}") from error
@@ -748,7 +723,7 @@ class ApiObjects:
         path = f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token"
         try:
             return str(self.kube.create(path, request)["status"]["token"])
-        except ApiException as error:
+        except ApiError as error:
             raise PodSetupError(
                 "ContainerCreating", f"token for service account {account}: {error}"
             ) from error
@@ -1233,7 +1208,7 @@ class PodWorker:
                 self.agent.kube.patch(path, {"status": status})
                 self._last_report = status
                 return
-            except ApiException as error:
+            except ApiError as error:
                 if error.status == 404:
                     self.object_gone = True
                     return
@@ -1370,7 +1345,7 @@ class NodeAgent:
         self.registered_at = now_rfc3339()
         try:
             self.kubelet_version = str(self.kube.get("/version")["gitVersion"])
-        except (ApiException, KeyError) as error:
+        except (ApiError, KeyError) as error:
             log.warning("could not read the API server version: %s", error)
         node = {
             "apiVersion": "v1",
@@ -1385,7 +1360,7 @@ class NodeAgent:
         }
         try:
             created = self.kube.create("/api/v1/nodes", node)
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 409:
                 raise
             path = f"/api/v1/nodes/{self.node_name}"
@@ -1404,7 +1379,7 @@ class NodeAgent:
         }
         try:
             self.kube.patch(f"{path}/{self.node_name}", {"spec": spec}, strategic=False)
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 404:
                 raise
             owner = {
@@ -1428,7 +1403,7 @@ class NodeAgent:
                 self.kube.patch(
                     f"/api/v1/nodes/{self.node_name}/status", {"status": self.node_status()}
                 )
-            except ApiException as error:
+            except ApiError as error:
                 if error.status == 404:
                     log.warning("node %s was deleted; registering it again", self.node_name)
                     self._try(self.register)
@@ -1440,7 +1415,7 @@ class NodeAgent:
     def _try(self, action: Any) -> None:
         try:
             action()
-        except (ApiException, OSError) as error:
+        except (ApiError, OSError) as error:
             log.warning("%s failed: %s", getattr(action, "__name__", action), error)
 
     # --- pods ----------------------------------------------------------------------------------
@@ -1449,17 +1424,23 @@ class NodeAgent:
         return {"fieldSelector": f"spec.nodeName={self.node_name}"}
 
     def _watch_pods(self) -> None:
+        """List the node's pods, then follow their watch; list again every RELIST_SECONDS (a
+        missed event cannot outlive a relist) and when the watch's version expired."""
         while not self.stopping.is_set():
             try:
                 listing = self.kube.get("/api/v1/pods", **self._pod_query())
-                version = listing["metadata"]["resourceVersion"]
                 self._reconcile(listing["items"])
-                relist_at = time.monotonic() + RELIST_SECONDS
-                while not self.stopping.is_set() and time.monotonic() < relist_at:
-                    version = self._watch_once(version)
-                    if version is None:
-                        break  # expired: relist
-            except (ApiException, OSError, ValueError) as error:
+                for event in self.kube.client.watch(
+                    "/api/v1/pods",
+                    resource="pods",
+                    field_selector=self._pod_query()["fieldSelector"],
+                    resource_version=listing["metadata"]["resourceVersion"],
+                    timeout_seconds=RELIST_SECONDS,
+                ):
+                    if self.stopping.is_set():
+                        break
+                    self._pod_event(event["type"], event["object"])
+            except (ApiError, OSError, ValueError) as error:
                 if not self.stopping.is_set():
                     log.warning("pod watch failed, relisting: %s", error)
                     self.stopping.wait(1.0)
@@ -1467,40 +1448,11 @@ class NodeAgent:
                 log.exception("pod watch failed, relisting")
                 self.stopping.wait(1.0)
 
-    def _watch_once(self, version: str) -> str | None:
-        """Follow the watch from version; the last version seen, or None when it expired."""
-        query = {
-            **self._pod_query(),
-            "watch": "true",
-            "resourceVersion": version,
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS),
-        }
-        response = self.kube.call(
-            "GET",
-            "/api/v1/pods",
-            query=query,
-            stream=True,
-            timeout=(5.0, WATCH_TIMEOUT_SECONDS + 15.0),
-        )
-        try:
-            for line in iter_resp_lines(response):
-                if not line or self.stopping.is_set():
-                    continue
-                event = json.loads(line)
-                kind, obj = event["type"], event["object"]
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        return None
-                    raise ValueError(f"watch error: {obj.get('message')}")
-                version = obj["metadata"]["resourceVersion"]
-                if kind == "DELETED":
-                    self._pod_deleted(obj["metadata"]["uid"])
-                elif kind in ("ADDED", "MODIFIED"):
-                    self._pod_seen(obj)
-        finally:
-            response.release_conn()
-        return version
+    def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            self._pod_deleted(pod["metadata"]["uid"])
+        elif kind in ("ADDED", "MODIFIED"):
+            self._pod_seen(pod)
 
     def _reconcile(self, pods: list[dict[str, Any]]) -> None:
         present = {pod["metadata"]["uid"] for pod in pods}
@@ -1544,7 +1496,7 @@ class NodeAgent:
         try:
             self.kube.delete(f"/api/v1/namespaces/{worker.namespace}/pods/{worker.name}", body)
             log.info("pod %s: deleted", worker.key)
-        except ApiException as error:
+        except ApiError as error:
             if error.status not in (404, 409):
                 log.warning("pod %s: delete failed: %s", worker.key, error)
         except OSError as error:
@@ -1560,7 +1512,7 @@ class NodeAgent:
                 try:
                     self.register()
                     break
-                except (ApiException, OSError) as error:
+                except (ApiError, OSError) as error:
                     log.warning("registering node %s failed, retrying: %s", self.node_name, error)
                     self.stopping.wait(2.0)
             threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True).start()

@@ -16,11 +16,12 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
 import kubernetes
+import kubernetes.watch
 import urllib3
 from kubernetes.dynamic import DynamicClient
 
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 REQUEST_TIMEOUT_SECONDS = 30.0
+# How long a watch waits to connect; reading has no limit (the API server ends the stream).
+WATCH_CONNECT_TIMEOUT_SECONDS = 5.0
 # Lease calls must fail well within a leader's renew deadline, so that the next retry comes.
 LEASE_TIMEOUT_SECONDS = 5.0
 EVENT_MESSAGE_LIMIT = 1024
@@ -91,19 +94,21 @@ def _path(kind: str, namespace: str, name: str | None = None, subresource: str =
 
 
 def load_api_client(kubeconfig: str | None = None, pool_size: int = 32) -> Any:
-    """An ApiClient for the cluster: in-cluster credentials, else the kubeconfig."""
+    """An ApiClient for the cluster, in client-go's order: the kubeconfig named here, else
+    in-cluster credentials, else ``$KUBECONFIG`` or ``~/.kube/config``."""
     configuration = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig or os.environ.get("KUBECONFIG") or None,
-            client_configuration=configuration,
-        )
     # One connection per concurrent reconcile thread instead of urllib3's default of 4.
     configuration.connection_pool_maxsize = pool_size
+    if not kubeconfig:
+        with contextlib.suppress(kubernetes.config.ConfigException):
+            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+            return kubernetes.client.ApiClient(configuration)
+    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=kubeconfig or os.environ.get("KUBECONFIG") or None,
+        client_configuration=configuration,
+    )
     return kubernetes.client.ApiClient(configuration)
 
 
@@ -142,7 +147,7 @@ class KubeClient:
         query: Mapping[str, str] | None = None,
         body: object | None = None,
         content_type: str | None = None,
-        timeout: float = REQUEST_TIMEOUT_SECONDS,
+        timeout: float | tuple[float, float] = REQUEST_TIMEOUT_SECONDS,
         fenced: bool = True,
     ) -> Any:
         """Send one request; returns the decoded JSON body, or raises :class:`ApiError`.
@@ -171,6 +176,56 @@ class KubeClient:
             return json.loads(text)
         except ValueError:
             return text
+
+    def watch(
+        self,
+        path: str,
+        *,
+        resource: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+        timeout_seconds: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The events (``type``, ``object`` as a dict) of a watch on a collection path, through
+        :class:`kubernetes.watch.Watch`: when the API server ends the stream it resumes from the
+        last resourceVersion seen (bookmarks keep it fresh and are not yielded). When that
+        version is too old the server answers 410 and this raises :class:`ApiError` 410: list
+        again and watch from the list's version. With ``timeout_seconds`` the server ends the
+        watch after that long and it is not resumed. Each stream opened counts as one request."""
+
+        def open_stream(**params: Any) -> Any:
+            self._metrics.count_request("watch", resource)
+            read_timeout = None if timeout_seconds is None else timeout_seconds + 15.0
+            return self._transport.request(
+                "GET",
+                path,
+                header_params={"Accept": "application/json"},
+                _request_timeout=(WATCH_CONNECT_TIMEOUT_SECONDS, read_timeout),
+                serialize=False,
+                **params,
+            )
+
+        # return_type "object": events keep their objects as dicts, and the watcher still reads
+        # their resourceVersion to resume.
+        watcher = kubernetes.watch.Watch(return_type="object")  # type: ignore[no-untyped-call]
+        stream = watcher.stream(  # type: ignore[no-untyped-call]
+            open_stream,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            allow_watch_bookmarks=True,
+            **({} if resource_version is None else {"resource_version": resource_version}),
+            **({} if timeout_seconds is None else {"timeout_seconds": timeout_seconds}),
+        )
+        try:
+            for event in stream:
+                if event["type"] != "BOOKMARK":
+                    yield {"type": event["type"], "object": event["raw_object"]}
+        except kubernetes.client.ApiException as error:
+            body = str(error.body or error.reason or "")
+            raise ApiError("WATCH", path, int(error.status or 0), body) from None
+        finally:
+            stream.close()
 
     # --- the AccelTrainJob ---------------------------------------------------------------------
     def get_accel_job(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ Each :class:`OperatorMetrics` has its own registry, so tests can create several.
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from typing import Final
 
 import prometheus_client
@@ -177,14 +178,18 @@ class OperatorMetrics:
     def count_request(self, verb: str, resource: str) -> None:
         self.api_requests.labels(verb=verb, resource=resource).inc()
 
-    def writes(self) -> float:
-        """API writes sent so far (apply, create, patch, delete)."""
+    def requests(self, verbs: Collection[str]) -> float:
+        """API requests sent so far with one of these verbs."""
         total = 0.0
         for metric in self.api_requests.collect():
             for sample in metric.samples:
-                if sample.name.endswith("_total") and sample.labels.get("verb") in WRITE_VERBS:
+                if sample.name.endswith("_total") and sample.labels.get("verb") in verbs:
                     total += sample.value
         return total
+
+    def writes(self) -> float:
+        """API writes sent so far (apply, create, patch, delete)."""
+        return self.requests(WRITE_VERBS)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve the registry in the Prometheus text format (daemon thread)."""

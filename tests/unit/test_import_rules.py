@@ -80,21 +80,33 @@ def test_the_operator_image_carries_every_trainer_module_the_operator_imports() 
 
 
 # The generated client's transport (ApiClient.param_serialize/call_api, the REST client) changes
-# between client generations; the operator reaches the API server only through public entry
-# points (DynamicClient.request, the config loaders).
+# between client generations; the project reaches the API server only through public entry
+# points (DynamicClient.request, kubernetes.watch.Watch, the typed APIs, the config loaders).
 TRANSPORT_INTERNALS = ("param_serialize", "call_api", "rest_client", "kubernetes.watch.watch")
+CODE_DIRS = ("operator", "trainer_image", "hack", "benchmarks", "tests")
 
 
-def test_the_operator_uses_no_internal_of_the_kubernetes_client() -> None:
+def _project_sources() -> list[Path]:
+    this_file = Path(__file__).resolve()
+    return [
+        path
+        for folder in CODE_DIRS
+        for path in sorted((REPO_ROOT / folder).rglob("*.py"))
+        if path.resolve() != this_file
+    ]
+
+
+def test_no_code_of_the_project_uses_an_internal_of_the_kubernetes_client() -> None:
+    sources = _project_sources()
     found = {
-        f"{path.name}: {name}"
-        for path in OPERATOR.glob("*.py")
+        f"{path.relative_to(REPO_ROOT)}: {name}"
+        for path in sources
         for name in TRANSPORT_INTERNALS
         if name in path.read_text()
     }
     private = {
-        f"{path.name}: {node.attr}"
-        for path in OPERATOR.glob("*.py")
+        f"{path.relative_to(REPO_ROOT)}: {node.attr}"
+        for path in sources
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Attribute)
         and node.attr.startswith("_")
@@ -103,3 +115,16 @@ def test_the_operator_uses_no_internal_of_the_kubernetes_client() -> None:
         and node.value.id in {"kubernetes", "kopf"}
     }
     assert not found | private, sorted(found | private)
+
+
+def test_only_the_access_layer_builds_a_kubernetes_transport() -> None:
+    """One access layer (accel_operator.kube) for the operator, the node agent and the
+    benchmarks; the tests may use the client's typed APIs, the harness its own small client."""
+    builders = ("DynamicClient(", "client.ApiClient(", "kubernetes.client.ApiClient(")
+    found = {
+        str(path.relative_to(REPO_ROOT))
+        for path in _project_sources()
+        if not path.is_relative_to(REPO_ROOT / "tests")
+        and any(builder in path.read_text() for builder in builders)
+    }
+    assert found == {"operator/accel_operator/kube.py"}
