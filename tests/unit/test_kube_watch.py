@@ -54,7 +54,7 @@ STREAMS = [
 class WatchServer(http.server.BaseHTTPRequestHandler):
     queries: list[dict[str, list[str]]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (the handler's protocol)
+    def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         index = len(self.queries)
         self.queries.append({"path": [url.path], **urllib.parse.parse_qs(url.query)})
