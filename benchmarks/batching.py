@@ -206,8 +206,8 @@ def run_hf(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
 def hf_inputs(config: Any) -> tuple[list[dict[str, list[int]]], Any, Any]:
     """Our trainer's tokenized, tag-aligned training examples without their padding, its
     tokenizer and its model (the same pretrained weights and seeded new head)."""
+    from accel_contract.config import Padding
     from accel_trainer import tokenization
-    from accel_trainer.config import Padding
     from accel_trainer.data import load_corpus, tokenize
     from accel_trainer.models import build_model
 

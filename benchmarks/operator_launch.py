@@ -222,9 +222,9 @@ def restarted(status: dict[str, Any]) -> bool:
 
 
 class Operator:
-    """The operator as a subprocess watching the benchmark namespace."""
+    """The operator as a subprocess watching the benchmark namespace (None: the cluster)."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str | None, log: Path) -> None:
         self.metrics_port = free_port()
         # kwok's pod addresses are made up: nothing to scrape there.
         argv = operator_argv(

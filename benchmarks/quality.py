@@ -406,7 +406,7 @@ def int8_comparison(
         AutoTokenizer,
     )
 
-    from accel_trainer.config import Task
+    from accel_contract.config import Task
     from accel_trainer.export import load_quantized
 
     quantized = export["quantized"]

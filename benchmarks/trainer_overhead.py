@@ -218,7 +218,7 @@ def worker(kind: str, workdir: Path, result: Path, steps: int) -> None:
     ds_config["train_batch_size"] = micro * accumulation * world
     # The trainer's own batches (same data, tokenizer and order), built before the clock starts:
     # padding changes the attention kernels, so random full-length batches would not compare.
-    from accel_trainer.config import TrainerConfig
+    from accel_contract.config import TrainerConfig
     from accel_trainer.data import ShardedOrder, load_corpus, tokenize
     from accel_trainer.tokenization import from_serialized, serialized_from_dir
 

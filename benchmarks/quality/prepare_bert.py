@@ -271,8 +271,8 @@ def check_trainer(out_dir: Path, mlm: Any) -> dict[str, Any]:
     import torch
     from safetensors import safe_open
 
+    from accel_contract.config import Task
     from accel_trainer import models, tokenization
-    from accel_trainer.config import Task
 
     tokenizer = tokenization.load_pretrained(str(out_dir), Task.TOKEN_CLASSIFICATION, 128)
     tagger = models.load_pretrained(str(out_dir), Task.TOKEN_CLASSIFICATION, TRAINER_LABELS)

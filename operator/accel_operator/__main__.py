@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from accel_contract import package_version
 from accel_operator import constants, render
 from accel_operator.handlers import OperatorOptions
 from accel_operator.leader import (
@@ -48,7 +49,6 @@ from accel_operator.leader import (
     LeaderElector,
     StandbyHealth,
 )
-from accel_trainer import package_version
 
 RESYNC_ENV = constants.ENV_RECONCILE_INTERVAL
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -276,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported late: --help and argument errors should not pay for kopf and the client.
     import kopf
 
+    from accel_operator import informer
     from accel_operator.handlers import build_registry
     from accel_operator.kube import KubeClient, load_api_client
     from accel_operator.metrics import OperatorMetrics
@@ -288,7 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(str(error)) from None
     options = OperatorOptions(resync_interval=args.resync_interval, max_workers=args.max_workers)
     metrics = OperatorMetrics()
-    kube = KubeClient(load_api_client(args.kubeconfig, pool_size=options.api_connections), metrics)
+    # A connection for each thread that may send a request, and one for each watch.
+    watches = len(informer.CHILD_KINDS) + 3
+    pool_size = options.api_connections + watches * max(1, len(args.namespace or ()))
+    kube = KubeClient(load_api_client(args.kubeconfig, pool_size=pool_size), metrics)
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     _report_versions(kube, metrics)
@@ -309,8 +313,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if defaults.native_gang
         else "no Workload API on this cluster; gangPolicy Auto means Timeout",
     )
+    cache = informer.Informer(
+        kube,
+        [
+            *informer.CHILD_KINDS,
+            *informer.gang_kinds(defaults.native_gang, defaults.pod_group_apis),
+        ],
+        namespaces=args.namespace or (),
+    )
+    kube.on_written = cache.record
     reconciler = Reconciler(
         kube,
+        cache=cache,
         scraper=ProgressScraper(networks),
         metrics=metrics,
         progress_interval=args.resync_interval,
@@ -321,7 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     name_the_user()
     kopf.run(
         registry=build_registry(
-            reconciler, options, on_drained=elector.release if elector is not None else None
+            reconciler,
+            cache,
+            options,
+            on_drained=elector.release if elector is not None else None,
         ),
         standalone=args.peering is None,
         peering_name=args.peering,

@@ -1,7 +1,7 @@
 """The ``AccelTrainJob`` API (``acceltrain.io/v1alpha1``): the single source of its CRD schema.
 
 Pure: pydantic models and validation only, no I/O. The model, data, training, pruning, export and
-metrics sections are the trainer contract's own models (:mod:`accel_trainer.config`), so the
+metrics sections are the trainer contract's own models (:mod:`accel_contract.config`), so the
 operator and the trainer cannot disagree on them. The rules that span fields live once in the
 rule table (:mod:`accel_operator.rules`): the models here run its Python checks when a spec is
 parsed, and the CRD carries the same rules as CEL, so that ``kubectl apply`` refuses the spec
@@ -16,8 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from accel_operator import constants, rules
-from accel_trainer.config import (
+from accel_contract.config import (
     CamelModel,
     DataSpec,
     ExportSpec,
@@ -27,6 +26,7 @@ from accel_trainer.config import (
     PruningSpec,
     TrainingSpec,
 )
+from accel_operator import constants, rules
 
 GROUP = "acceltrain.io"
 VERSION = "v1alpha1"
@@ -754,7 +754,7 @@ def _describe(error: ValidationError) -> list[str]:
     return messages
 
 
-# CEL rules that mirror the validators of the trainer contract's models (accel_trainer.config),
+# CEL rules that mirror the validators of the trainer contract's models (accel_contract.config),
 # so the API server rejects bad specs on apply. Keyed by model; the CRD generator attaches them
 # where that model appears, with the rules of accel_operator.rules.
 CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {

@@ -1,12 +1,12 @@
 """Names the operator shares with the cluster: labels, annotations, paths, condition types.
 
-The env var names and exit codes shared with the trainer live in :mod:`accel_trainer.config`
+The env var names and exit codes shared with the trainer live in :mod:`accel_contract.config`
 (the contract); they are re-exported here so operator code has one place to import from.
 """
 
 from __future__ import annotations
 
-from accel_trainer.config import (
+from accel_contract.config import (
     DEFAULT_MASTER_PORT,
     ENV_ATTEMPT,
     ENV_CONFIG,

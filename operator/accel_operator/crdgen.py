@@ -23,8 +23,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from accel_contract import rules as trainer_rules
 from accel_operator import api, rules
-from accel_trainer import rules as trainer_rules
 
 CRD_FILE_NAME = f"{api.GROUP}_{api.PLURAL}.yaml"
 REPO_ROOT = Path(__file__).resolve().parents[2]

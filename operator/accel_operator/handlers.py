@@ -8,19 +8,20 @@ Registered on a registry of their own by :func:`build_registry` (the CLI passes 
 - a timer on every AccelTrainJob (``--resync-interval``): queues a reconcile when a time-based
   step is due (progress scrape, backoff, gang timeout, deadlines, TTL) and skips otherwise, so
   finished jobs cost nothing.
-- ``on.event`` of the attempt Jobs and worker pods (label ``acceltrain.io/job-name``): queue a
-  reconcile of the owning AccelTrainJob when something the lifecycle reacts to changed, so pod
-  and Job changes are acted on at once.
-- ``on.event`` of the jobs' Services, ConfigMaps and gang objects (native Workloads, PodGroups
-  where their API is served): keep the reconciler's inventory of them and queue the owner when
-  one is deleted, so a live attempt gets it back within a second.
+- changes of the attempt Jobs and worker pods, as the informer (:mod:`accel_operator.informer`)
+  sees them: queue a reconcile of the owning AccelTrainJob when something the lifecycle reacts
+  to changed, so pod and Job changes are acted on at once.
+- changes of the jobs' Services, ConfigMaps and gang objects (native Workloads, PodGroups where
+  their API is served), also from the informer: keep the reconciler's inventory of them and
+  queue the owner when one is deleted, so a live attempt gets it back within a second.
 - ``on.event`` of Kueue's Workloads, where Kueue is installed: queue the AccelTrainJob whose
   attempt Job owns the Workload, so a queued job's status quotes why Kueue waits as it changes.
 
 The create/resume/update handler is sync (kopf runs it in its thread pool) because its outcome
-drives kopf's retries. The event and timer handlers are async and only mark the job in a
-:class:`~accel_operator.workqueue.WorkQueue`, whose own threads reconcile: kopf's per-object
-event queues never wait on the API server. No ``on.delete`` handler: owner references and the
+drives kopf's retries. The timer, kopf's event handlers and the informer's listener only mark
+the job in a :class:`~accel_operator.workqueue.WorkQueue`, whose own threads reconcile: no
+watch ever waits on the API server. kopf watches only AccelTrainJobs (and Kueue's Workloads): it
+filters labels on the client side, so the children are the informer's, selected by the server. No ``on.delete`` handler: owner references and the
 garbage collector remove the children. kopf itself adds the finalizer ``acceltrain.io/finalizer``
 because of the timer, and removes it when the timer stops.
 """
@@ -35,7 +36,7 @@ from typing import Any
 
 import kopf
 
-from accel_operator import api, constants, gang, inventory, observe, render
+from accel_operator import api, constants, informer, inventory, observe, render
 from accel_operator.kube import UNREACHABLE_ERRORS, ApiError
 from accel_operator.reconcile import InvalidSpecError, Reconciler
 from accel_operator.workqueue import QueueObserver, WorkQueue
@@ -95,15 +96,16 @@ def configure_settings(settings: kopf.OperatorSettings, options: OperatorOptions
 
 def build_registry(
     reconciler: Reconciler,
+    cache: informer.Informer,
     options: OperatorOptions,
     on_drained: Callable[[], None] | None = None,
 ) -> kopf.OperatorRegistry:
-    """A kopf registry with the operator's handlers bound to ``reconciler``. ``on_drained`` runs
-    at shutdown once kopf's watchers and handlers and the work queue have stopped: nothing of
-    this process writes after it (the leader hands its Lease back there)."""
+    """A kopf registry with the operator's handlers bound to ``reconciler``; ``cache`` (the
+    reconciler's) is started with it and its changes queue reconciles. ``on_drained`` runs at
+    shutdown once kopf's watchers and handlers and the work queue have stopped: nothing of this
+    process writes after it (the leader hands its Lease back there)."""
     registry = kopf.OperatorRegistry()
     resource = (api.GROUP, api.VERSION, api.PLURAL)
-    children = {constants.LABEL_JOB_NAME: kopf.PRESENT}
 
     work = WorkQueue(
         lambda namespace, name: _quietly(reconciler, namespace, name),
@@ -120,9 +122,11 @@ def build_registry(
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings, options)
         work.start()
+        cache.start()
 
     @kopf.on.cleanup(registry=registry)
     def drain(**_: Any) -> None:
+        cache.stop()
         work.stop()
         if on_drained is not None:
             on_drained()
@@ -155,55 +159,7 @@ def build_registry(
         if type == "DELETED" and namespace is not None:
             reconciler.forget(namespace, name)
 
-    seen = _Fingerprints()
-
-    @kopf.on.event("batch", "v1", "jobs", labels=children, registry=registry)
-    @kopf.on.event("v1", "pods", labels=children, registry=registry)
-    async def child_event(
-        type: str,
-        uid: str,
-        namespace: str | None,
-        labels: Mapping[str, str],
-        body: kopf.Body,
-        **_: Any,
-    ) -> None:
-        owner = labels.get(constants.LABEL_JOB_NAME)
-        if namespace is None or not owner:
-            return
-        if seen.changed(uid, None if type == "DELETED" else observe.fingerprint(body)):
-            work.add(namespace, owner)
-
-    @kopf.on.event("v1", "services", labels=children, registry=registry)
-    @kopf.on.event("v1", "configmaps", labels=children, registry=registry)
-    async def restorable_child_event(
-        type: str,
-        namespace: str | None,
-        name: str,
-        labels: Mapping[str, str],
-        resource: kopf.Resource,
-        body: kopf.Body,
-        **_: Any,
-    ) -> None:
-        owner = labels.get(constants.LABEL_JOB_NAME)
-        if namespace is None or not owner or not resource.kind:
-            return
-        deleted = type == "DELETED"
-        changed = reconciler.inventory.seen(
-            resource.kind, namespace, name, deleted=deleted, content=inventory.owned_content(body)
-        )
-        if deleted or changed:
-            work.add(namespace, owner)
-
-    gang_apis = list(reconciler.defaults.pod_group_apis)
-    if reconciler.defaults.native_gang:
-        gang_apis.append(gang.WORKLOAD_API_VERSION)
-    for api_version in gang_apis:
-        # The attempts' gang objects, watched where their API was served at start-up.
-        group, _, version = api_version.partition("/")
-        restorable_child_event = kopf.on.event(
-            group, version, gang.PLURALS[api_version], labels=children, registry=registry
-        )(restorable_child_event)
-
+    cache.listener = _child_listener(reconciler, work)
     if options.kueue:
 
         @kopf.on.event(
@@ -217,6 +173,34 @@ def build_registry(
                     work.add(namespace, owner)
 
     return registry
+
+
+def _child_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listener:
+    """What the cache's changes of children do: queue the owning job when something the
+    lifecycle reacts to changed (a Job's or pod's fingerprint), and keep the inventory of
+    restorable children (a deleted or changed one is put back by the next reconcile)."""
+    seen = _Fingerprints()
+
+    def changed(kind: str, event: str, obj: Mapping[str, Any], _: Any) -> None:
+        metadata = obj["metadata"]
+        namespace, name = metadata.get("namespace"), metadata["name"]
+        owner = (metadata.get("labels") or {}).get(constants.LABEL_JOB_NAME)
+        if not namespace or not owner:
+            return
+        deleted = event == "DELETED"
+        if kind in ("Job", "Pod"):
+            fingerprint = None if deleted else observe.fingerprint(obj)
+            if seen.changed(str(metadata.get("uid")), fingerprint):
+                work.add(namespace, owner)
+        elif kind in inventory.RESTORABLE_KINDS:
+            content = None if deleted else inventory.owned_content(obj)
+            fresh = reconciler.inventory.seen(
+                kind, namespace, name, deleted=deleted, content=content
+            )
+            if deleted or fresh:
+                work.add(namespace, owner)
+
+    return changed
 
 
 class _Fingerprints:

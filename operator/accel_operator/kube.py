@@ -135,6 +135,9 @@ class KubeClient:
         self.write_fence: Callable[[], None] | None = None
         """Called before every write except the Lease's own; raising stops the write (a replica
         that is not the leader, see :mod:`accel_operator.leader`)."""
+        self.on_written: Callable[[Mapping[str, Any]], None] | None = None
+        """Called with the object a child's apply or a status patch answered (the object as
+        stored), so that the informer's cache is never older than the operator's own writes."""
 
     # --- transport ---------------------------------------------------------------------------
     def request(
@@ -186,6 +189,7 @@ class KubeClient:
         field_selector: str | None = None,
         resource_version: str | None = None,
         timeout_seconds: int | None = None,
+        bookmarks: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """The events (``type``, ``object`` as a dict) of a watch on a collection path, through
         :class:`kubernetes.watch.Watch`: when the API server ends the stream it resumes from the
@@ -219,13 +223,27 @@ class KubeClient:
         )
         try:
             for event in stream:
-                if event["type"] != "BOOKMARK":
+                if bookmarks or event["type"] != "BOOKMARK":
                     yield {"type": event["type"], "object": event["raw_object"]}
         except kubernetes.client.ApiException as error:
             body = str(error.body or error.reason or "")
             raise ApiError("WATCH", path, int(error.status or 0), body) from None
         finally:
             stream.close()
+
+    def list_collection(
+        self, path: str, *, resource: str, label_selector: str | None = None
+    ) -> dict[str, Any]:
+        """A LIST answer (``items`` and ``metadata.resourceVersion``) of a collection path."""
+        query = {} if label_selector is None else {"labelSelector": label_selector}
+        answer: dict[str, Any] = self.request(
+            "GET", path, verb="list", resource=resource, query=query, timeout=60.0
+        )
+        return answer
+
+    def _written(self, answer: Any) -> None:
+        if self.on_written is not None and isinstance(answer, Mapping) and "metadata" in answer:
+            self.on_written(answer)
 
     # --- the AccelTrainJob ---------------------------------------------------------------------
     def get_accel_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -241,7 +259,7 @@ class KubeClient:
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Replace the status (a merge patch of all of it; None values remove fields)."""
-        self.request(
+        answer = self.request(
             "PATCH",
             _path(api.KIND, namespace, name, "status"),
             verb="patch",
@@ -249,6 +267,7 @@ class KubeClient:
             body={"status": dict(status)},
             content_type=MERGE_PATCH_CONTENT_TYPE,
         )
+        self._written(answer)
 
     def delete_accel_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete the AccelTrainJob (only the one with this uid); children go by GC."""
@@ -397,7 +416,7 @@ class KubeClient:
         query = {"fieldManager": constants.FIELD_MANAGER, "force": "true"}
         if dry_run:
             query["dryRun"] = "All"
-        self.request(
+        answer = self.request(
             "PATCH",
             path,
             verb="dry-run" if dry_run else "apply",
@@ -406,6 +425,8 @@ class KubeClient:
             body=dict(obj),
             content_type=APPLY_CONTENT_TYPE,
         )
+        if not dry_run:
+            self._written(answer)
 
     def _delete(
         self, kind: str, namespace: str, name: str, *, resource: str, body: Mapping[str, Any]

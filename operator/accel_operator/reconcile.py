@@ -2,8 +2,8 @@
 
 The JobSet-style loop (observe, decide, act; docs/design.md#the-reconcile-loop):
 
-1. observe: the AccelTrainJob (a fresh GET), its attempt Jobs and worker pods (LISTs by label),
-   the scheduler's FailedScheduling events when a pod cannot be placed, the failed worker's log
+1. observe: the AccelTrainJob, its attempt Jobs and worker pods (from the informer's cache,
+   :mod:`accel_operator.informer`; from the API server until it has listed them), the scheduler's FailedScheduling events when a pod cannot be placed, the failed worker's log
    tail when an attempt failed, and rank 0's metrics while the attempt runs;
 2. :func:`accel_operator.lifecycle.decide` (pure) computes the new status and the actions;
 3. act in the order the lifecycle relies on: create the new attempt's children (server-side
@@ -21,6 +21,7 @@ more, so bursts of pod events coalesce into a few reconciles. Everything is idem
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import logging
@@ -36,6 +37,7 @@ from accel_operator import (
     api,
     constants,
     gang,
+    informer,
     inventory,
     lifecycle,
     observe,
@@ -88,8 +90,12 @@ class Reconciler:
         read_pod_logs: bool = True,
         defaults: render.ClusterDefaults | None = None,
         clock: Clock = utc_now,
+        cache: informer.Informer | None = None,
     ) -> None:
         self.kube = kube
+        self.cache = cache
+        """Where reconciles read the jobs and their children once it has listed them all; the
+        API server before that, and always without one."""
         self.inventory = inventory.ChildInventory()
         """Fed by the watches of the jobs' Services and ConfigMaps (handlers)."""
         self.defaults = defaults or render.ClusterDefaults()
@@ -174,7 +180,7 @@ class Reconciler:
     # --- one pass ----------------------------------------------------------------------------
     def reconcile_once(self, namespace: str, name: str) -> float | None:
         """Observe, decide, act; returns seconds until a time-based step is due (None: never)."""
-        body = self.kube.get_accel_job(namespace, name)
+        body = self._read_accel_job(namespace, name)
         if body is None:
             # Deleted: a late event of one of its pods brought us here.
             self.forget(namespace, name)
@@ -386,6 +392,32 @@ class Reconciler:
                 logger.warning("could not post event %s: %s", event.reason, error)
         return deferred
 
+    # --- reading -----------------------------------------------------------------------------
+    def _read_accel_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The AccelTrainJob from the cache, else (not listed yet, or created a moment ago) from
+        the API server."""
+        if self.cache is not None and self.cache.synced:
+            cached = self.cache.store.get(api.KIND, namespace, name)
+            if cached is not None:
+                return copy.deepcopy(cached)
+        body = self.kube.get_accel_job(namespace, name)
+        if body is not None and self.cache is not None:
+            self.cache.record(body)
+        return body
+
+    def _attempt_jobs(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        if self.cache is not None and self.cache.synced:
+            return self.cache.store.owned("Job", namespace, name)
+        return self.kube.list_attempt_jobs(namespace, name)
+
+    def _worker_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        if self.cache is not None and self.cache.synced:
+            pods = self.cache.store.owned("Pod", namespace, name)
+            role = constants.LABEL_ROLE
+            worker = constants.ROLE_WORKER
+            return [p for p in pods if (p["metadata"].get("labels") or {}).get(role) == worker]
+        return self.kube.list_worker_pods(namespace, name)
+
     # --- observing ---------------------------------------------------------------------------
     def observe(
         self, body: dict[str, Any], spec: api.AccelTrainJobSpec, status: api.AccelTrainJobStatus
@@ -394,12 +426,10 @@ class Reconciler:
         namespace, name = metadata["namespace"], metadata["name"]
         attempts = tuple(
             view
-            for view in (
-                observe.attempt_view(job) for job in self.kube.list_attempt_jobs(namespace, name)
-            )
+            for view in (observe.attempt_view(job) for job in self._attempt_jobs(namespace, name))
             if view is not None
         )
-        raw_pods = self.kube.list_worker_pods(namespace, name)
+        raw_pods = self._worker_pods(namespace, name)
         pods = [observe.pod_view(pod) for pod in raw_pods]
         if observe.needs_scheduler_events(pods):
             messages = observe.scheduler_messages(self.kube.list_scheduling_events(namespace))

@@ -16,13 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from accel_operator import api, constants, gang
-from accel_trainer.config import (
+from accel_contract.config import (
     CheckpointConfig,
     JobIdentity,
     SchedulerType,
     TrainerConfig,
 )
+from accel_operator import api, constants, gang
 
 TERMINATION_GRACE_SECONDS = 120
 TRAINER_COMMAND = ("python", "-m", "accel_trainer", "run", "--config")

@@ -5,7 +5,7 @@ Rules are keyed by the name of the API model they sit on (``self`` in their CEL 
 to the CRD so that ``kubectl apply`` refuses a spec that breaks one, with the rule's message on
 the rule's field; :mod:`accel_operator.api` runs the Python checks when it parses a spec (defence
 in depth: a CRD installed from an older chart, or a spec stored before a rule existed). The rules
-of the run settings that the trainer checks too come from :mod:`accel_trainer.rules`.
+of the run settings that the trainer checks too come from :mod:`accel_contract.rules`.
 
 Also here: what Kubernetes will check later, in the form the API server can check now (image
 references, quantities, label syntax, tolerations, reserved volumes, the ports of every local
@@ -22,9 +22,9 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from accel_contract.config import DEFAULT_MASTER_PORT, RESERVED_ENV_NAMES, RESERVED_ENV_PREFIX
+from accel_contract.rules import CEL_PROCS, RUN_RULES, Rule, RunFacts
 from accel_operator import constants
-from accel_trainer.config import DEFAULT_MASTER_PORT, RESERVED_ENV_NAMES, RESERVED_ENV_PREFIX
-from accel_trainer.rules import CEL_PROCS, RUN_RULES, Rule, RunFacts
 
 # --- grammars Kubernetes applies to the children --------------------------------------------
 # An OCI image reference: [registry[:port]/]path[:tag][@digest], no whitespace.

@@ -20,27 +20,28 @@ from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from accel_contract import metrics as contract
 from accel_operator.lifecycle import ProgressSample
 
 logger = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# Series of the trainer's metrics contract (the README's metrics table) that status.progress uses.
-STEP = "acceltrain_step"
-STEPS_THIS_PROCESS = "acceltrain_optimizer_steps_total"
-SAMPLES_PER_SECOND = "acceltrain_samples_per_second"
-TOKENS_PER_SECOND = "acceltrain_tokens_per_second"
-TFLOPS_PER_DEVICE = "acceltrain_tflops_per_device"
-MFU = "acceltrain_mfu_ratio"
-PADDING_EFFICIENCY = "acceltrain_padding_efficiency_ratio"
-LOSS = "acceltrain_loss"
-SPARSITY = "acceltrain_sparsity_ratio"
-CHECKPOINT_STEP = "acceltrain_last_checkpoint_step"
-OWN_SECONDS = "acceltrain_step_own_seconds"
+# Samples of the trainer's metrics contract that status.progress and the straggler check use.
+STEP = contract.STEP.sample
+STEPS_THIS_PROCESS = contract.OPTIMIZER_STEPS.sample
+SAMPLES_PER_SECOND = contract.SAMPLES_PER_SECOND.sample
+TOKENS_PER_SECOND = contract.TOKENS_PER_SECOND.sample
+TFLOPS_PER_DEVICE = contract.TFLOPS_PER_DEVICE.sample
+MFU = contract.MFU.sample
+PADDING_EFFICIENCY = contract.PADDING_EFFICIENCY.sample
+LOSS = contract.LOSS.sample
+SPARSITY = contract.SPARSITY.sample
+CHECKPOINT_STEP = contract.LAST_CHECKPOINT_STEP.sample
+OWN_SECONDS = contract.STEP_OWN_SECONDS.sample
 # The memory preflight's estimate for one rank (kind="device") and the memory the rank has.
-ESTIMATED_MEMORY = "acceltrain_estimated_memory_bytes"
-MEMORY_BUDGET = "acceltrain_memory_budget_bytes"
+ESTIMATED_MEMORY = contract.ESTIMATED_MEMORY.sample
+MEMORY_BUDGET = contract.MEMORY_BUDGET.sample
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 T = TypeVar("T")

@@ -3,7 +3,8 @@ Docker where it answers) the way a node starts them: non-root, read-only root fi
 network. This machine has no GPU, so what a GPU node would meet before its first step is checked
 here: DeepSpeed's ops are compiled into the image for the torch it ships, load without a compiler
 (there is none in the image), and the entry point answers as the non-root user. Every image holds
-the versions the suite runs on (its constraints file, `make lock`).
+the versions the suite runs on (its constraints file, `make lock`), and only its own package and
+the contract package (accel_contract).
 
 The CPU image also trains in real containers in tests/integration/test_real_node.py.
 """
@@ -141,3 +142,37 @@ def test_each_image_installs_the_pinned_versions_the_suite_runs_on(image: str, l
     # Everything the image runs is pinned: torch, DeepSpeed and the trainer's or operator's
     # dependencies are all in the image.
     assert {"pydantic", "prometheus-client"} <= installed.keys() & pinned.keys()
+
+
+PACKAGES_PROBE = """
+import importlib.util, json, shutil, sys
+print(json.dumps({
+    "packages": sorted(n for n in sys.argv[1:] if importlib.util.find_spec(n) is not None),
+    "scripts": sorted(s for s in ("acceltrain-operator", "accel-trainer") if shutil.which(s)),
+}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("image", "own_package", "script"),
+    [
+        ("operator", "accel_operator", "acceltrain-operator"),
+        ("trainer", "accel_trainer", "accel-trainer"),
+        ("trainer-cpu", "accel_trainer", "accel-trainer"),
+    ],
+)
+def test_each_image_carries_its_own_package_and_the_contract_and_nothing_of_the_other(
+    image: str, own_package: str, script: str
+) -> None:
+    output = _run_in_image(
+        image_names()[image],
+        "-c",
+        PACKAGES_PROBE,
+        "accel_operator",
+        "accel_trainer",
+        "accel_contract",
+        entrypoint="python",
+    )
+    found = json.loads(output.strip().splitlines()[-1])
+
+    assert found == {"packages": sorted([own_package, "accel_contract"]), "scripts": [script]}

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from accel_contract import package_version
 from accel_operator import api, constants
-from accel_trainer import package_version
 from localcluster import kwok
 
 from .operator_harness import (

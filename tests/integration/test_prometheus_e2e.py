@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from accel_trainer.config import ENV_POD_NAME
+from accel_contract.config import ENV_POD_NAME
 from localcluster import Cluster
 from localcluster.demo import demo_documents, demo_job
 from localcluster.processes import ProcessRecord, is_alive

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from accel_trainer.config import ENV_MEMORY_LIMIT_BYTES
+from accel_contract.config import ENV_MEMORY_LIMIT_BYTES
 
 from .conftest import render_job, run_trainer
 

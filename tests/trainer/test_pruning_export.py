@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from accel_trainer.config import Task
+from accel_contract.config import Task
 from accel_trainer.export import load_quantized
 
 from .conftest import render_job, run_trainer

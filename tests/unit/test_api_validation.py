@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from accel_contract.config import RESERVED_ENV_NAMES
 from accel_operator import api
 from accel_operator.api import SpecError, parse_spec
-from accel_trainer.config import RESERVED_ENV_NAMES
 
 from .conftest import MINIMAL_SPEC
 

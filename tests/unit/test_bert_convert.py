@@ -274,8 +274,8 @@ def test_the_converted_directory_loads_offline_with_a_cased_fast_tokenizer(
 def test_the_trainer_loads_the_converted_directory_for_token_classification(
     converted: Path, original: Any
 ) -> None:
+    from accel_contract.config import Task
     from accel_trainer import models, tokenization
-    from accel_trainer.config import Task
 
     labels = ["O", "B-LOC", "I-LOC"]
     tokenizer = tokenization.load_pretrained(str(converted), Task.TOKEN_CLASSIFICATION, 16)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from accel_contract.config import TrainerConfig
 from accel_operator import api, constants, render
-from accel_trainer.config import TrainerConfig
 
 from .conftest import example_files, load_example
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from accel_trainer.config import DataSpec, ModelSpec, Padding, SyntheticDataSpec, Task
+from accel_contract.config import DataSpec, ModelSpec, Padding, SyntheticDataSpec, Task
 from accel_trainer.data import (
     IGNORE_INDEX,
     PAD_MULTIPLE,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from accel_trainer.config import Task
+from accel_contract.config import Task
 from accel_trainer.data import IGNORE_INDEX, TokenizedSplit
 from accel_trainer.evaluate import Evaluator, extract_entities, format_report
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as torch_dist
 
-from accel_trainer.config import ExitCode, TrainerConfig
+from accel_contract.config import ExitCode, TrainerConfig
 from accel_trainer.errors import DataError, MissingInputError, exit_code_for
 from accel_trainer.launch import (
     RankOutcome,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from accel_trainer.config import ENV_MEMORY_LIMIT_BYTES, ExitCode, ModelSpec, TrainerConfig
+from accel_contract.config import ENV_MEMORY_LIMIT_BYTES, ExitCode, ModelSpec, TrainerConfig
 from accel_trainer.errors import ConfigError
 from accel_trainer.memoryfit import (
     FIT_MARGIN,

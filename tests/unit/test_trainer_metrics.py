@@ -13,6 +13,7 @@ import time
 import types
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import prometheus_client
 import pytest
@@ -99,6 +100,19 @@ def http_scrape(metrics: TrainerMetrics) -> tuple[str, str]:
 
 
 # --- the contract ---------------------------------------------------------------------------
+def test_the_readme_metrics_table_lists_every_contract_series_with_its_type() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    trainer_table = readme[readme.index("**Trainer**") : readme.index("**Operator**")]
+    listed: dict[str, str] = {}
+    for row in trainer_table.splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if len(cells) < 2 or not cells[0].startswith("`acceltrain_"):
+            continue
+        for name in re.findall(r"`(acceltrain_[a-z_]+)", cells[0]):
+            listed[name.removesuffix("_total")] = cells[1]
+    assert listed == TRAINER_CONTRACT_FAMILIES
+
+
 def test_every_contract_metric_is_exported_with_its_type_and_labels() -> None:
     metrics = make_metrics()
     record_steps(metrics, [(0.5, 16, 1024), (0.25, 16, 1024), (0.25, 16, 1024)])

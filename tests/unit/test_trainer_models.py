@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from accel_trainer.config import Architecture, ModelSpec, Task
+from accel_contract.config import Architecture, ModelSpec, Task
 from accel_trainer.models import build_model, model_shape
 from accel_trainer.tokenization import from_serialized, train_wordpiece
 

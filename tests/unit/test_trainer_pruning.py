@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from accel_trainer.config import PruningScope, PruningSpec
+from accel_contract.config import PruningScope, PruningSpec
 from accel_trainer.errors import ConfigError
 from accel_trainer.pruning import Pruner, cubic_sparsity, is_pruning_round, select_parameters
 from accel_trainer.weights import MasterWeights

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from accel_trainer.config import TrainerConfig
+from accel_contract.config import TrainerConfig
 from accel_trainer.errors import ConfigError, MissingInputError
 from accel_trainer.runconfig import (
     LocalOverrides,

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from accel_trainer import package_version
+from accel_contract import package_version
 
 from .conftest import REPO_ROOT
 

@@ -5,19 +5,6 @@ starts the pod's local ranks (:mod:`launch`), and each rank runs the DeepSpeed t
 (:mod:`train`): data (:mod:`data`, :mod:`tokenization`), model (:mod:`models`), ZeRO engine,
 pruning (:mod:`pruning`, :mod:`weights`), checkpoints (:mod:`checkpoint`), evaluation
 (:mod:`evaluate`), the final export (:mod:`export`) and the Prometheus exporter (:mod:`metrics`).
-:mod:`config` is the contract with the operator; :mod:`errors` maps failures to its exit codes.
+Its contract with the operator (``trainer.json``, the pod env, exit codes, metric names) is the
+:mod:`accel_contract` package; :mod:`errors` maps failures to the contract's exit codes.
 """
-
-from importlib import metadata as _metadata
-
-DISTRIBUTION = "acceltrain"
-"""The Python distribution both images install (pyproject.toml), whose version the CLIs and the
-operator's build_info metric report."""
-
-
-def package_version() -> str:
-    """The installed acceltrain version; "unknown" when run from a tree that is not installed."""
-    try:
-        return _metadata.version(DISTRIBUTION)
-    except _metadata.PackageNotFoundError:
-        return "unknown"

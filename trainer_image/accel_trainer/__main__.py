@@ -5,7 +5,7 @@
 
 ``run`` reads and checks trainer.json and ds_config.json (exit 64/66 with one line naming the
 field or file), then starts the ranks through :mod:`accel_trainer.launch` and exits with the
-code it decides (see that module and :class:`accel_trainer.config.ExitCode`). ``worker`` is
+code it decides (see that module and :class:`accel_contract.config.ExitCode`). ``worker`` is
 started by the launcher once per local rank and is not meant to be run by hand.
 """
 
@@ -16,8 +16,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from accel_trainer import package_version
-from accel_trainer.config import DEFAULT_CONFIG_PATH, ENV_CONFIG, ENV_METRICS_PORT
+from accel_contract import package_version
+from accel_contract.config import DEFAULT_CONFIG_PATH, ENV_CONFIG, ENV_METRICS_PORT
 from accel_trainer.errors import ConfigError, TrainerError, exit_code_for, one_line
 from accel_trainer.launch import (
     DEFAULT_RENDEZVOUS_TIMEOUT_S,

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from accel_trainer.config import (
+from accel_contract.config import (
     DataFormat,
     DataSpec,
     ModelSpec,

@@ -8,7 +8,7 @@ memory, a lost peer) so that the operator can tell a retry that may help from on
 
 from __future__ import annotations
 
-from accel_trainer.config import ExitCode
+from accel_contract.config import ExitCode
 
 
 class TrainerError(Exception):

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as functional
 
-from accel_trainer.config import Task
+from accel_contract.config import Task
 from accel_trainer.data import IGNORE_INDEX, OUTSIDE_TAG, TokenizedSplit, eval_shard
 
 Forward = Callable[[dict[str, torch.Tensor]], torch.Tensor]

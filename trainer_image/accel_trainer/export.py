@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from accel_trainer.config import QuantizeMode, Task
+from accel_contract.config import QuantizeMode, Task
 from accel_trainer.evaluate import Evaluator
 from accel_trainer.pruning import Pruner
 from accel_trainer.weights import MasterWeights

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accel_trainer.config import (
+from accel_contract.config import (
     DEFAULT_MASTER_PORT,
     ENV_JOB_COMPLETION_INDEX,
     ENV_MASTER_ADDR,

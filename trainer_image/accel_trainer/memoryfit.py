@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accel_trainer.config import ENV_MEMORY_LIMIT_BYTES, TrainerConfig
+from accel_contract.config import ENV_MEMORY_LIMIT_BYTES, TrainerConfig
 from accel_trainer.errors import ConfigError
 from accel_trainer.models import ModelShape, empty_model, model_shape
 from accel_trainer.runconfig import micro_batch_of, precision_of, zero_stage_of

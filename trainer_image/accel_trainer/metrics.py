@@ -1,12 +1,9 @@
 """The trainer's Prometheus exporter and the throughput arithmetic behind it.
 
-Owns the per-rank metrics contract (the README's metrics table;
-docs/design.md#the-metrics-contract): every series is prefixed ``acceltrain_`` and labelled
-``acceltrain_job`` (the AccelTrainJob's name), ``node_rank`` and ``rank``: none of them is a label
-Prometheus gives its targets (``job``, ``namespace``, ``pod``), so no scrape configuration renames
-them to ``exported_*``; the namespace is the target's. The operator
-scrapes rank 0's exporter for ``status.progress``; Prometheus and the Grafana dashboard read all
-ranks. The training loop drives it::
+Exports the per-rank series of the metrics contract (:mod:`accel_contract.metrics`, the README's
+metrics table; docs/design.md#the-metrics-contract), labelled ``acceltrain_job``, ``node_rank``
+and ``rank``. The operator scrapes rank 0's exporter for ``status.progress``; Prometheus and the
+Grafana dashboard read all ranks. The training loop drives it::
 
     metrics = TrainerMetrics(job="bert", node_rank=0, rank=0)
     metrics.serve(9400)
@@ -59,63 +56,24 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
+
+from accel_contract import metrics as contract
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
-METRIC_PREFIX: Final = "acceltrain"
-JOB_LABEL: Final = "acceltrain_job"
-LABEL_NAMES: Final = (JOB_LABEL, "node_rank", "rank")
+METRIC_PREFIX: Final = contract.PREFIX
+JOB_LABEL: Final = contract.JOB_LABEL
+LABEL_NAMES: Final = contract.RANK_LABELS
 DEFAULT_RATE_WINDOW_STEPS: Final = 20
 # The kind label of acceltrain_estimated_memory_bytes: where the estimated bytes live.
 MEMORY_ESTIMATE_KINDS: Final = ("device", "host")
-
-# Steps range from milliseconds (a tiny model on a GPU) to minutes (a large ZeRO-3 model with
-# offload on CPU); checkpoints from a fraction of a second to the better part of an hour.
-STEP_SECONDS_BUCKETS: Final = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
-CHECKPOINT_SECONDS_BUCKETS: Final = (
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-    1800.0,
-    3600.0,
-)
 
 # Accepted spellings of the training precision, mapped to the table's column names.
 _PRECISION_ALIASES: Final = {
@@ -395,6 +353,20 @@ class _StepSample:
     own_seconds: float | None
 
 
+def _family(
+    series: contract.Series, registry: prometheus_client.CollectorRegistry
+) -> prometheus_client.Counter | prometheus_client.Gauge | prometheus_client.Histogram:
+    """The Prometheus family of one contract series (counters gain "_total" on exposition)."""
+    labels = (*LABEL_NAMES, *series.extra_labels)
+    if series.kind == "counter":
+        return prometheus_client.Counter(series.name, series.help, labels, registry=registry)
+    if series.kind == "gauge":
+        return prometheus_client.Gauge(series.name, series.help, labels, registry=registry)
+    return prometheus_client.Histogram(
+        series.name, series.help, labels, buckets=series.buckets, registry=registry
+    )
+
+
 class TrainerMetrics:
     """One rank's metrics: Prometheus series in a private registry plus the rate window.
 
@@ -443,130 +415,44 @@ class TrainerMetrics:
         self._server_thread: threading.Thread | None = None
         self._latest: dict[str, float] = {}
 
-        def counter(name: str, documentation: str) -> prometheus_client.Counter:
-            return prometheus_client.Counter(
-                f"{METRIC_PREFIX}_{name}", documentation, LABEL_NAMES, registry=self.registry
-            )
+        family = {series.short_name: _family(series, self.registry) for series in contract.SERIES}
 
-        def gauge(
-            name: str, documentation: str, extra_labels: Iterable[str] = ()
-        ) -> prometheus_client.Gauge:
-            return prometheus_client.Gauge(
-                f"{METRIC_PREFIX}_{name}",
-                documentation,
-                (*LABEL_NAMES, *extra_labels),
-                registry=self.registry,
-            )
+        def rank_series(series: contract.Series) -> Any:
+            return family[series.short_name].labels(**self.labels)
 
-        def histogram(
-            name: str, documentation: str, buckets: tuple[float, ...]
-        ) -> prometheus_client.Histogram:
-            return prometheus_client.Histogram(
-                f"{METRIC_PREFIX}_{name}",
-                documentation,
-                LABEL_NAMES,
-                buckets=buckets,
-                registry=self.registry,
-            )
-
-        # prometheus_client appends "_total" to counter names on exposition.
-        self._samples_total = counter(
-            "train_samples", "Training samples this rank has processed in optimizer steps."
-        ).labels(**self.labels)
-        self._tokens_total = counter(
-            "train_tokens",
-            "Real (non-padding) training tokens this rank has processed in optimizer steps.",
-        ).labels(**self.labels)
-        self._processed_tokens_total = counter(
-            "train_processed_tokens",
-            "Token positions this rank's model ran over in optimizer steps, padding included.",
-        ).labels(**self.labels)
-        self._steps_total = counter(
-            "optimizer_steps", "Optimizer steps this rank has completed in this process."
-        ).labels(**self.labels)
-        self._step = gauge("step", "Current optimizer step of the run.").labels(**self.labels)
-        self._checkpoint_step = gauge(
-            "last_checkpoint_step",
-            "Optimizer step of the latest complete checkpoint (-1 before the first).",
-        ).labels(**self.labels)
+        self._samples_total = rank_series(contract.TRAIN_SAMPLES)
+        self._tokens_total = rank_series(contract.TRAIN_TOKENS)
+        self._processed_tokens_total = rank_series(contract.PROCESSED_TOKENS)
+        self._steps_total = rank_series(contract.OPTIMIZER_STEPS)
+        self._step = rank_series(contract.STEP)
+        self._checkpoint_step = rank_series(contract.LAST_CHECKPOINT_STEP)
         self._checkpoint_step.set(-1)
-        self._samples_per_second = gauge(
-            "samples_per_second",
-            "Samples per second of this rank over the last optimizer steps.",
-        ).labels(**self.labels)
-        self._tokens_per_second = gauge(
-            "tokens_per_second",
-            "Real (non-padding) tokens per second of this rank over the last optimizer steps.",
-        ).labels(**self.labels)
-        self._padding_efficiency = gauge(
-            "padding_efficiency_ratio",
-            "Real tokens over processed token positions of this rank over the last optimizer "
-            "steps (1: no padding; 0 before the first step).",
-        ).labels(**self.labels)
-        self._tflops_per_device = gauge(
-            "tflops_per_device",
-            "Model TFLOP/s of this rank's device: (6 * params + attention) FLOPs per token "
-            "times tokens per second, divided by 1e12.",
-        ).labels(**self.labels)
-        self._mfu = gauge(
-            "mfu_ratio",
-            "Model FLOPs utilisation: tflops_per_device divided by the device's peak TFLOP/s "
-            "at the training precision.",
-        ).labels(**self.labels)
-        self._loss = gauge("loss", "Training loss of the last optimizer step.").labels(
-            **self.labels
-        )
-        self._learning_rate = gauge(
-            "learning_rate", "Learning rate of the last optimizer step."
-        ).labels(**self.labels)
-        self._sparsity = gauge(
-            "sparsity_ratio", "Fraction of prunable weights that are zero, measured on weights."
-        ).labels(**self.labels)
-        self._loss_scale = gauge(
-            "loss_scale", "Loss scale of mixed-precision training (1 when not scaling)."
-        ).labels(**self.labels)
+        self._samples_per_second = rank_series(contract.SAMPLES_PER_SECOND)
+        self._tokens_per_second = rank_series(contract.TOKENS_PER_SECOND)
+        self._padding_efficiency = rank_series(contract.PADDING_EFFICIENCY)
+        self._tflops_per_device = rank_series(contract.TFLOPS_PER_DEVICE)
+        self._mfu = rank_series(contract.MFU)
+        self._loss = rank_series(contract.LOSS)
+        self._learning_rate = rank_series(contract.LEARNING_RATE)
+        self._sparsity = rank_series(contract.SPARSITY)
+        self._loss_scale = rank_series(contract.LOSS_SCALE)
         self._loss_scale.set(1.0)
-        self._device_memory = gauge(
-            "device_memory_bytes",
-            "Memory of this rank's device: allocated, reserved, max_allocated on CUDA; "
-            "process rss on CPU.",
-            extra_labels=("kind",),
+        # The per-kind series: labelled when a kind is reported (estimates: both from the start).
+        self._device_memory = cast(
+            prometheus_client.Gauge, family[contract.DEVICE_MEMORY.short_name]
         )
-        self._estimated_memory = gauge(
-            "estimated_memory_bytes",
-            "Memory the start-up preflight estimates this rank needs for model states and "
-            "activations: device (all of it on a CPU trainer) and host (offloaded optimizer "
-            "state and parameters); 0 until estimated.",
-            extra_labels=("kind",),
+        self._estimated_memory = cast(
+            prometheus_client.Gauge, family[contract.ESTIMATED_MEMORY.short_name]
         )
         for kind in MEMORY_ESTIMATE_KINDS:
             self._estimated_memory.labels(**self.labels, kind=kind)
-        self._memory_budget = gauge(
-            "memory_budget_bytes",
-            "Memory this rank has as the preflight sees it: its GPU, or on a CPU trainer the "
-            "container's memory limit over the pod's local ranks; 0 when not known.",
-        ).labels(**self.labels)
-        self._step_seconds = histogram(
-            "step_seconds", "Wall-clock seconds of one optimizer step.", STEP_SECONDS_BUCKETS
-        ).labels(**self.labels)
-        self._step_own_seconds = gauge(
-            "step_own_seconds",
-            "Seconds per optimizer step this rank spent on work that waits for no other rank "
-            "(loading its micro-batches, their forward passes), over the last steps; 0 before "
-            "the first. Every rank's step takes as long as the slowest rank's, so this is what "
-            "tells a straggler apart.",
-        ).labels(**self.labels)
-        self._checkpoint_seconds = histogram(
-            "checkpoint_seconds",
-            "Wall-clock seconds of one checkpoint save.",
-            CHECKPOINT_SECONDS_BUCKETS,
-        ).labels(**self.labels)
+        self._memory_budget = rank_series(contract.MEMORY_BUDGET)
+        self._step_seconds = rank_series(contract.STEP_SECONDS)
+        self._step_own_seconds = rank_series(contract.STEP_OWN_SECONDS)
+        self._checkpoint_seconds = rank_series(contract.CHECKPOINT_SECONDS)
         # prometheus_client appends "_info", giving acceltrain_info.
         self._info = prometheus_client.Info(
-            METRIC_PREFIX,
-            "Device, precision and where the MFU denominator comes from.",
-            LABEL_NAMES,
-            registry=self.registry,
+            METRIC_PREFIX, contract.INFO_HELP, LABEL_NAMES, registry=self.registry
         ).labels(**self.labels)
         self.record_device_memory()
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from accel_trainer.config import Architecture, ModelArchitectureSpec, ModelSpec, Task
+from accel_contract.config import Architecture, ModelArchitectureSpec, ModelSpec, Task
 from accel_trainer.errors import ConfigError, MissingInputError
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from accel_trainer.config import PruningScope, PruningSpec
+from accel_contract.config import PruningScope, PruningSpec
 from accel_trainer.errors import ConfigError
 from accel_trainer.weights import MasterWeights, full_numel, full_shape
 

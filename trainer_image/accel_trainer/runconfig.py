@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from accel_trainer import rules
-from accel_trainer.config import TrainerConfig
+from accel_contract import rules
+from accel_contract.config import TrainerConfig
 from accel_trainer.errors import ConfigError, MissingInputError
 
 # DeepSpeed schedulers whose length is their total_num_steps parameter.

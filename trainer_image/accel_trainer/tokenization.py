@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from accel_trainer.config import ModelSpec, Task
+from accel_contract.config import ModelSpec, Task
 from accel_trainer.errors import MissingInputError
 
 DEFAULT_VOCAB_SIZE = 8192

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from accel_contract.config import ExitCode, TrainerConfig
 from accel_trainer import evaluate, export, memoryfit, tokenization
 from accel_trainer.checkpoint import TOKENIZER_DIR, CheckpointStore, TrainState
-from accel_trainer.config import ExitCode, TrainerConfig
 from accel_trainer.data import (
     DataPosition,
     Examples,
