@@ -21,9 +21,10 @@ The create/resume/update handler is sync (kopf runs it in its thread pool) becau
 drives kopf's retries. The timer, kopf's event handlers and the informer's listener only mark
 the job in a :class:`~accel_operator.workqueue.WorkQueue`, whose own threads reconcile: no
 watch ever waits on the API server. kopf watches only AccelTrainJobs (and Kueue's Workloads): it
-filters labels on the client side, so the children are the informer's, selected by the server. No ``on.delete`` handler: owner references and the
-garbage collector remove the children. kopf itself adds the finalizer ``acceltrain.io/finalizer``
-because of the timer, and removes it when the timer stops.
+filters labels on the client side, so the children are the informer's, selected by the server.
+No ``on.delete`` handler: owner references and the garbage collector remove the children. kopf
+itself adds the finalizer ``acceltrain.io/finalizer`` because of the timer, and removes it when
+the timer stops.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The JobSet-style loop (observe, decide, act; docs/design.md#the-reconcile-loop):
 
 1. observe: the AccelTrainJob, its attempt Jobs and worker pods (from the informer's cache,
-   :mod:`accel_operator.informer`; from the API server until it has listed them), the scheduler's FailedScheduling events when a pod cannot be placed, the failed worker's log
-   tail when an attempt failed, and rank 0's metrics while the attempt runs;
+   :mod:`accel_operator.informer`; from the API server until it has listed them), the
+   scheduler's FailedScheduling events when a pod cannot be placed, the failed worker's log tail
+   when an attempt failed, and rank 0's metrics while the attempt runs;
 2. :func:`accel_operator.lifecycle.decide` (pure) computes the new status and the actions;
 3. act in the order the lifecycle relies on: create the new attempt's children (server-side
    apply), then patch the status (only when it changed), then delete torn-down attempts or the
