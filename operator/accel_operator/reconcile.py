@@ -419,6 +419,13 @@ class Reconciler:
             return [p for p in pods if (p["metadata"].get("labels") or {}).get(role) == worker]
         return self.kube.list_worker_pods(namespace, name)
 
+    def _child_exists(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Whether a restorable child exists: the cache knows (it holds the operator's own
+        creations at once), else the API server."""
+        if self.cache is not None and self.cache.synced and kind in self.cache.kinds:
+            return self.cache.store.get(kind, namespace, name) is not None
+        return self.kube.child_exists(api_version, kind, namespace, name)
+
     # --- observing ---------------------------------------------------------------------------
     def observe(
         self, body: dict[str, Any], spec: api.AccelTrainJobSpec, status: api.AccelTrainJobStatus
@@ -544,7 +551,7 @@ class Reconciler:
                 continue
             api_version, child_name, rendered = renderers[kind]
             if not self.inventory.holds(kind, ref.namespace, child_name):
-                if self.kube.child_exists(api_version, kind, ref.namespace, child_name):
+                if self._child_exists(api_version, kind, ref.namespace, child_name):
                     self.inventory.seen(kind, ref.namespace, child_name, deleted=False)
                 else:
                     missing.append(kind)

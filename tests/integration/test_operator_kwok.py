@@ -539,6 +539,26 @@ def test_an_evicted_worker_restarts_the_group_without_spending_a_restart(
     assert 'acceltrain_operator_restarts_total{reason="Evicted"} 1.0' in operator.metrics()
 
 
+def test_an_attempt_job_deleted_behind_the_operators_back_starts_the_next_attempt(
+    crd: Any, namespace: str, kube: Api, operator: OperatorProcess
+) -> None:
+    """The operator reads its children from its watch cache: a Job deleted while the cache is
+    warm must leave it (no phantom attempt), and the lost attempt restarts the group."""
+    name = "lost-job"
+    spec = gpu_spec(workers=2, devices=1, backoffSeconds=1)
+    spec["env"] = [{"name": kwok.RUN_DURATION_ENV, "value": "6s"}]
+    kube.create_job(namespace, name, spec)
+    wait_for("the job to run", lambda: _phase(kube, namespace, name) == "Running", 60, 0.2)
+    crd.kubectl("delete", "job", f"{name}-a1", "-n", namespace, "--wait=false")
+
+    wait_for("Succeeded", lambda: _phase(kube, namespace, name) == "Succeeded", 90, 0.5)
+    status = kube.status(namespace, name)
+    assert status["attempt"] == 2
+    lost = [e for e in kube.events(namespace, name) if e["reason"] == "AttemptDeleted"]
+    assert lost and "the Job of attempt 1 was deleted while the attempt ran" in lost[0]["message"]
+    assert 'acceltrain_operator_restarts_total{reason="AttemptDeleted"} 1.0' in operator.metrics()
+
+
 def test_a_deleted_or_changed_service_config_map_and_gang_workload_come_back_while_it_runs(
     crd: Any, kube: Api, namespace: str, operator: OperatorProcess
 ) -> None:
