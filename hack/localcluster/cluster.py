@@ -131,7 +131,7 @@ def operator_argv(
     liveness_port: int,
     scrape_network: str,
     namespace: str | None = None,
-    resync_interval_seconds: float | None = None,
+    reconcile_interval_seconds: float | None = None,
     leader_election: tuple[float, float, float] | None = None,
 ) -> list[str]:
     """The operator's command line as it runs against a local cluster, from the repo root.
@@ -159,8 +159,8 @@ def operator_argv(
     if namespace is not None:
         argv += ["--namespace", namespace]
     argv += ["--metrics-port", str(metrics_port), "--liveness-port", str(liveness_port)]
-    if resync_interval_seconds is not None:
-        argv += ["--resync-interval", f"{resync_interval_seconds:g}"]
+    if reconcile_interval_seconds is not None:
+        argv += ["--reconcile-interval", f"{reconcile_interval_seconds:g}"]
     argv += ["--scrape-network", scrape_network, "--no-pod-logs"]
     return argv
 

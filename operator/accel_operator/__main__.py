@@ -16,7 +16,7 @@ Examples::
 Without ``--namespace`` the operator watches the whole cluster. The Helm chart sets these
 variables:
 
-- ``ACCELTRAIN_RECONCILE_INTERVAL`` (seconds): the default of ``--resync-interval``;
+- ``ACCELTRAIN_RECONCILE_INTERVAL`` (seconds): the default of ``--reconcile-interval``;
 - ``ACCELTRAIN_DEFAULT_TRAINER_IMAGE``: the image of jobs without ``spec.image``;
 - ``ACCELTRAIN_GPU_NODE_SELECTOR`` (a JSON object): the node selector of GPU workers whose
   ``spec.nodePool.nodeSelector`` is empty;
@@ -50,7 +50,7 @@ from accel_operator.leader import (
     StandbyHealth,
 )
 
-RESYNC_ENV = constants.ENV_RECONCILE_INTERVAL
+RECONCILE_INTERVAL_ENV = constants.ENV_RECONCILE_INTERVAL
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LEADERSHIP_LOST_EXIT_CODE = 75
 """Exit status of a leader that lost its Lease (EX_TEMPFAIL: the restarted container rejoins
@@ -63,15 +63,16 @@ LOG_LEVELS = {
 }
 
 
-def _default_resync_interval() -> float:
-    text = os.environ.get(RESYNC_ENV)
+def _default_reconcile_interval() -> float:
+    text = os.environ.get(RECONCILE_INTERVAL_ENV)
     if not text:
-        return OperatorOptions.resync_interval
+        return OperatorOptions.reconcile_interval
     try:
         return float(text)
     except ValueError:
         raise SystemExit(
-            f"{RESYNC_ENV}={text!r} is not a number of seconds; set it to, for example, 3"
+            f"{RECONCILE_INTERVAL_ENV}={text!r} is not a number of seconds; "
+            "set it to, for example, 3"
         ) from None
 
 
@@ -131,12 +132,13 @@ def _parser() -> argparse.ArgumentParser:
         help="kubeconfig to use outside a cluster (default: $KUBECONFIG, then ~/.kube/config)",
     )
     run.add_argument(
-        "--resync-interval",
+        "--reconcile-interval",
         type=float,
-        default=_default_resync_interval(),
+        default=_default_reconcile_interval(),
         metavar="SECONDS",
-        help=f"how often each job's timer looks for due work and scrapes progress "
-        f"(default ${RESYNC_ENV}, else 2)",
+        help="how often each running job is looked at (progress scrape, gang and stall "
+        "checks) and the least time between status writes that are not transitions (default "
+        f"${RECONCILE_INTERVAL_ENV}, else {constants.DEFAULT_RECONCILE_INTERVAL_SECONDS:g})",
     )
     run.add_argument(
         "--scrape-network",
@@ -228,8 +230,8 @@ def _checked_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = _parser().parse_args(argv)
     _check_port(args.metrics_port, "--metrics-port")
     _check_port(args.liveness_port, "--liveness-port")
-    if args.resync_interval <= 0:
-        raise SystemExit(f"--resync-interval {args.resync_interval}: must be > 0 seconds")
+    if args.reconcile_interval <= 0:
+        raise SystemExit(f"--reconcile-interval {args.reconcile_interval}: must be > 0 seconds")
     if args.max_workers < 1:
         raise SystemExit(f"--max-workers {args.max_workers}: must be >= 1")
     if args.leader_elect:
@@ -287,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         networks = parse_networks(args.scrape_network)
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    options = OperatorOptions(resync_interval=args.resync_interval, max_workers=args.max_workers)
+    options = OperatorOptions(
+        reconcile_interval=args.reconcile_interval, max_workers=args.max_workers
+    )
     metrics = OperatorMetrics()
     # A connection for each thread that may send a request, and one for each watch.
     watches = len(informer.CHILD_KINDS) + 3
@@ -327,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache=cache,
         scraper=ProgressScraper(networks),
         metrics=metrics,
-        progress_interval=args.resync_interval,
+        reconcile_interval=args.reconcile_interval,
         read_pod_logs=not args.no_pod_logs,
         defaults=defaults,
     )

@@ -58,6 +58,11 @@ LABEL_JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 # The operator's own settings, set by the Helm chart's Deployment (templates/deployment.yaml).
 ENV_RECONCILE_INTERVAL = "ACCELTRAIN_RECONCILE_INTERVAL"
+DEFAULT_RECONCILE_INTERVAL_SECONDS = 3.0
+"""How often a running job is looked at (progress scrape, gang and stall checks) and the least
+time between status writes that are not transitions: the CLI's ``--reconcile-interval``, the
+environment's ``ACCELTRAIN_RECONCILE_INTERVAL`` and the chart's
+``operator.reconcileIntervalSeconds`` all default to it."""
 ENV_DEFAULT_TRAINER_IMAGE = "ACCELTRAIN_DEFAULT_TRAINER_IMAGE"
 ENV_GPU_NODE_SELECTOR = "ACCELTRAIN_GPU_NODE_SELECTOR"
 ENV_GPU_TOLERATIONS = "ACCELTRAIN_GPU_TOLERATIONS"

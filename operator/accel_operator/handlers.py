@@ -5,7 +5,7 @@ Registered on a registry of their own by :func:`build_registry` (the CLI passes 
 
 - ``on.create`` / ``on.resume`` / ``on.update(field="spec")`` of AccelTrainJobs: reconcile; a spec
   that cannot work becomes ``kopf.PermanentError`` after the status says Failed/InvalidSpec.
-- a timer on every AccelTrainJob (``--resync-interval``): queues a reconcile when a time-based
+- a timer on every AccelTrainJob (``--reconcile-interval``): queues a reconcile when a time-based
   step is due (progress scrape, backoff, gang timeout, deadlines, TTL) and skips otherwise, so
   finished jobs cost nothing.
 - changes of the attempt Jobs and worker pods, as the informer (:mod:`accel_operator.informer`)
@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 class OperatorOptions:
     """Settings of the handlers and of kopf (see ``python -m accel_operator run --help``)."""
 
-    resync_interval: float = 2.0
+    reconcile_interval: float = constants.DEFAULT_RECONCILE_INTERVAL_SECONDS
     """Seconds between timer ticks of every job (the progress scrape interval)."""
     server_timeout: int = 300
     """How long the API server keeps a watch open before closing it."""
@@ -150,7 +150,7 @@ def build_registry(
         except Exception as error:
             raise kopf.TemporaryError(str(error), delay=options.retry_delay) from error
 
-    @kopf.timer(*resource, interval=options.resync_interval, registry=registry)
+    @kopf.timer(*resource, interval=options.reconcile_interval, registry=registry)
     async def job_due(namespace: str | None, name: str, **_: Any) -> None:
         if namespace is not None and reconciler.due(namespace, name):
             work.add(namespace, name)

@@ -4,7 +4,7 @@ operator's watches have seen them.
 The operator restores the headless Service, the ConfigMap and the native gang Workload of a live
 attempt when they are deleted or changed out of band (the pods' DNS names, the DeepSpeed config
 and the scheduling of a re-created pod depend on them; docs/design.md#restarts-and-self-healing).
-Asking the API server on every reconcile would cost a request per child per job per resync;
+Asking the API server on every reconcile would cost a request per child per job per reconcile;
 instead the watch events of these kinds keep this index (presence, and the ``data``/``spec`` the
 operator compares with what it renders), and only a child the index does not hold (one deleted,
 or one the watch has not listed yet after a start) is checked with a GET before it is

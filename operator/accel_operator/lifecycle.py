@@ -49,7 +49,7 @@ from accel_operator import api, constants, gang, straggler
 MAX_BACKOFF_SECONDS = 600
 # How often a job that waits on nothing in particular is looked at again, as a safety net for
 # missed watch events.
-RESYNC_SECONDS = 60.0
+SAFETY_REQUEUE_SECONDS = 60.0
 LOG_TAIL_CHARACTERS = 1500
 # The grace period of the surviving pods of an attempt in which a worker failed. Their ranks wait
 # in a collective for the lost one and can neither finish a step nor save a checkpoint (saving
@@ -643,19 +643,21 @@ def decide(
     observed: Observed,
     now: dt.datetime,
     *,
-    progress_interval: float = 3.0,
+    reconcile_interval: float = constants.DEFAULT_RECONCILE_INTERVAL_SECONDS,
 ) -> Decision:
     """The next status, actions and events for one AccelTrainJob (see the module docstring)."""
     state = _Status(status, now, observed.generation, observed.native_gang)
     plan = _Plan()
     state.value.observed_generation = observed.generation
-    _step(spec, state, observed, plan, progress_interval)
+    _step(spec, state, observed, plan, reconcile_interval)
     if state.condition(constants.CONDITION_RECONCILED) is not None:
         state.set(constants.CONDITION_RECONCILED, True, "Reconciled", "the API server answers")
     new_status = state.value
     requeue = min(plan.due) if plan.due else None
     if new_status.phase not in FINISHED_PHASES:
-        requeue = min(requeue, RESYNC_SECONDS) if requeue is not None else RESYNC_SECONDS
+        requeue = (
+            min(requeue, SAFETY_REQUEUE_SECONDS) if requeue is not None else SAFETY_REQUEUE_SECONDS
+        )
     return Decision(
         status=new_status,
         actions=tuple(plan.actions),
@@ -692,7 +694,7 @@ def _step(
     state: _Status,
     observed: Observed,
     plan: _Plan,
-    progress_interval: float,
+    reconcile_interval: float,
 ) -> None:
     now = state.now
     current = max(state.value.attempt, observed.highest_attempt)
@@ -748,7 +750,7 @@ def _step(
         job.complete or job.failed
     ):
         _restore_children(plan, job.attempt, observed.missing_children, observed.changed_children)
-    _supervise(spec, state, observed, plan, job, progress_interval)
+    _supervise(spec, state, observed, plan, job, reconcile_interval)
 
 
 def _restore_children(
@@ -909,7 +911,7 @@ def _await_restart(
         return
     if remaining:
         # Pod and Job deletions arrive as watch events; the requeue is a safety net.
-        plan.requeue(RESYNC_SECONDS)
+        plan.requeue(SAFETY_REQUEUE_SECONDS)
         return
     _create_attempt(spec, state, plan, current + 1)
 
@@ -1100,7 +1102,7 @@ def _gang_timeout(
     plan: _Plan,
     job: AttemptView,
     pods: list[PodView],
-    progress_interval: float,
+    reconcile_interval: float,
 ) -> None:
     """Not every worker runs after runPolicy.gangTimeoutSeconds. An attempt with no worker
     placed holds nothing: it keeps waiting for room. One the cluster placed only in part holds
@@ -1118,7 +1120,7 @@ def _gang_timeout(
         )
         state.set(constants.CONDITION_SCHEDULED, False, REASON_WAITING_FOR_CAPACITY, message)
         state.value.message = message
-        plan.requeue(progress_interval)
+        plan.requeue(reconcile_interval)
         return
     message = (
         f"not every worker of attempt {job.attempt} was running within "
@@ -1169,7 +1171,7 @@ def _supervise(
     observed: Observed,
     plan: _Plan,
     job: AttemptView,
-    progress_interval: float,
+    reconcile_interval: float,
 ) -> None:
     value = state.value
     now = state.now
@@ -1251,14 +1253,14 @@ def _supervise(
         # startTime only when the Job controller has seen it admitted: until then, wait.
         gang_start = job.started or (None if spec.run_policy.queue_name else job.created)
         if gang_start is None:
-            plan.requeue(progress_interval)
+            plan.requeue(reconcile_interval)
             return
         limit = spec.run_policy.gang_timeout_seconds
         left = (gang_start + dt.timedelta(seconds=limit) - now).total_seconds()
         if left > 0:
             plan.requeue(left)
             return
-        _gang_timeout(spec, state, observed, plan, job, pods, progress_interval)
+        _gang_timeout(spec, state, observed, plan, job, pods, reconcile_interval)
         return
 
     running_since = max((pod.running_since for pod in started if pod.running_since), default=now)
@@ -1286,7 +1288,7 @@ def _supervise(
         value.phase = api.Phase.STARTING
         value.message = f"all workers of attempt {job.attempt} run; waiting for the first step"
     if observed.progress_visible:
-        plan.requeue(progress_interval)
+        plan.requeue(reconcile_interval)
         _check_stall(spec, state, observed, plan, job, trains)
     if observed.rank_times is not None:
         _check_stragglers(spec, state, observed.rank_times)

@@ -87,7 +87,7 @@ class Reconciler:
         *,
         scraper: ProgressScraper | None = None,
         metrics: OperatorMetrics | None = None,
-        progress_interval: float = 3.0,
+        reconcile_interval: float = constants.DEFAULT_RECONCILE_INTERVAL_SECONDS,
         read_pod_logs: bool = True,
         defaults: render.ClusterDefaults | None = None,
         clock: Clock = utc_now,
@@ -103,7 +103,7 @@ class Reconciler:
         self.read_pod_logs = read_pod_logs
         self.scraper = scraper or ProgressScraper()
         self.metrics = metrics or OperatorMetrics()
-        self.progress_interval = progress_interval
+        self.reconcile_interval = reconcile_interval
         self.clock = clock
         self._gates: dict[tuple[str, str], _Gate] = {}
         self._gates_lock = threading.Lock()
@@ -154,7 +154,7 @@ class Reconciler:
     def _retry_delay(self, gate: _Gate) -> float:
         """Seconds before the next retry of a job whose reconciles keep failing: doubling from
         the progress interval, up to :data:`MAX_RETRY_SECONDS`."""
-        return float(min(MAX_RETRY_SECONDS, self.progress_interval * 2**gate.failures))
+        return float(min(MAX_RETRY_SECONDS, self.reconcile_interval * 2**gate.failures))
 
     def _timed(self, namespace: str, name: str, gate: _Gate) -> None:
         started = time.monotonic()
@@ -220,7 +220,7 @@ class Reconciler:
         namespace, name = metadata["namespace"], metadata["name"]
         observed = self.observe(body, spec, status)
         decision = lifecycle.decide(
-            spec, status, observed, now, progress_interval=self.progress_interval
+            spec, status, observed, now, reconcile_interval=self.reconcile_interval
         )
         ref = _job_ref(metadata)
         for create in decision.creates:
@@ -376,11 +376,11 @@ class Reconciler:
             since = time.monotonic() - self._last_status_write.get(key, -math.inf)
             # Worker counts, scheduling messages and progress numbers change in bursts; they
             # are written at most once per progress interval, transitions at once.
-            if transition or since >= self.progress_interval:
+            if transition or since >= self.reconcile_interval:
                 self.kube.patch_status(key[0], key[1], new)
                 self._last_status_write[key] = time.monotonic()
             else:
-                deferred = self.progress_interval - since
+                deferred = self.reconcile_interval - since
         for event in decision.events:
             first_line = event.message.splitlines()[0] if event.message else ""
             logger.info(

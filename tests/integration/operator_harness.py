@@ -265,7 +265,7 @@ class OperatorProcess:
             namespace=self.namespace,
             metrics_port=self.metrics_port,
             liveness_port=self.liveness_port,
-            resync_interval_seconds=1,
+            reconcile_interval_seconds=1,
             # Without a process node nothing is scraped; loopback stands in for its network.
             scrape_network=str(self.cluster.bridge_cidr or "127.0.0.0/8"),
         )

@@ -399,6 +399,16 @@ def test_image_names_live_in_one_place() -> None:
     assert used <= {trainer_image, trainer_cpu_image}, used
 
 
+def test_the_reconcile_interval_has_one_default_from_the_chart_to_the_code() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    assert values["operator"]["reconcileIntervalSeconds"] == (
+        constants.DEFAULT_RECONCILE_INTERVAL_SECONDS
+    )
+    assert constants.ENV_RECONCILE_INTERVAL in deployment
+    assert ".Values.operator.reconcileIntervalSeconds" in deployment
+
+
 def test_plain_manifests_equal_the_charts_defaults() -> None:
     helm_binary = require_tool("helm")
     result = subprocess.run(

@@ -117,9 +117,9 @@ class RecordingApi:
         self.posted.append(message)
 
 
-def _reconciler(recording: RecordingApi, progress_interval: float = 3.0) -> Reconciler:
+def _reconciler(recording: RecordingApi, reconcile_interval: float = 3.0) -> Reconciler:
     return Reconciler(
-        cast(KubeClient, recording), clock=lambda: NOW, progress_interval=progress_interval
+        cast(KubeClient, recording), clock=lambda: NOW, reconcile_interval=reconcile_interval
     )
 
 
@@ -139,7 +139,7 @@ def test_a_new_attempts_children_exist_before_the_status_names_it() -> None:
 def test_a_reconcile_of_an_unchanged_job_writes_nothing() -> None:
     recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
     # No holding back of minor status changes: every change is written at once.
-    reconciler = _reconciler(recording, progress_interval=0.0)
+    reconciler = _reconciler(recording, reconcile_interval=0.0)
     reconciler.reconcile("team-a", "bert")
     reconciler.reconcile("team-a", "bert")
     assert recording.job["status"]["conditions"][1]["reason"] == "WaitingForPods"
@@ -148,9 +148,9 @@ def test_a_reconcile_of_an_unchanged_job_writes_nothing() -> None:
     assert recording.writes == []
 
 
-def test_minor_status_changes_wait_for_the_progress_interval() -> None:
+def test_minor_status_changes_wait_for_the_reconcile_interval() -> None:
     recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
-    reconciler = _reconciler(recording, progress_interval=3600.0)
+    reconciler = _reconciler(recording, reconcile_interval=3600.0)
     reconciler.reconcile("team-a", "bert")
     recording.writes.clear()
     # Nothing moved on but the Scheduled condition (no pods yet): a minor change, held back.
@@ -226,7 +226,7 @@ def test_the_survivors_of_a_failed_worker_are_deleted_with_a_short_grace() -> No
 
 def test_a_deleted_service_and_config_map_of_the_live_attempt_are_recreated() -> None:
     recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
-    reconciler = _reconciler(recording, progress_interval=0.0)
+    reconciler = _reconciler(recording, reconcile_interval=0.0)
     reconciler.reconcile("team-a", "bert")
     reconciler.reconcile("team-a", "bert")
     # The watches report both children, then their deletion by someone else.
@@ -252,7 +252,7 @@ def _gang_reconciler(policy: str, defaults: ClusterDefaults) -> tuple[RecordingA
         spec["runPolicy"]["schedulerName"] = "scheduler-plugins-scheduler"
     recording = RecordingApi(spec)
     reconciler = Reconciler(
-        cast(KubeClient, recording), clock=lambda: NOW, progress_interval=0.0, defaults=defaults
+        cast(KubeClient, recording), clock=lambda: NOW, reconcile_interval=0.0, defaults=defaults
     )
     reconciler.reconcile("team-a", "bert")
     reconciler.reconcile("team-a", "bert")
@@ -297,7 +297,7 @@ def test_a_pod_group_whose_api_was_not_served_at_start_is_neither_looked_up_nor_
 
 def test_a_config_map_changed_out_of_band_is_applied_again_and_one_left_alone_is_not() -> None:
     recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
-    reconciler = _reconciler(recording, progress_interval=0.0)
+    reconciler = _reconciler(recording, reconcile_interval=0.0)
     reconciler.reconcile("team-a", "bert")
     applied = {f"{c['kind']}/{c['metadata']['name']}": c for c in recording.applied}
     config_map, service = applied["ConfigMap/bert-a1-config"], applied["Service/bert"]
