@@ -177,14 +177,21 @@ def build_registry(
 
 
 def _child_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listener:
-    """What the cache's changes of children do: queue the owning job when something the
-    lifecycle reacts to changed (a Job's or pod's fingerprint), and keep the inventory of
-    restorable children (a deleted or changed one is put back by the next reconcile)."""
+    """What the cache's changes do: queue a job the cache sees for the first time, queue the
+    owning job when something the lifecycle reacts to changed (a Job's or pod's fingerprint),
+    and keep the inventory of restorable children (a deleted or changed one is put back by the
+    next reconcile)."""
     seen = _Fingerprints()
 
-    def changed(kind: str, event: str, obj: Mapping[str, Any], _: Any) -> None:
+    def changed(kind: str, event: str, obj: Mapping[str, Any], before: Any) -> None:
         metadata = obj["metadata"]
         namespace, name = metadata.get("namespace"), metadata["name"]
+        if kind == api.KIND:
+            # A job the cache sees for the first time is reconciled at once, without waiting
+            # for kopf's create handler (which comes after kopf's own finalizer round trip).
+            if namespace and event != "DELETED" and before is None:
+                work.add(namespace, name)
+            return
         owner = (metadata.get("labels") or {}).get(constants.LABEL_JOB_NAME)
         if not namespace or not owner:
             return
@@ -195,10 +202,10 @@ def _child_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listene
                 work.add(namespace, owner)
         elif kind in inventory.RESTORABLE_KINDS:
             content = None if deleted else inventory.owned_content(obj)
-            fresh = reconciler.inventory.seen(
+            content_changed = reconciler.inventory.seen(
                 kind, namespace, name, deleted=deleted, content=content
             )
-            if deleted or fresh:
+            if deleted or content_changed:
                 work.add(namespace, owner)
 
     return changed
