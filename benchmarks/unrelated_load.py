@@ -6,11 +6,14 @@ server (label ``acceltrain.io/job-name``), so those objects should cost it nothi
 one run on one local cluster (kwok GPU nodes, no process node):
 
 1. **without**: a fresh operator, cluster-wide; ``--jobs`` AccelTrainJobs of 1 worker x 1 GPU
-   posted back to back, run to Succeeded; the operator's peak resident memory and CPU seconds;
-2. the unrelated load: ``--pods`` pods bound to the kwok nodes (kwok runs them) and
-   ``--unrelated-jobs`` suspended batch Jobs, none labelled for the operator, in a namespace of
-   their own;
-3. **with**: a fresh operator again, the same ``--jobs`` jobs in a new namespace.
+   posted back to back, run to Succeeded; the operator's resident memory once started (before
+   any job) and at its peak, and its CPU seconds; then the jobs' namespace is deleted;
+2. the unrelated load: ``--pods`` pods bound to kwok nodes of their own (no GPUs, room for
+   1,000 pods each, so the jobs' GPU nodes keep their pod capacity; kwok runs them) and
+   ``--unrelated-jobs`` suspended batch Jobs, none labelled for the operator, each kind in a
+   namespace of its own;
+3. **with**: once kwok runs every unrelated pod (the control plane at rest again), a fresh
+   operator, the same ``--jobs`` jobs in a new namespace.
 
 Targets (issue 19): peak RSS grows by at most 20 MB and CPU per job by at most 10 % with the
 unrelated objects.
@@ -44,16 +47,21 @@ from operator_launch import (  # noqa: E402
     run_scenario,
 )
 
-from accel_operator.kube import KubeClient, load_api_client  # noqa: E402
+from accel_operator.kube import ApiError, KubeClient, load_api_client  # noqa: E402
 
 RSS_GROWTH_TARGET_MB = 20.0
 CPU_GROWTH_TARGET = 0.10
 POST_THREADS = 8
+PODS_PER_APP_NODE = 1000
+IDLE_SECONDS = 15.0
 
 
 @dataclass
 class Phase:
     name: str
+    idle_rss_mb: float
+    """Resident memory once the operator has listed and watched for a while, before any job:
+    what it holds because of the cluster's objects."""
     peak_rss_mb: float
     cpu_seconds_per_job: float
     requests_per_job: float
@@ -67,6 +75,8 @@ def run_phase(name: str, cluster: Any, kube: KubeClient, jobs: int, timeout: flo
         log = Path(tempfile.gettempdir()) / f"{namespace}-operator.log"
         operator = Operator(Path(cluster.kubeconfig), None, log)
         stack.callback(operator.stop)
+        time.sleep(IDLE_SECONDS)
+        idle_rss_mb = operator.rss_mib()[0] * 1.048576
         watcher = Watcher(Path(cluster.kubeconfig), namespace)
         watcher.start()
         stack.callback(watcher.stopped.set)
@@ -84,13 +94,32 @@ def run_phase(name: str, cluster: Any, kube: KubeClient, jobs: int, timeout: flo
         requests = sum(operator.counters().values()) - requests_before
         row = result.row()
         print(f"{name}: operator log {log}")
+        # The next phase's operator must not meet these jobs: they are its own objects. They go
+        # while this operator runs, which takes its finalizer off them.
+        delete_namespace(kube, namespace, timeout)
         return Phase(
             name,
+            idle_rss_mb=idle_rss_mb,
             peak_rss_mb=result.peak_rss_mib * 1.048576,
             cpu_seconds_per_job=result.cpu_seconds / jobs,
             requests_per_job=requests / jobs,
             launch_p50_s=row["created p50 s"],
         )
+
+
+def delete_namespace(kube: KubeClient, namespace: str, timeout: float) -> None:
+    path = f"/api/v1/namespaces/{namespace}"
+    kube.request("DELETE", path, verb="delete", resource="namespaces")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            kube.request("GET", path, verb="get", resource="namespaces")
+        except ApiError as error:
+            if error.status == 404:
+                return
+            raise
+        time.sleep(2)
+    raise RuntimeError(f"namespace {namespace} still there after {timeout:.0f} s")
 
 
 def unrelated_pod(name: str, node: str) -> dict[str, Any]:
@@ -122,18 +151,21 @@ def unrelated_job(name: str) -> dict[str, Any]:
     }
 
 
-def create_unrelated(kube: KubeClient, nodes: list[str], pods: int, jobs: int) -> float:
-    """Create the unrelated objects in a namespace of their own; seconds it took."""
-    namespace = create_namespace(kube, "unrelated")
+def create_unrelated(kube: KubeClient, nodes: list[str], pods: int, jobs: int) -> tuple[str, float]:
+    """Create the unrelated pods and Jobs, each kind in a namespace of its own (a Job controller
+    matching 2,000 Jobs against 20,000 pods of one namespace would slow the control plane, not
+    the operator); the pods' namespace and the seconds it took."""
+    pod_namespace = create_namespace(kube, "unrelated-pods")
+    job_namespace = create_namespace(kube, "unrelated-jobs")
     started = time.monotonic()
 
     def post(index: int) -> None:
         if index < pods:
-            path = f"/api/v1/namespaces/{namespace}/pods"
+            path = f"/api/v1/namespaces/{pod_namespace}/pods"
             body = unrelated_pod(f"app-{index:05d}", nodes[index % len(nodes)])
             kube.request("POST", path, verb="create", resource="pods", body=body)
         else:
-            path = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+            path = f"/apis/batch/v1/namespaces/{job_namespace}/jobs"
             body = unrelated_job(f"batch-{index - pods:05d}")
             kube.request("POST", path, verb="create", resource="jobs", body=body)
 
@@ -141,7 +173,21 @@ def create_unrelated(kube: KubeClient, nodes: list[str], pods: int, jobs: int) -
         for done, _ in enumerate(pool.map(post, range(pods + jobs)), start=1):
             if done % 2000 == 0:
                 print(f"  {done}/{pods + jobs} unrelated objects created", flush=True)
-    return time.monotonic() - started
+    return pod_namespace, time.monotonic() - started
+
+
+def wait_until_settled(kube: KubeClient, namespace: str, timeout: float) -> float:
+    """Wait until kwok runs every unrelated pod, so that the second phase meets a control plane
+    at rest; seconds it took."""
+    started = time.monotonic()
+    path = f"/api/v1/namespaces/{namespace}/pods"
+    query = {"fieldSelector": "status.phase!=Running", "limit": "1"}
+    while time.monotonic() - started < timeout:
+        answer = kube.request("GET", path, verb="list", resource="pods", query=query)
+        if not answer.get("items"):
+            return time.monotonic() - started
+        time.sleep(5)
+    raise RuntimeError(f"the unrelated pods were not all Running after {timeout:.0f} s")
 
 
 def print_table(without: Phase, with_load: Phase, pods: int, jobs: int) -> bool:
@@ -153,8 +199,13 @@ def print_table(without: Phase, with_load: Phase, pods: int, jobs: int) -> bool:
     print("| | without | with | with / without | target | met |")
     print("|---|---:|---:|---:|---|---|")
     print(
+        f"| operator RSS MB, started, no job yet | {without.idle_rss_mb:.1f} | "
+        f"{with_load.idle_rss_mb:.1f} | {with_load.idle_rss_mb / without.idle_rss_mb:.3f} "
+        f"({with_load.idle_rss_mb - without.idle_rss_mb:+.1f} MB) | - | - |"
+    )
+    print(
         f"| operator peak RSS MB | {without.peak_rss_mb:.1f} | {with_load.peak_rss_mb:.1f} | "
-        f"{with_load.peak_rss_mb / without.peak_rss_mb:.3f} (+{rss_growth:.1f} MB) | "
+        f"{with_load.peak_rss_mb / without.peak_rss_mb:.3f} ({rss_growth:+.1f} MB) | "
         f"+{RSS_GROWTH_TARGET_MB:.0f} MB at most | {'yes' if rss_met else 'no'} |"
     )
     print(
@@ -186,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         cluster = own_cluster(stack, nodes=args.nodes, prefix="load", timeout=180)
         kube = KubeClient(load_api_client(str(cluster.kubeconfig)))
         without = run_phase("without", cluster, kube, args.jobs, args.timeout)
-        seconds = create_unrelated(
-            kube, list(cluster.gpu_node_names), args.pods, args.unrelated_jobs
-        )
+        app_nodes = [f"app-node-{i}" for i in range(-(-args.pods // PODS_PER_APP_NODE))]
+        cluster.add_gpu_nodes(app_nodes, gpus=0, pool="apps", pods=PODS_PER_APP_NODE, timeout=120)
+        namespace, seconds = create_unrelated(kube, app_nodes, args.pods, args.unrelated_jobs)
         print(f"created {args.pods} pods and {args.unrelated_jobs} Jobs in {seconds:.0f} s")
+        settled = wait_until_settled(kube, namespace, args.timeout)
+        print(f"every unrelated pod Running {settled:.0f} s later")
         with_load = run_phase("with", cluster, kube, args.jobs, args.timeout)
         met = print_table(without, with_load, args.pods, args.unrelated_jobs)
         if args.json:

@@ -784,15 +784,22 @@ class Cluster:
         pool: str = kwok.GPU_POOL,
         extra_labels: dict[str, str] | None = None,
         taint_key: str = kwok.GPU_TAINT_KEY,
+        pods: int = 110,
         wait: bool = True,
         timeout: float = 30.0,
     ) -> list[str]:
-        """Creates kwok-managed nodes with ``gpus`` x ``nvidia.com/gpu`` each; waits until Ready."""
+        """Creates kwok-managed nodes with ``gpus`` x ``nvidia.com/gpu`` and room for ``pods``
+        pods each; waits until Ready."""
         api = self.admin_api()
         created = []
         for name in names:
             node = kwok.gpu_node(
-                name, gpus=gpus, pool=pool, extra_labels=extra_labels, taint_key=taint_key
+                name,
+                gpus=gpus,
+                pool=pool,
+                pods=pods,
+                extra_labels=extra_labels,
+                taint_key=taint_key,
             )
             api.create("/api/v1/nodes", node)
             created.append(name)

@@ -21,6 +21,7 @@ import torch.nn.functional as functional
 
 from accel_contract.config import Task
 from accel_trainer.data import IGNORE_INDEX, OUTSIDE_TAG, TokenizedSplit, eval_shard
+from accel_trainer.weights import collective_device
 
 Forward = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 """Maps a batch (input_ids, attention_mask) to logits."""
@@ -127,7 +128,7 @@ class Evaluator:
         if totals is None:
             totals = self._counts_size_zero()
         if reduce and self.world_size > 1 and torch_dist.is_initialized():
-            on_device = totals.to(_reduce_device())
+            on_device = totals.to(collective_device())
             torch_dist.all_reduce(on_device)
             totals = on_device.cpu()
         return self._scores_from(totals)
@@ -287,9 +288,3 @@ def write_report(result: dict[str, Any], directory: Path, name: str) -> Path:
     temporary.write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
     temporary.replace(path)
     return path
-
-
-def _reduce_device() -> torch.device:
-    if torch_dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")

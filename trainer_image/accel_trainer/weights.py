@@ -164,7 +164,7 @@ class MasterWeights:
                 target[0] += float(fragment.numel - int(torch.count_nonzero(fragment.tensor)))
                 target[1] += float(fragment.numel)
         if torch_dist.is_available() and torch_dist.is_initialized() and any_partitioned:
-            device = _reduce_device()
+            device = collective_device()
             summed = partitioned.to(device)
             torch_dist.all_reduce(summed)
             partitioned = summed.cpu()
@@ -191,8 +191,9 @@ def _partition_rank(param: torch.nn.Parameter) -> int:
     return 0
 
 
-def _reduce_device() -> torch.device:
-    backend = torch_dist.get_backend()
-    if backend == "nccl":
+def collective_device() -> torch.device:
+    """Where a tensor must live for a collective of the default process group: the current GPU
+    under NCCL, else the CPU (gloo, DeepSpeed's shared-memory CPU collectives)."""
+    if torch_dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
