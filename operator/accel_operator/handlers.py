@@ -109,7 +109,7 @@ def build_registry(
     resource = (api.GROUP, api.VERSION, api.PLURAL)
 
     work = WorkQueue(
-        lambda namespace, name: _quietly(reconciler, namespace, name),
+        lambda namespace, name: _reconcile_queued(reconciler, namespace, name),
         workers=options.max_workers,
         observer=QueueObserver(
             depth=reconciler.metrics.work_queue_depth.set,
@@ -229,7 +229,7 @@ class _Fingerprints:
             return True
 
 
-def _quietly(reconciler: Reconciler, namespace: str, name: str) -> None:
+def _reconcile_queued(reconciler: Reconciler, namespace: str, name: str) -> None:
     """Reconcile a queued job; the work queue logs other failures, the timer retries them."""
     try:
         reconciler.reconcile(namespace, name)

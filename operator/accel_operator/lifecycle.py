@@ -523,7 +523,8 @@ _EVENTFUL_FALSE = {
 
 
 class _Status:
-    """A mutable copy of the status with condition helpers that keep transition times honest."""
+    """The status being decided (:attr:`status`, a mutable copy of the one observed) with
+    condition helpers that keep transition times honest."""
 
     def __init__(
         self,
@@ -532,14 +533,14 @@ class _Status:
         generation: int,
         native_gang: bool = False,
     ):
-        self.value = status.model_copy(deep=True)
+        self.status = status.model_copy(deep=True)
         self.now = now
         self.generation = generation
         self.native_gang = native_gang
         """Whether the cluster serves Workloads (the Auto gang policy is then Native)."""
 
     def condition(self, kind: str) -> api.Condition | None:
-        return next((c for c in self.value.conditions if c.type == kind), None)
+        return next((c for c in self.status.conditions if c.type == kind), None)
 
     def is_true(self, kind: str) -> bool:
         found = self.condition(kind)
@@ -560,8 +561,8 @@ class _Status:
             last_transition_time=transition,
             observed_generation=self.generation,
         )
-        others = [c for c in self.value.conditions if c.type != kind]
-        self.value.conditions = _ordered([*others, updated])
+        others = [c for c in self.status.conditions if c.type != kind]
+        self.status.conditions = _ordered([*others, updated])
 
     def lower(self, kind: str, reason: str, message: str = "") -> None:
         """Set a condition False only if it is present (absent conditions stay absent)."""
@@ -648,11 +649,11 @@ def decide(
     """The next status, actions and events for one AccelTrainJob (see the module docstring)."""
     state = _Status(status, now, observed.generation, observed.native_gang)
     plan = _Plan()
-    state.value.observed_generation = observed.generation
-    _step(spec, state, observed, plan, reconcile_interval)
+    state.status.observed_generation = observed.generation
+    _advance_by_phase(spec, state, observed, plan, reconcile_interval)
     if state.condition(constants.CONDITION_RECONCILED) is not None:
         state.set(constants.CONDITION_RECONCILED, True, "Reconciled", "the API server answers")
-    new_status = state.value
+    new_status = state.status
     requeue = min(plan.due) if plan.due else None
     if new_status.phase not in FINISHED_PHASES:
         requeue = (
@@ -675,7 +676,7 @@ def api_retrying(
     the job keeps its phase, and a condition says why nothing moves and when it is retried."""
     state = _Status(status, now, generation)
     state.set(constants.CONDITION_RECONCILED, False, "ApiRetrying", message)
-    return Decision(status=state.value, events=())
+    return Decision(status=state.status, events=())
 
 
 def invalid_spec(
@@ -683,28 +684,31 @@ def invalid_spec(
 ) -> Decision:
     """The decision for a spec that cannot work: Failed with reason InvalidSpec, no children."""
     state = _Status(status, now, generation)
-    state.value.observed_generation = generation
-    if state.value.phase not in FINISHED_PHASES or not state.is_true(constants.CONDITION_FAILED):
+    state.status.observed_generation = generation
+    if state.status.phase not in FINISHED_PHASES or not state.is_true(constants.CONDITION_FAILED):
         _fail(state, REASON_INVALID_SPEC, message)
-    return Decision(status=state.value, events=tuple(transition_events(status, state.value)))
+    return Decision(status=state.status, events=tuple(transition_events(status, state.status)))
 
 
-def _step(
+def _advance_by_phase(
     spec: api.AccelTrainJobSpec,
     state: _Status,
     observed: Observed,
     plan: _Plan,
     reconcile_interval: float,
 ) -> None:
+    """Move the job on from where it is: a finished job waits for its TTL, the deadline, an
+    attempt a crashed reconcile left unrecorded, suspension, a restart's backoff, the first
+    attempt, a lost attempt Job, then the live attempt is supervised."""
     now = state.now
-    current = max(state.value.attempt, observed.highest_attempt)
+    current = max(state.status.attempt, observed.highest_attempt)
 
-    if state.value.phase in FINISHED_PHASES:
+    if state.status.phase in FINISHED_PHASES:
         _after_finish(spec, state, observed, plan)
         return
 
     deadline = spec.run_policy.active_deadline_seconds
-    started = parse_time(state.value.start_time)
+    started = parse_time(state.status.start_time)
     if deadline is not None and started is not None:
         left = (started + dt.timedelta(seconds=deadline) - now).total_seconds()
         if left <= 0:
@@ -719,16 +723,16 @@ def _step(
         plan.requeue(left)
 
     # An attempt created by an earlier reconcile that stopped before writing the status.
-    if current > state.value.attempt:
+    if current > state.status.attempt:
         _record_new_attempt(spec, state, current)
 
     if spec.run_policy.suspend:
         _suspend(spec, state, observed, plan, current)
         return
-    if state.value.phase is api.Phase.SUSPENDED:
+    if state.status.phase is api.Phase.SUSPENDED:
         _resume(spec, state, observed, plan, current)
         return
-    if state.value.phase is api.Phase.RESTARTING:
+    if state.status.phase is api.Phase.RESTARTING:
         _await_restart(spec, state, observed, plan, current)
         return
     if current == 0:
@@ -785,7 +789,7 @@ def _after_finish(
     if failed is not None and failed.status == "True" and holds_pods:
         _tear_down_all(observed, plan)
     ttl = spec.run_policy.ttl_seconds_after_finished
-    finished = parse_time(state.value.completion_time)
+    finished = parse_time(state.status.completion_time)
     if ttl is None or finished is None:
         return
     left = (finished + dt.timedelta(seconds=ttl) - state.now).total_seconds()
@@ -806,7 +810,7 @@ def _tear_down_all(observed: Observed, plan: _Plan) -> None:
 
 
 def _record_new_attempt(spec: api.AccelTrainJobSpec, state: _Status, attempt: int) -> None:
-    value = state.value
+    value = state.status
     value.attempt = attempt
     value.phase = api.Phase.PENDING if spec.run_policy.queue_name else api.Phase.STARTING
     value.next_attempt_time = None
@@ -873,7 +877,7 @@ def _suspend(
         message = f"suspended; attempt {current} stopped, resuming starts a new attempt"
     else:
         message = "suspended before the first attempt"
-    value = state.value
+    value = state.status
     value.phase = api.Phase.SUSPENDED
     value.next_attempt_time = None
     state.set(constants.CONDITION_SUSPENDED, True, "Suspended", message)
@@ -893,7 +897,7 @@ def _resume(
     if remaining:
         message = f"resuming: waiting for attempt {current} to stop ({', '.join(remaining[:5])})"
         state.set(constants.CONDITION_SUSPENDED, True, "Suspended", message)
-        state.value.message = message
+        state.status.message = message
         return
     _create_attempt(spec, state, plan, current + 1)
 
@@ -904,7 +908,7 @@ def _await_restart(
     _delete_attempts_up_to(observed, plan, current)
     _force_pods_of_lost_nodes(state, observed, plan, current)
     remaining = _old_attempt_remains(observed, current)
-    due = parse_time(state.value.next_attempt_time) or state.now
+    due = parse_time(state.status.next_attempt_time) or state.now
     left = (due - state.now).total_seconds()
     if left > 0:
         plan.requeue(left)
@@ -947,7 +951,7 @@ def _force_pods_of_lost_nodes(state: _Status, observed: Observed, plan: _Plan, u
 
 
 def _fail(state: _Status, reason: str, message: str) -> None:
-    value = state.value
+    value = state.status
     value.phase = api.Phase.FAILED
     value.completion_time = format_time(state.now)
     value.next_attempt_time = None
@@ -987,7 +991,7 @@ def _restart_or_fail(
     reason: str,
     message: str,
 ) -> None:
-    value = state.value
+    value = state.status
     budget = spec.run_policy.max_restarts
     if value.restarts >= budget:
         _fail(
@@ -1015,7 +1019,7 @@ def _replace_attempt(
     state: _Status, plan: _Plan, attempt: int, delay: int, reason: str, message: str
 ) -> None:
     """Tear ``attempt`` down; the next one is created ``delay`` seconds later."""
-    value = state.value
+    value = state.status
     value.phase = api.Phase.RESTARTING
     value.next_attempt_time = format_time(state.now + dt.timedelta(seconds=delay))
     value.message = message
@@ -1091,7 +1095,7 @@ def _cannot_start(
         return True
     # Quota, a ServiceAccount still to be created: the gang timeout bounds the wait.
     state.set(constants.CONDITION_SCHEDULED, False, REASON_FAILED_CREATE, message)
-    state.value.message = message
+    state.status.message = message
     return False
 
 
@@ -1119,7 +1123,7 @@ def _gang_timeout(
             f"no node is held. Pending: {pending}"
         )
         state.set(constants.CONDITION_SCHEDULED, False, REASON_WAITING_FOR_CAPACITY, message)
-        state.value.message = message
+        state.status.message = message
         plan.requeue(reconcile_interval)
         return
     message = (
@@ -1139,14 +1143,14 @@ def _retry_for_capacity(
 ) -> None:
     """Tear a partly placed attempt down and retry it; no restart is spent."""
     delay = spec.run_policy.backoff_seconds
-    state.value.gang_retries += 1
+    state.status.gang_retries += 1
     _replace_attempt(
         state,
         plan,
         attempt,
         delay,
         REASON_GANG_TIMEOUT,
-        f"capacity retry {state.value.gang_retries} (spends no restart): attempt {attempt + 1} "
+        f"capacity retry {state.status.gang_retries} (spends no restart): attempt {attempt + 1} "
         f"starts in {delay} s; {message}",
     )
 
@@ -1162,7 +1166,7 @@ def _report_waiting_containers(state: _Status, pods: list[PodView]) -> None:
     if stuck:
         message = "worker containers cannot start yet: " + "; ".join(stuck)
         state.set(constants.CONDITION_RUNNING, False, "ContainersWaiting", message)
-        state.value.message = message
+        state.status.message = message
 
 
 def _supervise(
@@ -1173,7 +1177,7 @@ def _supervise(
     job: AttemptView,
     reconcile_interval: float,
 ) -> None:
-    value = state.value
+    value = state.status
     now = state.now
     pods = [pod for pod in observed.pods_of(job.attempt) if not pod.deleting]
     value.workers = _worker_counts(pods, spec.workers)
@@ -1298,7 +1302,7 @@ def _check_stragglers(
     spec: api.AccelTrainJobSpec, state: _Status, ranks: tuple[straggler.RankTime, ...]
 ) -> None:
     """Straggler: True once one rank's own work per step stays far above the others'."""
-    policy, value = spec.run_policy, state.value
+    policy, value = spec.run_policy, state.status
     verdict = straggler.judge(value.rank_spread, ranks, policy, format_time(state.now))
     if verdict is None:
         return
@@ -1323,7 +1327,7 @@ def _check_stragglers(
 
 
 def _record_progress(spec: api.AccelTrainJobSpec, state: _Status, sample: ProgressSample) -> None:
-    value = state.value
+    value = state.status
     before = value.progress
     value.progress = update_progress(spec, before, sample, state.now)
     if sample.checkpoint_step is not None and sample.checkpoint_step > 0:
@@ -1354,7 +1358,7 @@ def _check_stall(
     The clock starts when every worker runs, so a trainer that hangs before its first step is
     caught too, and restarts from the later of that and the last step seen.
     """
-    value = state.value
+    value = state.status
     running = state.condition(constants.CONDITION_RUNNING)
     since = parse_time(running.last_transition_time) if running else None
     last_step = parse_time(value.progress.last_step_time) if trains else None
@@ -1396,8 +1400,8 @@ def _handle_failure(
 ) -> None:
     failure = observed.failure
     code = failure.exit_code if failure else None
-    state.value.last_exit_code = code
-    state.value.failed_workers = [
+    state.status.last_exit_code = code
+    state.status.failed_workers = [
         _failed_worker(worker) for worker in observed.failed_workers[: api.MAX_FAILED_WORKERS]
     ]
     summary = failure_summary(failure, job) + _others_failed(observed.failed_workers, failure)

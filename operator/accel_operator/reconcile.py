@@ -141,7 +141,7 @@ class Reconciler:
             while True:
                 with gate.mutex:
                     gate.dirty = False
-                self._timed(namespace, name, gate)
+                self._reconcile_and_schedule(namespace, name, gate)
                 with gate.mutex:
                     if not gate.dirty:
                         gate.running = False
@@ -156,7 +156,7 @@ class Reconciler:
         the progress interval, up to :data:`MAX_RETRY_SECONDS`."""
         return float(min(MAX_RETRY_SECONDS, self.reconcile_interval * 2**gate.failures))
 
-    def _timed(self, namespace: str, name: str, gate: _Gate) -> None:
+    def _reconcile_and_schedule(self, namespace: str, name: str, gate: _Gate) -> None:
         started = time.monotonic()
         try:
             requeue = self.reconcile_once(namespace, name)
@@ -232,7 +232,7 @@ class Reconciler:
             for child in render.render_attempt(spec, ref, restore.attempt, self.defaults):
                 if child["kind"] in restore.kinds:
                     self.kube.apply(child)
-        deferred = self._write(body, status, decision)
+        deferred = self._write_status_and_events(body, status, decision)
         for action in decision.deletes:
             if isinstance(action, lifecycle.DeleteJob):
                 logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", namespace, name)
@@ -280,7 +280,7 @@ class Reconciler:
         metadata = body["metadata"]
         generation = int(metadata.get("generation") or 0)
         decision = lifecycle.invalid_spec(status, message, now, generation)
-        self._write(body, status, decision, force=True)
+        self._write_status_and_events(body, status, decision, force=True)
         self.metrics.record_phase(
             metadata["namespace"], metadata["name"], decision.status.phase.value
         )
@@ -302,7 +302,7 @@ class Reconciler:
         generation = int(body["metadata"].get("generation") or 0)
         decision = lifecycle.api_retrying(status, message, now, generation)
         try:
-            self._write(body, status, decision, force=True)
+            self._write_status_and_events(body, status, decision, force=True)
         except Exception as writing:
             logger.debug("could not mark %s as retrying: %s", body["metadata"]["name"], writing)
 
@@ -350,7 +350,7 @@ class Reconciler:
                 if not pod.deleting:
                     self.kube.delete_pod(namespace, pod.name)
 
-    def _write(
+    def _write_status_and_events(
         self,
         body: dict[str, Any],
         before: api.AccelTrainJobStatus,

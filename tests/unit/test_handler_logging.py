@@ -27,7 +27,7 @@ def test_an_unreachable_api_server_is_one_warning_line_without_a_traceback(
         "Connection aborted.", ConnectionRefusedError("Connection refused")
     )
     with caplog.at_level(logging.INFO, logger="accel_operator"):
-        handlers._quietly(Failing(refused), "team-a", "bert")  # type: ignore[arg-type]
+        handlers._reconcile_queued(Failing(refused), "team-a", "bert")  # type: ignore[arg-type]
     records: list[Any] = [r for r in caplog.records if r.name.startswith("accel_operator")]
     assert len(records) == 1
     assert records[0].levelno == logging.WARNING
@@ -38,4 +38,4 @@ def test_an_unreachable_api_server_is_one_warning_line_without_a_traceback(
 
 def test_a_bug_in_a_reconcile_is_not_swallowed() -> None:
     with pytest.raises(KeyError):
-        handlers._quietly(Failing(KeyError("phase")), "team-a", "bert")  # type: ignore[arg-type]
+        handlers._reconcile_queued(Failing(KeyError("phase")), "team-a", "bert")  # type: ignore[arg-type]
