@@ -95,6 +95,22 @@ def _parser() -> argparse.ArgumentParser:
         help="watch this namespace (repeatable; kopf globs like team-* allowed); "
         "default: all namespaces",
     )
+    _add_mode_flags(run)
+    _add_election_flags(run)
+    _add_endpoint_flags(run)
+    _add_reconcile_flags(run)
+    run.add_argument(
+        "--log-level",
+        choices=sorted(LOG_LEVELS),
+        default="info",
+        help="debug, info (the default), warning or error",
+    )
+    run.add_argument("--verbose", "-v", action="store_true", help="the same as --log-level debug")
+    return parser
+
+
+def _add_mode_flags(run: argparse.ArgumentParser) -> None:
+    """How replicas share the work: one alone, a Lease, or kopf's peering."""
     mode = run.add_mutually_exclusive_group()
     mode.add_argument(
         "--standalone",
@@ -113,7 +129,10 @@ def _parser() -> argparse.ArgumentParser:
         help="kopf peering through the KopfPeering object NAME instead (not leader election: "
         "replicas of equal priority all pause)",
     )
-    _add_election_flags(run)
+
+
+def _add_endpoint_flags(run: argparse.ArgumentParser) -> None:
+    """Where the operator listens and which cluster it talks to."""
     run.add_argument(
         "--metrics-port",
         type=int,
@@ -131,6 +150,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="kubeconfig to use outside a cluster (default: $KUBECONFIG, then ~/.kube/config)",
     )
+
+
+def _add_reconcile_flags(run: argparse.ArgumentParser) -> None:
+    """How often and how widely jobs are reconciled, and what the reconciler may read."""
     run.add_argument(
         "--reconcile-interval",
         type=float,
@@ -160,14 +183,6 @@ def _parser() -> argparse.ArgumentParser:
         default=OperatorOptions.max_workers,
         help="jobs reconciled at the same time (reconcile threads; default 32)",
     )
-    run.add_argument(
-        "--log-level",
-        choices=sorted(LOG_LEVELS),
-        default="info",
-        help="debug, info (the default), warning or error",
-    )
-    run.add_argument("--verbose", "-v", action="store_true", help="the same as --log-level debug")
-    return parser
 
 
 def _add_election_flags(run: argparse.ArgumentParser) -> None:
@@ -278,12 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported late: --help and argument errors should not pay for kopf and the client.
     import kopf
 
-    from accel_operator import informer
     from accel_operator.handlers import build_registry
-    from accel_operator.kube import KubeClient, load_api_client
     from accel_operator.metrics import OperatorMetrics
-    from accel_operator.reconcile import Reconciler
-    from accel_operator.scrape import ProgressScraper, parse_networks
+    from accel_operator.scrape import parse_networks
 
     try:
         networks = parse_networks(args.scrape_network)
@@ -293,54 +305,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         reconcile_interval=args.reconcile_interval, max_workers=args.max_workers
     )
     metrics = OperatorMetrics()
-    # A connection for each thread that may send a request, and one for each watch.
-    watches = len(informer.CHILD_KINDS) + 3
-    pool_size = options.api_connections + watches * max(1, len(args.namespace or ()))
-    kube = KubeClient(load_api_client(args.kubeconfig, pool_size=pool_size), metrics)
-    if args.metrics_port:
-        metrics.serve(args.metrics_port)
-    _report_versions(kube, metrics)
+    kube = _connect(args, options, metrics)
     elector = _lead(args, kube, metrics) if args.leader_elect else None
-    defaults = dataclasses.replace(
-        defaults,
-        native_gang=kube.serves_workloads(),
-        pod_group_apis=kube.served_pod_group_apis(),
-    )
-    options = dataclasses.replace(options, kueue=kube.serves_kueue_workloads())
-    if options.kueue:
-        logging.getLogger("accel_operator").info(
-            "Kueue is installed: watching its Workloads for the reasons queued jobs wait"
-        )
-    logging.getLogger("accel_operator").info(
-        "gang scheduling: %s",
-        "native (the API server serves scheduling.k8s.io/v1alpha1 Workloads)"
-        if defaults.native_gang
-        else "no Workload API on this cluster; gangPolicy Auto means Timeout",
-    )
-    cache = informer.Informer(
-        kube,
-        [
-            *informer.CHILD_KINDS,
-            *informer.gang_kinds(defaults.native_gang, defaults.pod_group_apis),
-        ],
-        namespaces=args.namespace or (),
-    )
-    kube.on_written = cache.record
-    reconciler = Reconciler(
-        kube,
-        cache=cache,
-        scraper=ProgressScraper(networks),
-        metrics=metrics,
-        reconcile_interval=args.reconcile_interval,
-        read_pod_logs=not args.no_pod_logs,
-        defaults=defaults,
-    )
+    defaults, options = _served_features(kube, defaults, options)
+    reconciler = _reconciler(args, kube, metrics, defaults, networks)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     name_the_user()
     kopf.run(
         registry=build_registry(
             reconciler,
-            cache,
+            reconciler.cache,
             options,
             on_drained=elector.release if elector is not None else None,
         ),
@@ -351,6 +325,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         liveness_endpoint=liveness,
     )
     return 0
+
+
+def _connect(args: argparse.Namespace, options: OperatorOptions, metrics: Any) -> Any:
+    """The API client (a connection for each thread that may send a request and one for each
+    watch), the metrics endpoint, and the versions logged and exported."""
+    from accel_operator import informer
+    from accel_operator.kube import KubeClient, load_api_client
+
+    watches = len(informer.CHILD_KINDS) + 3
+    pool_size = options.api_connections + watches * max(1, len(args.namespace or ()))
+    kube = KubeClient(load_api_client(args.kubeconfig, pool_size=pool_size), metrics)
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    _report_versions(kube, metrics)
+    return kube
+
+
+def _served_features(
+    kube: Any, defaults: render.ClusterDefaults, options: OperatorOptions
+) -> tuple[render.ClusterDefaults, OperatorOptions]:
+    """What the cluster serves: the native Workload API, PodGroup APIs, Kueue."""
+    defaults = dataclasses.replace(
+        defaults,
+        native_gang=kube.serves_workloads(),
+        pod_group_apis=kube.served_pod_group_apis(),
+    )
+    options = dataclasses.replace(options, kueue=kube.serves_kueue_workloads())
+    log = logging.getLogger("accel_operator")
+    if options.kueue:
+        log.info("Kueue is installed: watching its Workloads for the reasons queued jobs wait")
+    log.info(
+        "gang scheduling: %s",
+        "native (the API server serves scheduling.k8s.io/v1alpha1 Workloads)"
+        if defaults.native_gang
+        else "no Workload API on this cluster; gangPolicy Auto means Timeout",
+    )
+    return defaults, options
+
+
+def _reconciler(
+    args: argparse.Namespace,
+    kube: Any,
+    metrics: Any,
+    defaults: render.ClusterDefaults,
+    networks: Any,
+) -> Any:
+    """The reconciler and the informer cache it reads, which the client's writes keep fresh."""
+    from accel_operator import informer
+    from accel_operator.reconcile import Reconciler
+    from accel_operator.scrape import ProgressScraper
+
+    cache = informer.Informer(
+        kube,
+        [
+            *informer.CHILD_KINDS,
+            *informer.gang_kinds(defaults.native_gang, defaults.pod_group_apis),
+        ],
+        namespaces=args.namespace or (),
+    )
+    kube.on_written = cache.record
+    return Reconciler(
+        kube,
+        cache=cache,
+        scraper=ProgressScraper(networks),
+        metrics=metrics,
+        reconcile_interval=args.reconcile_interval,
+        read_pod_logs=not args.no_pod_logs,
+        defaults=defaults,
+    )
 
 
 def _lead(args: argparse.Namespace, kube: Any, metrics: Any) -> LeaderElector:

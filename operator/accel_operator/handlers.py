@@ -108,16 +108,7 @@ def build_registry(
     registry = kopf.OperatorRegistry()
     resource = (api.GROUP, api.VERSION, api.PLURAL)
 
-    work = WorkQueue(
-        lambda namespace, name: _reconcile_queued(reconciler, namespace, name),
-        workers=options.max_workers,
-        observer=QueueObserver(
-            depth=reconciler.metrics.work_queue_depth.set,
-            added=reconciler.metrics.work_queue_adds.inc,
-            waited=reconciler.metrics.work_queue_wait_seconds.observe,
-            worked=reconciler.metrics.work_seconds.observe,
-        ),
-    )
+    work = _work_queue(reconciler, options)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -162,18 +153,33 @@ def build_registry(
 
     cache.listener = _child_listener(reconciler, work)
     if options.kueue:
-
-        @kopf.on.event(
-            constants.KUEUE_GROUP, constants.KUEUE_VERSION, "workloads", registry=registry
-        )
-        async def kueue_workload_event(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
-            # Kueue's Workload of an attempt names the attempt's Job as its owner.
-            for ref in meta.get("ownerReferences") or []:
-                owner = render.accel_job_of_attempt(str(ref.get("name", "")))
-                if namespace and ref.get("kind") == "Job" and owner:
-                    work.add(namespace, owner)
-
+        _watch_kueue_workloads(registry, work)
     return registry
+
+
+def _work_queue(reconciler: Reconciler, options: OperatorOptions) -> WorkQueue:
+    return WorkQueue(
+        lambda namespace, name: _reconcile_queued(reconciler, namespace, name),
+        workers=options.max_workers,
+        observer=QueueObserver(
+            depth=reconciler.metrics.work_queue_depth.set,
+            added=reconciler.metrics.work_queue_adds.inc,
+            waited=reconciler.metrics.work_queue_wait_seconds.observe,
+            worked=reconciler.metrics.work_seconds.observe,
+        ),
+    )
+
+
+def _watch_kueue_workloads(registry: kopf.OperatorRegistry, work: WorkQueue) -> None:
+    """Queue the AccelTrainJob whose attempt Job owns a Kueue Workload that changed."""
+
+    @kopf.on.event(constants.KUEUE_GROUP, constants.KUEUE_VERSION, "workloads", registry=registry)
+    async def kueue_workload_event(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+        # Kueue's Workload of an attempt names the attempt's Job as its owner.
+        for ref in meta.get("ownerReferences") or []:
+            owner = render.accel_job_of_attempt(str(ref.get("name", "")))
+            if namespace and ref.get("kind") == "Job" and owner:
+                work.add(namespace, owner)
 
 
 def _child_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listener:

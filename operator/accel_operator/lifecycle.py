@@ -1177,36 +1177,57 @@ def _supervise(
     job: AttemptView,
     reconcile_interval: float,
 ) -> None:
-    value = state.status
-    now = state.now
+    """A live attempt, top to bottom: finished, failed, disrupted, queued, unable to start;
+    else its scheduling, its start (against the gang clock) and its run."""
     pods = [pod for pod in observed.pods_of(job.attempt) if not pod.deleting]
-    value.workers = _worker_counts(pods, spec.workers)
+    state.status.workers = _worker_counts(pods, spec.workers)
     if observed.progress is not None and observed.progress.first_step_reported:
         _record_progress(spec, state, observed.progress)
-
     if job.complete:
-        value.phase = api.Phase.SUCCEEDED
-        value.completion_time = format_time(now)
-        value.next_attempt_time = None
-        if spec.training.max_steps is not None:
-            value.progress.step = spec.training.max_steps
-        value.progress.eta = None
-        step = value.progress.step
-        message = f"training finished in attempt {job.attempt}" + (
-            f" at step {step}" if step else ""
-        )
-        value.message = message
-        state.set(constants.CONDITION_SUCCEEDED, True, "Completed", message)
-        state.lower(constants.CONDITION_RUNNING, "Completed", "every worker finished")
-        state.lower(constants.CONDITION_PROGRESSING, "Completed", "training finished")
-        _after_finish(spec, state, observed, plan)
+        _succeed(spec, state, observed, plan, job)
         return
-
     if job.failed:
         _handle_failure(spec, state, observed, plan, job)
         return
-    # Evicted or preempted and not yet gone: on a lost node it never will be, and the Job does
-    # not fail until it is. The group restarts now rather than wait for that.
+    if _restarted_after_disruption(spec, state, observed, plan, job):
+        return
+    if job.suspended:
+        _wait_for_admission(spec, state, job)
+        return
+    if _cannot_start(spec, state, observed, plan, job, pods):
+        return
+    _report_scheduling(spec, state, job, pods)
+    started = [pod for pod in pods if pod.started]
+    if len(started) < spec.workers:
+        _await_start(spec, state, observed, plan, job, pods, reconcile_interval)
+        return
+    _supervise_running(spec, state, observed, plan, job, started, reconcile_interval)
+
+
+def _succeed(
+    spec: api.AccelTrainJobSpec, state: _Status, observed: Observed, plan: _Plan, job: AttemptView
+) -> None:
+    value = state.status
+    value.phase = api.Phase.SUCCEEDED
+    value.completion_time = format_time(state.now)
+    value.next_attempt_time = None
+    if spec.training.max_steps is not None:
+        value.progress.step = spec.training.max_steps
+    value.progress.eta = None
+    step = value.progress.step
+    message = f"training finished in attempt {job.attempt}" + (f" at step {step}" if step else "")
+    value.message = message
+    state.set(constants.CONDITION_SUCCEEDED, True, "Completed", message)
+    state.lower(constants.CONDITION_RUNNING, "Completed", "every worker finished")
+    state.lower(constants.CONDITION_PROGRESSING, "Completed", "training finished")
+    _after_finish(spec, state, observed, plan)
+
+
+def _restarted_after_disruption(
+    spec: api.AccelTrainJobSpec, state: _Status, observed: Observed, plan: _Plan, job: AttemptView
+) -> bool:
+    """Evicted or preempted and not yet gone: on a lost node it never will be, and the Job does
+    not fail until it is. The group restarts now rather than wait for that."""
     disrupted = [
         pod
         for pod in observed.pods_of(job.attempt)
@@ -1214,26 +1235,27 @@ def _supervise(
     ]
     if disrupted:
         _restart_after_disruption(spec, state, plan, job.attempt, disrupted[0])
-        return
+    return bool(disrupted)
 
-    if job.suspended:
-        value.phase = api.Phase.PENDING
-        queue = spec.run_policy.queue_name
-        message = (
-            f"the Job {job.name} waits for admission by Kueue (queue {queue})"
-            if queue
-            else f"the Job {job.name} is suspended"
-        )
-        if job.admission_message:
-            message += f": {job.admission_message}"
-        state.set(constants.CONDITION_SCHEDULED, False, "WaitingForAdmission", message)
-        value.message = message
-        return
 
-    if _cannot_start(spec, state, observed, plan, job, pods):
-        return
+def _wait_for_admission(spec: api.AccelTrainJobSpec, state: _Status, job: AttemptView) -> None:
+    state.status.phase = api.Phase.PENDING
+    queue = spec.run_policy.queue_name
+    message = (
+        f"the Job {job.name} waits for admission by Kueue (queue {queue})"
+        if queue
+        else f"the Job {job.name} is suspended"
+    )
+    if job.admission_message:
+        message += f": {job.admission_message}"
+    state.set(constants.CONDITION_SCHEDULED, False, "WaitingForAdmission", message)
+    state.status.message = message
+
+
+def _report_scheduling(
+    spec: api.AccelTrainJobSpec, state: _Status, job: AttemptView, pods: list[PodView]
+) -> None:
     bound = sum(1 for pod in pods if pod.node_name)
-    started = [pod for pod in pods if pod.started]
     if bound >= spec.workers:
         state.set(
             constants.CONDITION_SCHEDULED,
@@ -1250,24 +1272,47 @@ def _supervise(
             + _pending_description(spec, job, pods),
         )
 
-    if len(started) < spec.workers:
-        value.phase = api.Phase.STARTING
-        _report_waiting_containers(state, pods)
-        # The gang clock runs from the Job's start. A Job created suspended for Kueue gets its
-        # startTime only when the Job controller has seen it admitted: until then, wait.
-        gang_start = job.started or (None if spec.run_policy.queue_name else job.created)
-        if gang_start is None:
-            plan.requeue(reconcile_interval)
-            return
-        limit = spec.run_policy.gang_timeout_seconds
-        left = (gang_start + dt.timedelta(seconds=limit) - now).total_seconds()
-        if left > 0:
-            plan.requeue(left)
-            return
-        _gang_timeout(spec, state, observed, plan, job, pods, reconcile_interval)
-        return
 
-    running_since = max((pod.running_since for pod in started if pod.running_since), default=now)
+def _await_start(
+    spec: api.AccelTrainJobSpec,
+    state: _Status,
+    observed: Observed,
+    plan: _Plan,
+    job: AttemptView,
+    pods: list[PodView],
+    reconcile_interval: float,
+) -> None:
+    """Not every worker has started: Starting, until the gang timeout."""
+    state.status.phase = api.Phase.STARTING
+    _report_waiting_containers(state, pods)
+    # The gang clock runs from the Job's start. A Job created suspended for Kueue gets its
+    # startTime only when the Job controller has seen it admitted: until then, wait.
+    gang_start = job.started or (None if spec.run_policy.queue_name else job.created)
+    if gang_start is None:
+        plan.requeue(reconcile_interval)
+        return
+    limit = spec.run_policy.gang_timeout_seconds
+    left = (gang_start + dt.timedelta(seconds=limit) - state.now).total_seconds()
+    if left > 0:
+        plan.requeue(left)
+        return
+    _gang_timeout(spec, state, observed, plan, job, pods, reconcile_interval)
+
+
+def _supervise_running(
+    spec: api.AccelTrainJobSpec,
+    state: _Status,
+    observed: Observed,
+    plan: _Plan,
+    job: AttemptView,
+    started: list[PodView],
+    reconcile_interval: float,
+) -> None:
+    """Every worker runs: Running once training is seen, the stall and straggler checks."""
+    value = state.status
+    running_since = max(
+        (pod.running_since for pod in started if pod.running_since), default=state.now
+    )
     if not state.is_true(constants.CONDITION_RUNNING):
         nodes = sorted({pod.node_name for pod in started if pod.node_name})
         state.set(

@@ -367,6 +367,25 @@ def _family(
     )
 
 
+def _check_identity(job: str, node_rank: int, rank: int, rate_window_steps: int) -> None:
+    if not job:
+        raise ValueError("job must be a non-empty name (the AccelTrainJob's metadata.name)")
+    if node_rank < 0 or rank < 0:
+        raise ValueError(f"node_rank and rank must be >= 0, got {node_rank} and {rank}")
+    if rate_window_steps < 1:
+        raise ValueError(f"rate_window_steps must be >= 1, got {rate_window_steps}")
+
+
+def _process_registry() -> prometheus_client.CollectorRegistry:
+    """A private registry with what the default one has: process_* (CPU seconds, resident
+    memory, open fds), python_gc_* and python_info."""
+    registry = prometheus_client.CollectorRegistry()
+    prometheus_client.ProcessCollector(registry=registry)
+    prometheus_client.PlatformCollector(registry=registry)
+    prometheus_client.GCCollector(registry=registry)
+    return registry
+
+
 class TrainerMetrics:
     """One rank's metrics: Prometheus series in a private registry plus the rate window.
 
@@ -388,20 +407,8 @@ class TrainerMetrics:
         registry: prometheus_client.CollectorRegistry | None = None,
         rate_window_steps: int = DEFAULT_RATE_WINDOW_STEPS,
     ) -> None:
-        if not job:
-            raise ValueError("job must be a non-empty name (the AccelTrainJob's metadata.name)")
-        if node_rank < 0 or rank < 0:
-            raise ValueError(f"node_rank and rank must be >= 0, got {node_rank} and {rank}")
-        if rate_window_steps < 1:
-            raise ValueError(f"rate_window_steps must be >= 1, got {rate_window_steps}")
-        if registry is None:
-            registry = prometheus_client.CollectorRegistry()
-            # What the default registry has and a private one lacks: process_* (CPU seconds,
-            # resident memory, open fds), python_gc_* and python_info.
-            prometheus_client.ProcessCollector(registry=registry)
-            prometheus_client.PlatformCollector(registry=registry)
-            prometheus_client.GCCollector(registry=registry)
-        self.registry = registry
+        _check_identity(job, node_rank, rank, rate_window_steps)
+        self.registry = registry if registry is not None else _process_registry()
         self.labels: dict[str, str] = {
             JOB_LABEL: job,
             "node_rank": str(node_rank),
@@ -415,7 +422,13 @@ class TrainerMetrics:
         self._server_thread: threading.Thread | None = None
         self._latest: dict[str, float] = {}
 
-        family = {series.short_name: _family(series, self.registry) for series in contract.SERIES}
+        self._bind_series(
+            {series.short_name: _family(series, self.registry) for series in contract.SERIES}
+        )
+        self.record_device_memory()
+
+    def _bind_series(self, family: dict[str, Any]) -> None:
+        """This rank's series of every contract family, as attributes the recorders set."""
 
         def rank_series(series: contract.Series) -> Any:
             return family[series.short_name].labels(**self.labels)
@@ -454,7 +467,6 @@ class TrainerMetrics:
         self._info = prometheus_client.Info(
             METRIC_PREFIX, contract.INFO_HELP, LABEL_NAMES, registry=self.registry
         ).labels(**self.labels)
-        self.record_device_memory()
 
     # --- exporter ----------------------------------------------------------------------------
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
