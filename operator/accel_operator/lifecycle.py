@@ -700,28 +700,14 @@ def _advance_by_phase(
     """Move the job on from where it is: a finished job waits for its TTL, the deadline, an
     attempt a crashed reconcile left unrecorded, suspension, a restart's backoff, the first
     attempt, a lost attempt Job, then the live attempt is supervised."""
-    now = state.now
     current = max(state.status.attempt, observed.highest_attempt)
 
     if state.status.phase in FINISHED_PHASES:
         _after_finish(spec, state, observed, plan)
         return
 
-    deadline = spec.run_policy.active_deadline_seconds
-    started = parse_time(state.status.start_time)
-    if deadline is not None and started is not None:
-        left = (started + dt.timedelta(seconds=deadline) - now).total_seconds()
-        if left <= 0:
-            _fail(
-                state,
-                REASON_DEADLINE,
-                f"the job ran longer than runPolicy.activeDeadlineSeconds ({deadline} s); "
-                f"attempt {current} was stopped",
-            )
-            _tear_down_all(observed, plan)
-            return
-        plan.requeue(left)
-
+    if _deadline_passed(spec, state, observed, plan, current):
+        return
     # An attempt created by an earlier reconcile that stopped before writing the status.
     if current > state.status.attempt:
         _record_new_attempt(spec, state, current)
@@ -755,6 +741,29 @@ def _advance_by_phase(
     ):
         _restore_children(plan, job.attempt, observed.missing_children, observed.changed_children)
     _supervise(spec, state, observed, plan, job, reconcile_interval)
+
+
+def _deadline_passed(
+    spec: api.AccelTrainJobSpec, state: _Status, observed: Observed, plan: _Plan, current: int
+) -> bool:
+    """runPolicy.activeDeadlineSeconds: fail the job once it has run that long (and look again
+    when it will have)."""
+    deadline = spec.run_policy.active_deadline_seconds
+    started = parse_time(state.status.start_time)
+    if deadline is None or started is None:
+        return False
+    left = (started + dt.timedelta(seconds=deadline) - state.now).total_seconds()
+    if left > 0:
+        plan.requeue(left)
+        return False
+    _fail(
+        state,
+        REASON_DEADLINE,
+        f"the job ran longer than runPolicy.activeDeadlineSeconds ({deadline} s); "
+        f"attempt {current} was stopped",
+    )
+    _tear_down_all(observed, plan)
+    return True
 
 
 def _restore_children(

@@ -24,7 +24,6 @@ STILL_LONG = {
     "hack/localcluster/nodeagent.py:_prepare": 77,
     "trainer_image/accel_trainer/train.py:train": 70,
     "hack/localcluster/nodeagent.py:resolve_env": 67,
-    "operator/accel_operator/lifecycle.py:_advance_by_phase": 65,
     "trainer_image/accel_trainer/train.py:setup": 64,
     "trainer_image/accel_trainer/metrics.py:record_step": 63,
     "operator/accel_operator/crdgen.py:_structural": 62,
