@@ -78,7 +78,9 @@ def _resolve(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _structural(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:
+def _unwrapped(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:
+    """The node with references resolved, a single allOf merged, Optional's anyOf-with-null
+    reduced to its one type, and a null default dropped."""
     node = _resolve(node, definitions)
     if "allOf" in node and len(node["allOf"]) == 1:
         inner = _resolve(node["allOf"][0], definitions)
@@ -94,7 +96,11 @@ def _structural(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, 
             raise ValueError(f"cannot make a structural schema of a union: {node}")
     if node.get("default", 0) is None:
         node = {key: value for key, value in node.items() if key != "default"}
+    return node
 
+
+def _structural(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:
+    node = _unwrapped(node, definitions)
     result: dict[str, Any] = {}
     for key, value in node.items():
         if key in DROPPED_KEYS:

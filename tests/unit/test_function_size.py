@@ -26,8 +26,6 @@ STILL_LONG = {
     "hack/localcluster/nodeagent.py:resolve_env": 67,
     "trainer_image/accel_trainer/train.py:setup": 64,
     "trainer_image/accel_trainer/metrics.py:record_step": 63,
-    "operator/accel_operator/crdgen.py:_structural": 62,
-    "trainer_image/accel_trainer/evaluate.py:_scores_from": 61,
     "hack/localcluster/nodeagent.py:_run_once": 61,
 }
 

@@ -202,28 +202,7 @@ class Evaluator:
     def _scores_from(self, totals: torch.Tensor) -> dict[str, Any]:
         values = totals.tolist()
         if self.task is Task.SEQUENCE_CLASSIFICATION:
-            examples = values[1]
-            classes = len(self.label_names)
-            matrix = torch.tensor(values[2:]).view(classes, classes)
-            per_class = {
-                name: _scores(
-                    float(matrix[i, i]), float(matrix[:, i].sum()), float(matrix[i].sum())
-                )
-                for i, name in enumerate(self.label_names)
-                if float(matrix[i].sum()) > 0 or float(matrix[:, i].sum()) > 0
-            }
-            correct = float(matrix.diag().sum())
-            averages = _averages(per_class)
-            return {
-                "task": self.task.value,
-                "examples": int(examples),
-                "loss": values[0] / examples if examples else math.nan,
-                "accuracy": correct / examples if examples else 0.0,
-                "macro_f1": averages["macro avg"]["f1"],
-                "per_class": per_class,
-                "confusion_matrix": matrix.long().tolist(),
-                "report": format_report({**per_class, **averages}),
-            }
+            return self._classification_scores(values)
         if self.task is Task.CAUSAL_LM:
             tokens = values[1]
             loss = values[0] / tokens if tokens else math.nan
@@ -233,6 +212,34 @@ class Evaluator:
                 "loss": loss,
                 "perplexity": math.exp(min(loss, 700.0)) if tokens else math.nan,
             }
+        return self._entity_scores(values)
+
+    def _classification_scores(self, values: list[float]) -> dict[str, Any]:
+        """Accuracy, per-class and macro scores from (loss, examples, confusion matrix)."""
+        examples = values[1]
+        classes = len(self.label_names)
+        matrix = torch.tensor(values[2:]).view(classes, classes)
+        per_class = {
+            name: _scores(float(matrix[i, i]), float(matrix[:, i].sum()), float(matrix[i].sum()))
+            for i, name in enumerate(self.label_names)
+            if float(matrix[i].sum()) > 0 or float(matrix[:, i].sum()) > 0
+        }
+        correct = float(matrix.diag().sum())
+        averages = _averages(per_class)
+        return {
+            "task": self.task.value,
+            "examples": int(examples),
+            "loss": values[0] / examples if examples else math.nan,
+            "accuracy": correct / examples if examples else 0.0,
+            "macro_f1": averages["macro avg"]["f1"],
+            "per_class": per_class,
+            "confusion_matrix": matrix.long().tolist(),
+            "report": format_report({**per_class, **averages}),
+        }
+
+    def _entity_scores(self, values: list[float]) -> dict[str, Any]:
+        """CoNLL-style entity scores from (loss, tokens, correct tokens, sentences, then true
+        positives, predicted and gold entities of each type)."""
         tokens, correct, sentences = values[1], values[2], values[3]
         per_tag: dict[str, dict[str, float]] = {}
         total_tp = total_pred = total_gold = 0.0
