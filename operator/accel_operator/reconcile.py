@@ -22,6 +22,7 @@ more, so bursts of pod events coalesce into a few reconciles. Everything is idem
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import datetime as dt
@@ -57,6 +58,8 @@ Clock = Callable[[], dt.datetime]
 REASON_API_ERROR = "ApiError"
 # The longest wait between retries of a job whose reconciles keep failing.
 MAX_RETRY_SECONDS = 300.0
+# Requests of concurrent launches in flight at once (dry runs and children but the Job).
+FAN_OUT_THREADS = 16
 
 
 def utc_now() -> dt.datetime:
@@ -110,6 +113,11 @@ class Reconciler:
         self._last_status_write: dict[tuple[str, str], float] = {}
         self._last_api_error: dict[tuple[str, str], str] = {}
         self._last_rank_check: dict[tuple[str, str], float] = {}
+        self._fan_out = concurrent.futures.ThreadPoolExecutor(
+            max_workers=FAN_OUT_THREADS, thread_name_prefix="children"
+        )
+        """Sends a launch's dry runs, and its children but the Job, at once: a launch then waits
+        for two or three round trips to the API server instead of eight."""
 
     # --- triggering --------------------------------------------------------------------------
     def _gate(self, namespace: str, name: str) -> _Gate:
@@ -226,8 +234,7 @@ class Reconciler:
         for create in decision.creates:
             children = render.render_attempt(spec, ref, create.attempt, self.defaults)
             self._preflight(body, status, children, now)
-            for child in children:
-                self.kube.apply(child)
+            self._create_children(children)
         for restore in decision.restores:
             for child in render.render_attempt(spec, ref, restore.attempt, self.defaults):
                 if child["kind"] in restore.kinds:
@@ -260,13 +267,29 @@ class Reconciler:
     ) -> None:
         """Dry-run every child before the first is created: a child the API server refuses for
         good fails the job (InvalidSpec, naming the spec field) with nothing left behind."""
-        for child in children:
-            try:
-                self.kube.apply(child, dry_run=True)
-            except ApiError as error:
-                if not refusals.is_permanent(error):
-                    raise
-                self._fail_invalid_spec(body, status, refusals.describe(child, error), now)
+        refused = list(self._fan_out.map(self._dry_run, children))
+        for child, error in zip(children, refused, strict=True):
+            if error is None:
+                continue
+            if not refusals.is_permanent(error):
+                raise error
+            self._fail_invalid_spec(body, status, refusals.describe(child, error), now)
+
+    def _dry_run(self, child: dict[str, Any]) -> ApiError | None:
+        """What the API server says of creating the child: None when it would admit it."""
+        try:
+            self.kube.apply(child, dry_run=True)
+        except ApiError as error:
+            return error
+        return None
+
+    def _create_children(self, children: list[dict[str, Any]]) -> None:
+        """An attempt's children: all but the Job at once, then the Job, whose pods need the
+        others (their ConfigMap, their peers' DNS names, their gang object)."""
+        *first, job = children
+        for _ in self._fan_out.map(self.kube.apply, first):
+            pass
+        self.kube.apply(job)
 
     def _fail_invalid_spec(
         self,
