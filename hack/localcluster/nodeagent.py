@@ -35,6 +35,11 @@ What it does (needs root, ``ip`` and ``unshare``-capable kernel):
   object with grace 0. On SIGTERM to the agent it stops all pods the same way, removes its
   namespaces, veths and bridge, and exits 0. What a crashed run left behind is removed at start.
 
+What a pod's spec asks (env, command, hosts, volume files, mounts) is resolved by
+:mod:`localcluster.podspec`, what is reported (states, termination messages, status, restart
+rules, probes) by :mod:`localcluster.podstatus`; this module does the I/O: the API, the
+volumes on disk, one thread per pod, the node.
+
 Container output goes to :func:`pod_log_path`. Not supported: init and sidecar containers (only
 the first container runs), exec probes, image entrypoints (a container needs ``command``),
 ConfigMap updates after start, token refresh. Isolation is only what the tests need: pod
@@ -47,29 +52,22 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import http.client
 import ipaddress
-import json
 import logging
-import math
 import os
 import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
-
-from kubernetes.utils.quantity import parse_quantity as _untyped_parse_quantity
+from typing import Any
 
 from accel_operator.kube import ApiError, KubeClient, load_api_client
 
@@ -84,18 +82,42 @@ from .netns import (
     signal_all,
     write_netns_file,
 )
+from .podspec import (
+    STANDARD_PATH,
+    HostsEntry,
+    ObjectSource,
+    PodAddresses,
+    PodSetupError,
+    container_argv,
+    downward_api_files,
+    keyed_files,
+    mounts_for,
+    parse_quantity,
+    pod_hostname,
+    render_hosts,
+    resolve_env,
+)
+from .podstatus import (
+    DEFAULT_TERMINATION_MESSAGE_PATH,
+    TERMINAL_PHASES,
+    ContainerRecord,
+    backoff_seconds,
+    exit_code_of,
+    pod_status,
+    probe_once,
+    restart_wanted,
+    running_state,
+    terminated_state,
+    termination_message,
+    waiting_state,
+)
 
 log = logging.getLogger("localcluster.nodeagent")
 
-# The kubernetes client's helpers carry no annotations.
-parse_quantity: Callable[[str], Decimal] = _untyped_parse_quantity
 
 POOL_LABEL = "acceltrain.io/pool"
 PROCESS_NODE_ANNOTATION = "acceltrain.io/process-node"
-JOB_COMPLETION_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
-JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 NODE_LEASE_NAMESPACE = "kube-node-lease"
-CLUSTER_DOMAIN = "cluster.local"
 
 LEASE_DURATION_SECONDS = 40
 HEARTBEAT_SECONDS = 10.0
@@ -103,20 +125,9 @@ RELIST_SECONDS = 60
 REQUEST_TIMEOUT = (5.0, 30.0)
 MAX_GRACE_SECONDS = 30
 DEFAULT_GRACE_SECONDS = 30
-BACKOFF_CAP_SECONDS = 10.0
 SETUP_RETRY_SECONDS = 2.0
 POLL_SECONDS = 0.2
 MAX_PODS = 110
-STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-TERMINAL_PHASES = ("Succeeded", "Failed")
-# The kubelet's termination message rules (pkg/kubelet/container): the file a container writes
-# is read up to 4096 bytes; with FallbackToLogsOnError a failed container without one gets the
-# last 80 lines of its log, at most 2048 bytes.
-DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-MAX_TERMINATION_MESSAGE_BYTES = 4096
-FALLBACK_LOG_LINES = 80
-FALLBACK_LOG_BYTES = 2048
-_LOG_TAIL_READ_BYTES = 64 * 1024
 
 
 def pod_log_path(state_dir: Path, namespace: str, pod: str, container: str) -> Path:
@@ -133,505 +144,12 @@ def pod_dir(state_dir: Path, namespace: str, pod: str) -> Path:
     return Path(state_dir) / "pods" / f"{namespace}_{pod}"
 
 
-class PodSetupError(Exception):
-    """The pod cannot start yet; reason and message go to the container's waiting state."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def config_error(message: str) -> PodSetupError:
-    return PodSetupError("CreateContainerConfigError", message)
-
-
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def now_micro() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-# --- pure pieces: env, command, names, volumes, status -----------------------------------------
-
-
-class ObjectSource(Protocol):
-    """The API objects a pod's env and volumes read. None means the object does not exist."""
-
-    def config_map(self, namespace: str, name: str) -> dict[str, bytes] | None: ...
-
-    def secret(self, namespace: str, name: str) -> dict[str, bytes] | None: ...
-
-    def service_account_token(
-        self, pod: Mapping[str, Any], audience: str | None, expiration_seconds: int
-    ) -> str: ...
-
-
-@dataclass(frozen=True)
-class PodAddresses:
-    """What the downward API knows about where the pod runs."""
-
-    pod_ip: str
-    host_ip: str
-    node_allocatable: Mapping[str, str] = field(default_factory=dict)
-
-
-_REFERENCE = re.compile(r"\$\$|\$\(([^)]*)\)")
-_SUBSCRIPTED_FIELD = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
-
-
-def expand_references(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion: defined names are replaced, ``$$`` is a literal ``$``."""
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env[name] if name in env else match.group(0)
-
-    return _REFERENCE.sub(substitute, text)
-
-
-def field_value(pod: Mapping[str, Any], path: str, where: PodAddresses) -> str:
-    """The value of a downward-API ``fieldRef.fieldPath``."""
-    meta = pod.get("metadata", {})
-    spec = pod.get("spec", {})
-    simple = {
-        "metadata.name": meta.get("name", ""),
-        "metadata.namespace": meta.get("namespace", ""),
-        "metadata.uid": meta.get("uid", ""),
-        "spec.nodeName": spec.get("nodeName", ""),
-        "spec.serviceAccountName": spec.get("serviceAccountName", ""),
-        "status.podIP": where.pod_ip,
-        "status.podIPs": where.pod_ip,
-        "status.hostIP": where.host_ip,
-        "status.hostIPs": where.host_ip,
-    }
-    if path in simple:
-        return str(simple[path])
-    subscripted = _SUBSCRIPTED_FIELD.match(path)
-    if subscripted:
-        return str((meta.get(subscripted.group(1)) or {}).get(subscripted.group(2), ""))
-    if path in ("metadata.labels", "metadata.annotations"):
-        values = meta.get(path.split(".")[1]) or {}
-        return "".join(f"{key}={json.dumps(values[key])}\n" for key in sorted(values))
-    raise config_error(
-        f"fieldRef {path!r} is not supported by the process node; use one of "
-        f"{', '.join(sorted(simple))}, metadata.labels['KEY'] or metadata.annotations['KEY']"
-    )
-
-
-def resource_value(
-    container: Mapping[str, Any], ref: Mapping[str, Any], where: PodAddresses
-) -> str:
-    """The value of a ``resourceFieldRef``, rounded up in units of its divisor like a kubelet.
-
-    A limit the container does not set is the node's allocatable amount; a missing request is 0.
-    """
-    kind, _, name = str(ref.get("resource", "")).partition(".")
-    if kind not in ("limits", "requests") or not name:
-        raise config_error(
-            f"resourceFieldRef {ref.get('resource')!r} must be limits.<name> or requests.<name>"
-        )
-    raw = ((container.get("resources") or {}).get(kind) or {}).get(name)
-    if raw is None:
-        raw = where.node_allocatable.get(name, "0") if kind == "limits" else "0"
-    divisor = parse_quantity(ref.get("divisor") or "1") or Decimal(1)
-    return str(math.ceil(parse_quantity(raw) / divisor))
-
-
-def _key_value(
-    objects: ObjectSource, namespace: str, ref: Mapping[str, Any], kind: str
-) -> bytes | None:
-    name = ref.get("name", "")
-    data = (
-        objects.config_map(namespace, name)
-        if kind == "ConfigMap"
-        else objects.secret(namespace, name)
-    )
-    if data is None or ref["key"] not in data:
-        if ref.get("optional"):
-            return None
-        missing = (
-            f"{kind} {namespace}/{name}"
-            if data is None
-            else f"key {ref['key']!r} of {kind} {namespace}/{name}"
-        )
-        raise config_error(f"{missing} does not exist (create it or mark the reference optional)")
-    return data[ref["key"]]
-
-
-def pod_hostname(pod: Mapping[str, Any]) -> str:
-    return str(pod["spec"].get("hostname") or pod["metadata"]["name"])
-
-
-def resolve_env(
-    pod: Mapping[str, Any],
-    container: Mapping[str, Any],
-    where: PodAddresses,
-    objects: ObjectSource,
-    python: str,
-) -> dict[str, str]:
-    """The container's environment, resolved the way a kubelet does, on top of a base env.
-
-    The base env is what an image would provide: PATH (the directory of ``python`` first, kept
-    first even when the pod sets PATH), HOME and HOSTNAME.
-    """
-    namespace = pod["metadata"]["namespace"]
-    defined: dict[str, str] = {}
-    for source in container.get("envFrom") or []:
-        prefix = source.get("prefix", "")
-        if "configMapRef" in source:
-            ref, data = (
-                source["configMapRef"],
-                objects.config_map(namespace, source["configMapRef"]["name"]),
-            )
-            kind = "ConfigMap"
-        elif "secretRef" in source:
-            ref, data = source["secretRef"], objects.secret(namespace, source["secretRef"]["name"])
-            kind = "Secret"
-        else:
-            raise config_error(f"envFrom entry {source} is not supported by the process node")
-        if data is None:
-            if ref.get("optional"):
-                continue
-            raise config_error(f"{kind} {namespace}/{ref['name']} (envFrom) does not exist")
-        for key, raw in data.items():
-            defined[prefix + key] = raw.decode(errors="replace")
-
-    for var in container.get("env") or []:
-        name = var["name"]
-        source = var.get("valueFrom")
-        if source is None:
-            defined[name] = expand_references(var.get("value", ""), defined)
-        elif "fieldRef" in source:
-            defined[name] = field_value(pod, source["fieldRef"]["fieldPath"], where)
-        elif "resourceFieldRef" in source:
-            defined[name] = resource_value(container, source["resourceFieldRef"], where)
-        elif "configMapKeyRef" in source or "secretKeyRef" in source:
-            is_config_map = "configMapKeyRef" in source
-            ref = source["configMapKeyRef" if is_config_map else "secretKeyRef"]
-            value = _key_value(objects, namespace, ref, "ConfigMap" if is_config_map else "Secret")
-            if value is not None:
-                defined[name] = value.decode(errors="replace")
-        else:
-            raise config_error(f"env {name}: valueFrom {source} is not supported")
-
-    # The Job controller sets JOB_COMPLETION_INDEX through a fieldRef; pods copied from a Job's
-    # template without it still get the index the annotation or label carries.
-    meta = pod["metadata"]
-    index = (meta.get("annotations") or {}).get(JOB_COMPLETION_INDEX_KEY) or (
-        meta.get("labels") or {}
-    ).get(JOB_COMPLETION_INDEX_KEY)
-    if index is not None and JOB_COMPLETION_INDEX_ENV not in defined:
-        defined[JOB_COMPLETION_INDEX_ENV] = str(index)
-
-    python_bin = os.path.dirname(python)
-    env = {"PATH": f"{python_bin}:{STANDARD_PATH}", "HOME": "/root", "HOSTNAME": pod_hostname(pod)}
-    env.update(defined)
-    if not env["PATH"].startswith(python_bin + ":"):
-        env["PATH"] = f"{python_bin}:{env['PATH']}"
-    return env
-
-
-def container_argv(container: Mapping[str, Any], env: Mapping[str, str], python: str) -> list[str]:
-    """command + args with ``$(VAR)`` expanded; a leading python/python3 becomes ``python``."""
-    command = list(container.get("command") or [])
-    if not command:
-        raise config_error(
-            f"container {container.get('name')!r} has no command: the process node does not "
-            "pull images, so it cannot run an image's entrypoint; set command (and args)"
-        )
-    argv = [expand_references(part, env) for part in command + list(container.get("args") or [])]
-    if argv[0] in ("python", "python3"):
-        argv[0] = python
-    return argv
-
-
-@dataclass(frozen=True)
-class HostsEntry:
-    """One pod as the hosts files name it."""
-
-    ip: str
-    hostname: str
-    namespace: str
-    subdomain: str | None = None
-
-    def peer_names(self) -> list[str]:
-        """The names other pods of the subdomain resolve this pod by."""
-        if not self.subdomain:
-            return []
-        base = f"{self.hostname}.{self.subdomain}"
-        svc = f"{base}.{self.namespace}.svc"
-        return [f"{svc}.{CLUSTER_DOMAIN}", svc, f"{base}.{self.namespace}", base]
-
-
-def render_hosts(own: HostsEntry, peers: list[HostsEntry]) -> str:
-    """The pod's /etc/hosts: localhost, its own names, then its running subdomain peers."""
-    lines = [
-        "# Managed by the acceltrain process node agent (kubelet-style hosts file).",
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-        "\t".join([own.ip, *own.peer_names(), own.hostname]),
-    ]
-    lines += ["\t".join([peer.ip, *peer.peer_names()]) for peer in peers if peer.subdomain]
-    return "\n".join(lines) + "\n"
-
-
-def keyed_files(
-    data: Mapping[str, bytes],
-    items: list[Mapping[str, Any]] | None,
-    default_mode: int,
-    what: str,
-    optional: bool = False,
-) -> dict[str, tuple[bytes, int]]:
-    """Files of a configMap/secret volume: every key, or only ``items`` at their paths."""
-    if not items:
-        return {key: (value, default_mode) for key, value in data.items()}
-    files = {}
-    for item in items:
-        if item["key"] not in data:
-            if optional:
-                continue
-            raise PodSetupError(
-                "ContainerCreating", f"{what} has no key {item['key']!r} (volume items)"
-            )
-        files[item["path"]] = (data[item["key"]], int(item.get("mode", default_mode)))
-    return files
-
-
-def downward_api_files(
-    items: list[Mapping[str, Any]],
-    pod: Mapping[str, Any],
-    where: PodAddresses,
-    default_mode: int,
-) -> dict[str, tuple[bytes, int]]:
-    files = {}
-    containers = {c["name"]: c for c in pod["spec"]["containers"]}
-    for item in items:
-        if "fieldRef" in item:
-            value = field_value(pod, item["fieldRef"]["fieldPath"], where)
-        else:
-            ref = item["resourceFieldRef"]
-            container = containers.get(
-                ref.get("containerName") or pod["spec"]["containers"][0]["name"]
-            )
-            value = resource_value(container or {}, ref, where)
-        files[item["path"]] = (value.encode(), int(item.get("mode", default_mode)))
-    return files
-
-
-def mounts_for(container: Mapping[str, Any], volume_dirs: Mapping[str, Path]) -> list[Mount]:
-    """The container's volumeMounts as bind mounts of the prepared host directories."""
-    mounts = []
-    for volume_mount in container.get("volumeMounts") or []:
-        name = volume_mount["name"]
-        if name not in volume_dirs:
-            raise PodSetupError(
-                "ContainerCreating",
-                f"volumeMount {volume_mount['mountPath']} uses volume {name!r}, "
-                "which the pod does not define",
-            )
-        source = volume_dirs[name]
-        sub_path = volume_mount.get("subPath")
-        if sub_path:
-            if os.path.isabs(sub_path) or ".." in Path(sub_path).parts:
-                raise PodSetupError(
-                    "ContainerCreating", f"subPath {sub_path!r} must stay inside the volume"
-                )
-            source = source / sub_path
-        mounts.append(
-            Mount(str(source), volume_mount["mountPath"], bool(volume_mount.get("readOnly")))
-        )
-    return mounts
-
-
-def waiting_state(reason: str, message: str | None = None) -> dict[str, Any]:
-    return {"waiting": {"reason": reason, "message": message}}
-
-
-def running_state(started_at: str) -> dict[str, Any]:
-    return {"running": {"startedAt": started_at}}
-
-
-def terminated_state(
-    exit_code: int,
-    started_at: str | None,
-    finished_at: str,
-    reason: str | None = None,
-    message: str | None = None,
-) -> dict[str, Any]:
-    terminated: dict[str, Any] = {
-        "exitCode": exit_code,
-        "reason": reason or ("Completed" if exit_code == 0 else "Error"),
-        "startedAt": started_at,
-        "finishedAt": finished_at,
-    }
-    if message:
-        terminated["message"] = message
-    return {"terminated": terminated}
-
-
-def log_tail(
-    log_path: Path, lines: int = FALLBACK_LOG_LINES, limit: int = FALLBACK_LOG_BYTES
-) -> str:
-    """The last ``lines`` lines of a container log, cut to its last ``limit`` bytes."""
-    try:
-        with log_path.open("rb") as log_file:
-            size = log_file.seek(0, os.SEEK_END)
-            log_file.seek(max(0, size - _LOG_TAIL_READ_BYTES))
-            data = log_file.read()
-    except FileNotFoundError:
-        return ""
-    tail = b"".join(data.splitlines(keepends=True)[-lines:])[-limit:]
-    return tail.decode("utf-8", errors="replace")
-
-
-def termination_message(
-    container: Mapping[str, Any], message_file: Path, log_path: Path, exit_code: int
-) -> str | None:
-    """``state.terminated.message`` as the kubelet fills it when a container exits.
-
-    The file the container wrote at its terminationMessagePath wins; without one, a container
-    with ``terminationMessagePolicy: FallbackToLogsOnError`` that failed gets its log's tail.
-    """
-    try:
-        with message_file.open("rb") as written:
-            message = written.read(MAX_TERMINATION_MESSAGE_BYTES).decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        message = ""
-    if message:
-        return message
-    fallback = container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
-    if fallback and exit_code != 0:
-        return log_tail(log_path) or None
-    return None
-
-
-def _explicit(state: Mapping[str, Any]) -> dict[str, Any]:
-    # A strategic merge patch merges maps: the states a container is not in must be sent as
-    # null, or a terminated container would still show its old "running" entry.
-    return {key: state.get(key) for key in ("waiting", "running", "terminated")}
-
-
-@dataclass
-class ContainerRecord:
-    """What the agent knows about the one container it runs for a pod."""
-
-    name: str
-    image: str
-    restart_count: int = 0
-    state: dict[str, Any] = field(default_factory=lambda: waiting_state("ContainerCreating"))
-    last_state: dict[str, Any] = field(default_factory=dict)
-    ready: bool = False
-    container_id: str | None = None
-
-    def to_status(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "image": self.image,
-            "imageID": "",
-            "containerID": self.container_id,
-            "ready": self.ready,
-            "started": "running" in self.state,
-            "restartCount": self.restart_count,
-            "state": _explicit(self.state),
-            "lastState": _explicit(self.last_state),
-        }
-
-
-def pod_status(
-    *,
-    phase: str,
-    host_ip: str,
-    pod_ip: str | None,
-    start_time: str,
-    container: ContainerRecord,
-    ready_since: str,
-    reason: str | None = None,
-    message: str | None = None,
-) -> dict[str, Any]:
-    """The pod's status as a kubelet reports it, ready for a strategic merge patch."""
-
-    def condition(kind: str, ok: bool, since: str, why: str | None = None) -> dict[str, Any]:
-        return {
-            "type": kind,
-            "status": "True" if ok else "False",
-            "lastProbeTime": None,
-            "lastTransitionTime": since,
-            "reason": None if ok else why,
-            "message": None,
-        }
-
-    ready = container.ready and phase == "Running"
-    not_ready_reason = "PodCompleted" if phase in TERMINAL_PHASES else "ContainersNotReady"
-    status: dict[str, Any] = {
-        "phase": phase,
-        "reason": reason,
-        "message": message,
-        "hostIP": host_ip,
-        "hostIPs": [{"ip": host_ip}],
-        "startTime": start_time,
-        "conditions": [
-            condition("PodScheduled", True, start_time),
-            condition("Initialized", True, start_time),
-            condition("ContainersReady", ready, ready_since, not_ready_reason),
-            condition("Ready", ready, ready_since, not_ready_reason),
-        ],
-        "containerStatuses": [container.to_status()],
-    }
-    if pod_ip:
-        status["podIP"] = pod_ip
-        status["podIPs"] = [{"ip": pod_ip}]
-    return status
-
-
-def restart_wanted(restart_policy: str, exit_code: int) -> bool:
-    return restart_policy == "Always" or (restart_policy == "OnFailure" and exit_code != 0)
-
-
-def backoff_seconds(restart_count: int) -> float:
-    return float(min(BACKOFF_CAP_SECONDS, 2 ** min(restart_count, 10)))
-
-
-def exit_code_of(returncode: int) -> int:
-    """A process's exit status as a container runtime reports it (death by signal N: 128+N)."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def _named_port(port: int | str, container: Mapping[str, Any]) -> int:
-    if isinstance(port, int) or str(port).isdigit():
-        return int(port)
-    for declared in container.get("ports") or []:
-        if declared.get("name") == port:
-            return int(declared["containerPort"])
-    raise ValueError(f"probe port {port!r} is not a port name of the container")
-
-
-def probe_once(probe: Mapping[str, Any], pod_ip: str, container: Mapping[str, Any]) -> bool:
-    """Run a tcpSocket or httpGet probe against the pod's address; other kinds pass."""
-    timeout = float(probe.get("timeoutSeconds", 1))
-    try:
-        if "tcpSocket" in probe:
-            port = _named_port(probe["tcpSocket"]["port"], container)
-            with socket.create_connection((pod_ip, port), timeout=timeout):
-                return True
-        if "httpGet" in probe and probe["httpGet"].get("scheme", "HTTP") == "HTTP":
-            get = probe["httpGet"]
-            connection = http.client.HTTPConnection(
-                pod_ip, _named_port(get["port"], container), timeout=timeout
-            )
-            try:
-                headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
-                connection.request("GET", get.get("path", "/"), headers=headers)
-                return 200 <= connection.getresponse().status < 400
-            finally:
-                connection.close()
-    except (OSError, ValueError, http.client.HTTPException):
-        return False
-    return True
 
 
 # --- the API ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ STILL_LONG = {
     "hack/localcluster/pki.py:create_pki": 79,
     "hack/localcluster/nodeagent.py:_prepare": 77,
     "trainer_image/accel_trainer/train.py:train": 70,
-    "hack/localcluster/nodeagent.py:resolve_env": 67,
+    "hack/localcluster/podspec.py:resolve_env": 67,
     "trainer_image/accel_trainer/train.py:setup": 64,
     "trainer_image/accel_trainer/metrics.py:record_step": 63,
     "hack/localcluster/nodeagent.py:_run_once": 61,

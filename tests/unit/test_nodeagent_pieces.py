@@ -16,22 +16,23 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
 
 from localcluster.netns import MAX_INTERFACE_NAME, Mount, Names, dirs_to_mirror
-from localcluster.nodeagent import (
-    ContainerRecord,
+from localcluster.nodeagent import pod_log_path, prepare_volumes
+from localcluster.podspec import (
     HostsEntry,
     PodAddresses,
     PodSetupError,
-    backoff_seconds,
     container_argv,
-    exit_code_of,
     expand_references,
     mounts_for,
-    pod_log_path,
-    pod_status,
-    prepare_volumes,
-    probe_once,
     render_hosts,
     resolve_env,
+)
+from localcluster.podstatus import (
+    ContainerRecord,
+    backoff_seconds,
+    exit_code_of,
+    pod_status,
+    probe_once,
     restart_wanted,
     running_state,
     terminated_state,
