@@ -25,7 +25,6 @@ STILL_LONG = {
     "trainer_image/accel_trainer/train.py:train": 70,
     "hack/localcluster/podspec.py:resolve_env": 67,
     "trainer_image/accel_trainer/train.py:setup": 64,
-    "trainer_image/accel_trainer/metrics.py:record_step": 63,
     "hack/localcluster/nodeagent.py:_run_once": 61,
 }
 

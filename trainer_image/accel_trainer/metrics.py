@@ -367,6 +367,32 @@ def _family(
     )
 
 
+def _check_step(
+    samples: int,
+    tokens: int,
+    processed: int,
+    step_seconds: float,
+    sparsity: float | None,
+    own_seconds: float | None,
+) -> None:
+    """The figures of one step make sense, or a ValueError says which does not."""
+    if samples < 0 or tokens < 0:
+        raise ValueError(f"samples and tokens must be >= 0, got {samples} and {tokens}")
+    if processed < tokens:
+        raise ValueError(
+            f"padded_tokens ({processed}) counts padding too and cannot be below tokens ({tokens})"
+        )
+    if not (step_seconds > 0 and math.isfinite(step_seconds)):
+        raise ValueError(
+            f"step_seconds must be a positive duration, got {step_seconds}: time the "
+            "iteration with time.perf_counter()"
+        )
+    if sparsity is not None and not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be a fraction in [0, 1], got {sparsity}")
+    if own_seconds is not None and not (own_seconds >= 0 and math.isfinite(own_seconds)):
+        raise ValueError(f"own_seconds must be a duration >= 0, got {own_seconds}")
+
+
 def _check_identity(job: str, node_rank: int, rank: int, rate_window_steps: int) -> None:
     if not job:
         raise ValueError("job must be a non-empty name (the AccelTrainJob's metadata.name)")
@@ -588,22 +614,7 @@ class TrainerMetrics:
         ``loss`` may be non-finite (an fp16 overflow step); it is exported as is.
         """
         processed = tokens if padded_tokens is None else padded_tokens
-        if samples < 0 or tokens < 0:
-            raise ValueError(f"samples and tokens must be >= 0, got {samples} and {tokens}")
-        if processed < tokens:
-            raise ValueError(
-                f"padded_tokens ({processed}) counts padding too and cannot be below tokens "
-                f"({tokens})"
-            )
-        if not (step_seconds > 0 and math.isfinite(step_seconds)):
-            raise ValueError(
-                f"step_seconds must be a positive duration, got {step_seconds}: time the "
-                "iteration with time.perf_counter()"
-            )
-        if sparsity is not None and not 0.0 <= sparsity <= 1.0:
-            raise ValueError(f"sparsity must be a fraction in [0, 1], got {sparsity}")
-        if own_seconds is not None and not (own_seconds >= 0 and math.isfinite(own_seconds)):
-            raise ValueError(f"own_seconds must be a duration >= 0, got {own_seconds}")
+        _check_step(samples, tokens, processed, step_seconds, sparsity, own_seconds)
         self._samples_total.inc(samples)
         self._tokens_total.inc(tokens)
         self._processed_tokens_total.inc(processed)
