@@ -22,7 +22,6 @@ STILL_LONG = {
     "hack/localcluster/prometheus.py:scrape_config": 81,
     "hack/localcluster/pki.py:create_pki": 79,
     "hack/localcluster/nodeagent.py:_prepare": 77,
-    "trainer_image/accel_trainer/train.py:train": 70,
     "hack/localcluster/podspec.py:resolve_env": 67,
     "trainer_image/accel_trainer/train.py:setup": 64,
     "hack/localcluster/nodeagent.py:_run_once": 61,

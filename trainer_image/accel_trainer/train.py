@@ -486,22 +486,29 @@ class Recipe:
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
                 window_tokens = TokenCount()
 
-            stop = self.stop_agreement.after_step()
-            if training.eval_every and state.step % training.eval_every == 0 and not stop:
-                self.run_evaluation(f"step-{state.step:08d}")
-            every = config.checkpoint.every_steps
-            if stop or (every and state.step % every == 0):
-                self.save_checkpoint()
-                self.last_saved = state.step
-            if stop:
-                raise Preempted(
-                    f"stopped by {self.stop.signal_name or 'a peer'}: checkpoint of step "
-                    f"{state.step} saved in {self.store.root}; a restart resumes from it"
-                )
+            self._evaluate_save_or_stop()
         self.stop_agreement.drain()
         if self.steady_start is not None:
             paused = self.eval_seconds + self.checkpoint_seconds - self.paused_before_steady
             self.train_seconds = time.perf_counter() - self.steady_start - paused
+
+    def _evaluate_save_or_stop(self) -> None:
+        """After a step: evaluate and save a checkpoint when due; a stop every rank agreed on
+        saves one and ends the run (Preempted)."""
+        config, state = self.config, self.state
+        stop = self.stop_agreement.after_step()
+        eval_every = config.training.eval_every
+        if eval_every and state.step % eval_every == 0 and not stop:
+            self.run_evaluation(f"step-{state.step:08d}")
+        every = config.checkpoint.every_steps
+        if stop or (every and state.step % every == 0):
+            self.save_checkpoint()
+            self.last_saved = state.step
+        if stop:
+            raise Preempted(
+                f"stopped by {self.stop.signal_name or 'a peer'}: checkpoint of step "
+                f"{state.step} saved in {self.store.root}; a restart resumes from it"
+            )
 
     def _optimizer_step(self) -> tuple[float, TokenCount]:
         """One optimizer step: gradient_accumulation micro-batches; returns the mean loss and
