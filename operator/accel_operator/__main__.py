@@ -314,7 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     kopf.run(
         registry=build_registry(
             reconciler,
-            reconciler.cache,
             options,
             on_drained=elector.release if elector is not None else None,
         ),

@@ -97,14 +97,14 @@ def configure_settings(settings: kopf.OperatorSettings, options: OperatorOptions
 
 def build_registry(
     reconciler: Reconciler,
-    cache: informer.Informer,
     options: OperatorOptions,
     on_drained: Callable[[], None] | None = None,
 ) -> kopf.OperatorRegistry:
-    """A kopf registry with the operator's handlers bound to ``reconciler``; ``cache`` (the
-    reconciler's) is started with it and its changes queue reconciles. ``on_drained`` runs at
-    shutdown once kopf's watchers and handlers and the work queue have stopped: nothing of this
-    process writes after it (the leader hands its Lease back there)."""
+    """A kopf registry with the operator's handlers bound to ``reconciler``; its informer cache
+    is started with it and its changes queue reconciles. ``on_drained`` runs at shutdown once
+    kopf's watchers and handlers and the work queue have stopped: nothing of this process
+    writes after it (the leader hands its Lease back there)."""
+    cache = _informer_of(reconciler)
     registry = kopf.OperatorRegistry()
     resource = (api.GROUP, api.VERSION, api.PLURAL)
 
@@ -151,10 +151,16 @@ def build_registry(
         if type == "DELETED" and namespace is not None:
             reconciler.forget(namespace, name)
 
-    cache.listener = _child_listener(reconciler, work)
+    cache.listener = _cache_listener(reconciler, work)
     if options.kueue:
         _watch_kueue_workloads(registry, work)
     return registry
+
+
+def _informer_of(reconciler: Reconciler) -> informer.Informer:
+    if reconciler.cache is None:
+        raise ValueError("the operator's reconciler reads an informer cache; give it one")
+    return reconciler.cache
 
 
 def _work_queue(reconciler: Reconciler, options: OperatorOptions) -> WorkQueue:
@@ -182,7 +188,7 @@ def _watch_kueue_workloads(registry: kopf.OperatorRegistry, work: WorkQueue) -> 
                 work.add(namespace, owner)
 
 
-def _child_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listener:
+def _cache_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listener:
     """What the cache's changes do: queue a job the cache sees for the first time, queue the
     owning job when something the lifecycle reacts to changed (a Job's or pod's fingerprint),
     and keep the inventory of restorable children (a deleted or changed one is put back by the

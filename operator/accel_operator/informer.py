@@ -102,8 +102,8 @@ class Store:
         """(kind, namespace, owner) -> name -> object."""
         self._owner: dict[tuple[str, str, str], str] = {}
         """(kind, namespace, name) -> owner, to find an object again."""
-        self._tombstones: dict[str, float] = {}
-        self._tombstone_order: collections.deque[tuple[float, str]] = collections.deque()
+        self._tombstones: collections.OrderedDict[str, float] = collections.OrderedDict()
+        """Uids of deleted objects -> when, oldest first."""
         self._lock = threading.Lock()
 
     def owned(self, kind: str, namespace: str, owner: str) -> list[dict[str, Any]]:
@@ -112,10 +112,7 @@ class Store:
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            owner = self._owner.get((kind, namespace, name))
-            if owner is None:
-                return None
-            return self._owned[(kind, namespace, owner)].get(name)
+            return self._stored_locked(kind, namespace, name)
 
     def keys(self, kind: str, namespace: str | None) -> set[tuple[str, str]]:
         """(namespace, name) of every stored object of a kind, in a namespace or all."""
@@ -129,19 +126,20 @@ class Store:
     def upsert(
         self, kind: str, owner: str, obj: Mapping[str, Any], *, from_write: bool = False
     ) -> dict[str, Any] | None:
-        """Store an object unless what is stored is newer (or, for a write's answer, the
-        object was deleted meanwhile); returns what it replaced."""
+        """Store an object unless the stored version of it is newer (or, for a write's answer,
+        the object was deleted meanwhile); returns what it replaced."""
         metadata = obj["metadata"]
         namespace, name = metadata.get("namespace") or "", metadata["name"]
         with self._lock:
             if from_write and str(metadata.get("uid")) in self._tombstones:
                 return None
-            before = self._remove_locked(kind, namespace, name, keep_if_newer_than=obj)
-            if before is _NEWER:
+            stored = self._stored_locked(kind, namespace, name)
+            if stored is not None and _newer(stored, than=obj):
                 return None
+            self._remove_locked(kind, namespace, name)
             self._owned.setdefault((kind, namespace, owner), {})[name] = _trimmed(obj)
             self._owner[(kind, namespace, name)] = owner
-            return before
+            return stored
 
     def delete(
         self, kind: str, namespace: str, name: str, uid: str | None
@@ -149,45 +147,42 @@ class Store:
         """Forget a deleted object; returns what was stored."""
         with self._lock:
             if uid:
-                now = time.monotonic()
-                self._tombstones[uid] = now
-                self._tombstone_order.append((now, uid))
-                self._expire_tombstones(now)
-            return self._remove_locked(kind, namespace, name)
+                self._bury(uid)
+            stored = self._stored_locked(kind, namespace, name)
+            self._remove_locked(kind, namespace, name)
+            return stored
 
-    def _remove_locked(
-        self,
-        kind: str,
-        namespace: str,
-        name: str,
-        keep_if_newer_than: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any] | None:
+    def _stored_locked(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         owner = self._owner.get((kind, namespace, name))
+        return None if owner is None else self._owned[(kind, namespace, owner)][name]
+
+    def _remove_locked(self, kind: str, namespace: str, name: str) -> None:
+        owner = self._owner.pop((kind, namespace, name), None)
         if owner is None:
-            return None
+            return
         objects = self._owned[(kind, namespace, owner)]
-        stored = objects[name]
-        if keep_if_newer_than is not None:
-            new, old = _version(keep_if_newer_than), _version(stored)
-            same_object = stored["metadata"].get("uid") == keep_if_newer_than["metadata"].get("uid")
-            if same_object and new is not None and old is not None and old > new:
-                return _NEWER
         del objects[name]
         if not objects:
             del self._owned[(kind, namespace, owner)]
-        del self._owner[(kind, namespace, name)]
-        return stored
 
-    def _expire_tombstones(self, now: float) -> None:
-        while self._tombstone_order and now - self._tombstone_order[0][0] > TOMBSTONE_SECONDS:
-            _, uid = self._tombstone_order.popleft()
-            if now - self._tombstones.get(uid, now) > TOMBSTONE_SECONDS:
-                del self._tombstones[uid]
+    def _bury(self, uid: str) -> None:
+        """Remember a deleted uid; forget those buried longer than TOMBSTONE_SECONDS ago."""
+        now = time.monotonic()
+        self._tombstones[uid] = now
+        self._tombstones.move_to_end(uid)
+        while self._tombstones:
+            oldest, since = next(iter(self._tombstones.items()))
+            if now - since <= TOMBSTONE_SECONDS:
+                break
+            del self._tombstones[oldest]
 
 
-_NEWER: dict[str, Any] = {}
-"""What :meth:`Store._remove_locked` answers (this very dict) when the stored object is newer
-than the new one."""
+def _newer(stored: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    """Whether the stored object is a later version of the same object (same uid)."""
+    if stored["metadata"].get("uid") != than["metadata"].get("uid"):
+        return False
+    old, new = _version(stored), _version(than)
+    return old is not None and new is not None and old > new
 
 
 class Informer:

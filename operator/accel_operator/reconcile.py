@@ -417,36 +417,42 @@ class Reconciler:
         return deferred
 
     # --- reading -----------------------------------------------------------------------------
+    def _synced_cache(self) -> informer.Store | None:
+        """The informer's store once it has listed every kind; None: ask the API server."""
+        return self.cache.store if self.cache is not None and self.cache.synced else None
+
     def _read_accel_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The AccelTrainJob from the cache, else (not listed yet, or created a moment ago) from
         the API server."""
-        if self.cache is not None and self.cache.synced:
-            cached = self.cache.store.get(api.KIND, namespace, name)
-            if cached is not None:
-                return copy.deepcopy(cached)
+        store = self._synced_cache()
+        cached = store.get(api.KIND, namespace, name) if store is not None else None
+        if cached is not None:
+            return copy.deepcopy(cached)
         body = self.kube.get_accel_job(namespace, name)
         if body is not None and self.cache is not None:
             self.cache.record(body)
         return body
 
     def _attempt_jobs(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        if self.cache is not None and self.cache.synced:
-            return self.cache.store.owned("Job", namespace, name)
-        return self.kube.list_attempt_jobs(namespace, name)
+        store = self._synced_cache()
+        if store is None:
+            return self.kube.list_attempt_jobs(namespace, name)
+        return store.owned("Job", namespace, name)
 
     def _worker_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        if self.cache is not None and self.cache.synced:
-            pods = self.cache.store.owned("Pod", namespace, name)
-            role = constants.LABEL_ROLE
-            worker = constants.ROLE_WORKER
-            return [p for p in pods if (p["metadata"].get("labels") or {}).get(role) == worker]
-        return self.kube.list_worker_pods(namespace, name)
+        store = self._synced_cache()
+        if store is None:
+            return self.kube.list_worker_pods(namespace, name)
+        role, worker = constants.LABEL_ROLE, constants.ROLE_WORKER
+        pods = store.owned("Pod", namespace, name)
+        return [p for p in pods if (p["metadata"].get("labels") or {}).get(role) == worker]
 
     def _child_exists(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Whether a restorable child exists: the cache knows (it holds the operator's own
         creations at once), else the API server."""
-        if self.cache is not None and self.cache.synced and kind in self.cache.kinds:
-            return self.cache.store.get(kind, namespace, name) is not None
+        store = self._synced_cache()
+        if store is not None and self.cache is not None and kind in self.cache.kinds:
+            return store.get(kind, namespace, name) is not None
         return self.kube.child_exists(api_version, kind, namespace, name)
 
     # --- observing ---------------------------------------------------------------------------
