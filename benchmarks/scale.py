@@ -74,6 +74,7 @@ class ScaleResult:
     restarted: int
     requests: float
     writes: float
+    requests_by_kind: dict[tuple[str, str], float]
     rss_mb: float
     peak_rss_mb: float
     cpu_seconds: float
@@ -145,6 +146,10 @@ class ScaleResult:
             "launch_seconds": sorted(self.running_latencies),
             "requests_per_job": self.requests / self.jobs,
             "writes_per_job": self.writes / self.jobs,
+            "requests_per_job_by_verb_and_resource": {
+                f"{verb} {resource}": count / self.jobs
+                for (verb, resource), count in sorted(self.requests_by_kind.items())
+            },
             "rss_mb": self.rss_mb,
             "peak_rss_mb": self.peak_rss_mb,
             "cpu_seconds": self.cpu_seconds,
@@ -167,6 +172,12 @@ def print_table(result: ScaleResult) -> None:
     for measure, value, target, met in result.checks():
         verdict = ("PASS" if met else "FAIL") if target != "-" else ""
         print(f"| {measure} | {value} | {target} | {verdict} |")
+    print("| API requests per job: verb | resource | per job |")
+    print("|---|---|---:|")
+    for (verb, resource), count in sorted(
+        result.requests_by_kind.items(), key=lambda item: -item[1]
+    ):
+        print(f"| {verb} | {resource} | {count / result.jobs:.2f} |")
     print(f"overall: {'PASS' if result.passed() else 'FAIL'}")
 
 
@@ -263,6 +274,11 @@ def run(
     phases, restarts = final_phases(kube, namespace, launches)
     requests_after = operator.counters()
     requests = sum(requests_after.values()) - sum(requests_before.values())
+    by_kind = {
+        key: count - requests_before.get(key, 0.0)
+        for key, count in requests_after.items()
+        if count > requests_before.get(key, 0.0)
+    }
     writes = sum(operator.writes().values()) - writes_before
     rss, peak = operator.rss_mib()
     return ScaleResult(
@@ -277,6 +293,7 @@ def run(
         restarted=restarts,
         requests=requests,
         writes=writes,
+        requests_by_kind=by_kind,
         rss_mb=rss * 1.048576,
         peak_rss_mb=peak * 1.048576,
         cpu_seconds=operator.cpu_seconds() - cpu_before,

@@ -144,6 +144,7 @@ class PodView:
     TerminationByKubelet), not failed by its own doing."""
     deletion_deadline: dt.datetime | None = None
     """While the pod is being deleted: when its grace period ends (``deletionTimestamp``)."""
+    created: dt.datetime | None = None
 
     @property
     def waiting(self) -> str:

@@ -18,6 +18,9 @@ from accel_operator.lifecycle import AttemptView, PodView, parse_time
 
 JOB_FAILED_CONDITIONS = ("Failed", "FailureTarget")
 JOB_COMPLETE_CONDITIONS = ("Complete", "SuccessCriteriaMet")
+EVENT_READ_GRACE_SECONDS = 5.0
+"""How long a pod may wait for the scheduler, and a Job for its pods, before the reconciler
+reads the Events that would say why."""
 
 
 def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -150,6 +153,7 @@ def pod_view(
         if disruption
         else "",
         deletion_deadline=parse_time(metadata.get("deletionTimestamp")),
+        created=parse_time(metadata.get("creationTimestamp")),
     )
 
 
@@ -189,11 +193,33 @@ def latest_message(events: Iterable[Mapping[str, Any]]) -> str:
     return latest[1]
 
 
-def needs_scheduler_events(pods: Iterable[PodView]) -> bool:
-    """Whether some unbound pod lacks a scheduler message (then the Events are worth a read)."""
+def needs_scheduler_events(pods: Iterable[PodView], now: dt.datetime) -> bool:
+    """Whether some unbound pod lacks a scheduler message although the scheduler had
+    EVENT_READ_GRACE_SECONDS to place it (then its FailedScheduling Events are worth a read)."""
     return any(
-        not pod.node_name and not pod.unschedulable_message and not pod.deleting for pod in pods
+        not pod.node_name
+        and not pod.unschedulable_message
+        and not pod.deleting
+        and _older_than_grace(pod.created, now)
+        for pod in pods
     )
+
+
+def needs_create_failures(
+    job: AttemptView, pods: Iterable[PodView], workers: int, now: dt.datetime
+) -> bool:
+    """Whether the live attempt still misses pods EVENT_READ_GRACE_SECONDS after its Job was
+    created (then the Job controller's FailedCreate Events say why)."""
+    if job.complete or job.failed or job.suspended or job.deleting:
+        return False
+    present = sum(1 for pod in pods if pod.attempt == job.attempt)
+    return present < workers and _older_than_grace(job.created, now)
+
+
+def _older_than_grace(created: dt.datetime | None, now: dt.datetime) -> bool:
+    # A pod or Job younger than this is normally placed or given its pods by then: reading
+    # Events for it would cost every launch a LIST or two and tell nothing.
+    return created is None or (now - created).total_seconds() >= EVENT_READ_GRACE_SECONDS
 
 
 def holds_desired(live: Any, desired: Any) -> bool:

@@ -468,12 +468,15 @@ class Reconciler:
         )
         raw_pods = self._worker_pods(namespace, name)
         pods = [observe.pod_view(pod) for pod in raw_pods]
-        if observe.needs_scheduler_events(pods):
+        now = self.clock()
+        if observe.needs_scheduler_events(pods, now):
             messages = observe.scheduler_messages(self.kube.list_scheduling_events(namespace))
             pods = [observe.pod_view(pod, messages) for pod in raw_pods]
         current = max([status.attempt, *(view.attempt for view in attempts)])
         current_job = next((view for view in attempts if view.attempt == current), None)
-        if current_job is not None and self._pods_missing(spec, current_job, pods):
+        if current_job is not None and observe.needs_create_failures(
+            current_job, pods, spec.workers, now
+        ):
             events = self.kube.list_create_failures(namespace, current_job.name)
             failure_message = observe.latest_message(events)
             current_job = dataclasses.replace(current_job, create_failure=failure_message)
@@ -501,7 +504,7 @@ class Reconciler:
             rank_times = self._rank_times(spec, pods, current)
         return lifecycle.Observed(
             native_gang=self.defaults.native_gang,
-            created=lifecycle.parse_time(metadata.get("creationTimestamp")) or self.clock(),
+            created=lifecycle.parse_time(metadata.get("creationTimestamp")) or now,
             generation=int(metadata.get("generation") or 0),
             attempts=attempts,
             pods=tuple(pods),
@@ -593,16 +596,6 @@ class Reconciler:
             else:
                 changed.append(kind)
         return tuple(missing), tuple(changed)
-
-    @staticmethod
-    def _pods_missing(
-        spec: api.AccelTrainJobSpec, job: lifecycle.AttemptView, pods: list[lifecycle.PodView]
-    ) -> bool:
-        """Whether the running attempt has fewer pods than workers (then the Job controller's
-        FailedCreate events say why)."""
-        if job.complete or job.failed or job.suspended or job.deleting:
-            return False
-        return sum(1 for pod in pods if pod.attempt == job.attempt) < spec.workers
 
     def _failures(
         self, namespace: str, pods: list[lifecycle.PodView]

@@ -1027,7 +1027,7 @@ def test_a_pod_the_scheduler_cannot_place_carries_its_reason() -> None:
     assert view.unschedulable_message == "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
     assert not view.started
     bare = _pod_object("bert-a2-0-a", 0, "Pending")
-    assert observe.needs_scheduler_events([observe.pod_view(bare)])
+    assert observe.needs_scheduler_events([observe.pod_view(bare)], at(60))
     events = [
         {
             "reason": "FailedScheduling",
@@ -1038,6 +1038,21 @@ def test_a_pod_the_scheduler_cannot_place_carries_its_reason() -> None:
     ]
     messages = observe.scheduler_messages(events)
     assert "node affinity" in observe.pod_view(bare, messages).unschedulable_message
+
+
+def test_events_are_read_only_for_pods_and_jobs_left_waiting_past_the_grace() -> None:
+    fresh = _pod_object("bert-a2-0-a", 0, "Pending")
+    fresh["metadata"]["creationTimestamp"] = ts(10)
+    grace = observe.EVENT_READ_GRACE_SECONDS
+    # A pod the scheduler has not looked at yet: no Events read for it on every launch.
+    assert not observe.needs_scheduler_events([observe.pod_view(fresh)], at(10 + grace - 1))
+    assert observe.needs_scheduler_events([observe.pod_view(fresh)], at(10 + grace))
+    attempt = job(2, created=10)
+    assert not observe.needs_create_failures(attempt, [], 2, at(10 + grace - 1))
+    assert observe.needs_create_failures(attempt, [], 2, at(10 + grace))
+    pods = [observe.pod_view(fresh), observe.pod_view(_pod_object("bert-a2-1-b", 1, "Pending"))]
+    assert not observe.needs_create_failures(attempt, pods, 2, at(60))
+    assert not observe.needs_create_failures(job(2, created=10, failed=True), [], 2, at(60))
 
 
 def test_job_conditions_become_the_attempt_outcome() -> None:
