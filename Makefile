@@ -55,11 +55,13 @@ crd: venv
 crd-check: venv
 	$(PY) -m accel_operator.crdgen --check
 
+# The fast tests: no cluster, no training run, nothing slow.
 unit: venv
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests -m "not cluster and not training and not slow"
 
+# The tests against a local control plane.
 integration: venv tools node-images
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest tests -m cluster
 
 test: venv tools images lint typecheck imports crd-check
 	$(PY) -m pytest tests --durations=60
@@ -139,7 +141,7 @@ e2e-kind:
 
 # The trainer's DeepSpeed runs (2 CPU ranks each) and its unit tests; `make test` runs them too.
 trainer-tests: venv
-	$(PY) -m pytest tests/trainer tests/unit/test_trainer_*.py
+	$(PY) -m pytest tests/trainer
 
 # samples/s of accel_trainer against a bare deepspeed.initialize loop and plain DDP.
 .PHONY: bench-trainer

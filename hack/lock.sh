@@ -7,7 +7,7 @@
 #   trainer_image/constraints.txt  both trainer images (trainer_image/Dockerfile)
 #
 # The image files are resolved inside the dev file (`-c`), so a package has one version
-# everywhere and the images ship what the suite tested; tests/unit/test_constraints.py checks that
+# everywhere and the images ship what the suite tested; tests/repo/test_constraints.py checks that
 # they agree, that the Dockerfiles install from them and that the venv holds exactly the dev pins.
 # uv keeps the versions already in a file while pyproject.toml allows them, so after a change of
 # pyproject.toml only what must move moves; `make lock UPGRADE=1` takes the newest versions allowed.

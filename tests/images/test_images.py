@@ -6,7 +6,7 @@ here: DeepSpeed's ops are compiled into the image for the torch it ships, load w
 the versions the suite runs on (its constraints file, `make lock`), and only its own package and
 the contract package (accel_contract).
 
-The CPU image also trains in real containers in tests/integration/test_real_node.py.
+The CPU image also trains in real containers in tests/localcluster/test_real_node.py.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Tests that run the real trainer: DeepSpeed on 2 CPU ranks (markers trainer, slow)."""
+"""Tests of the trainer (accel_trainer): its pieces, and real runs of DeepSpeed on 2 CPU ranks
+(markers training, slow)."""

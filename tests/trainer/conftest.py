@@ -1,9 +1,9 @@
 """Helpers for the trainer tests: jobs rendered by the operator's own renderer, and runs of the
 real trainer (``python -m accel_trainer run``, 2 CPU ranks) as subprocesses.
 
-Every test here starts DeepSpeed on the CPU, so they are marked ``trainer`` and ``slow``. The
-models are tiny (hidden 64, 2 layers, sequences of 32) so that a run takes seconds; the first run
-on a machine also compiles DeepSpeed's shared-memory op once (~30-80 s) into
+The tests that start DeepSpeed on the CPU are marked ``training`` and ``slow``. The models are
+tiny (hidden 64, 2 layers, sequences of 32) so that a run takes seconds; the first run on a
+machine also compiles DeepSpeed's shared-memory op once (~30-80 s) into
 ``~/.cache/torch_extensions``.
 """
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from .conftest import LiveRun, render_job, run_trainer
 
-pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+pytestmark = [pytest.mark.training, pytest.mark.slow]
 
 GLOBAL_BATCH = 16 * 2  # micro-batch x ranks
 STEPS = 24

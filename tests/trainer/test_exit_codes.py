@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import LiveRun, render_job, run_trainer
 
-pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+pytestmark = [pytest.mark.training, pytest.mark.slow]
 
 
 def test_a_missing_data_file_exits_66_before_any_rank_starts(tmp_path: Path) -> None:

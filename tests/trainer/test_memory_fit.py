@@ -13,7 +13,7 @@ from accel_contract.config import ENV_MEMORY_LIMIT_BYTES
 
 from .conftest import render_job, run_trainer
 
-pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+pytestmark = [pytest.mark.training, pytest.mark.slow]
 
 MIB = 1024**2
 GIB = 1024**3

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..metrics_contract import TRAINER_CONTRACT_FAMILIES
+from tests.metrics_contract import TRAINER_CONTRACT_FAMILIES
+
 from .conftest import LiveRun, render_job
 
-pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+pytestmark = [pytest.mark.training, pytest.mark.slow]
 
 MICRO_BATCH = 16
 SEQ_LENGTH = 32

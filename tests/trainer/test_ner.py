@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import render_job, run_trainer
 
-pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+pytestmark = [pytest.mark.training, pytest.mark.slow]
 
 ENTITIES = {
     "PER": [["Ada", "Lovelace"], ["Alan", "Turing"], ["Grace", "Hopper"], ["Linus"], ["Barbara"]],

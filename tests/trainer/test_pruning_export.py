@@ -19,7 +19,7 @@ from accel_trainer.export import load_quantized
 
 from .conftest import render_job, run_trainer
 
-pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+pytestmark = [pytest.mark.training, pytest.mark.slow]
 
 TARGET = 0.6
 TOPICS = {

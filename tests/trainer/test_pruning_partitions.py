@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification
 
 from .conftest import render_job, run_trainer
 
-pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+pytestmark = [pytest.mark.training, pytest.mark.slow]
 
 TARGET = 0.5
 # A healthy run of this job takes well under a minute; a hang is cut off here.

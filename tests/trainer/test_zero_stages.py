@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import render_job, run_trainer
 
-pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+pytestmark = [pytest.mark.training, pytest.mark.slow]
 
 STAGES: dict[str, dict[str, Any]] = {
     "zero0-fp32": {"zero": {"stage": 0}, "precision": "fp32"},
