@@ -3,28 +3,31 @@
 Registered on a registry of their own by :func:`build_registry` (the CLI passes it to
 ``kopf.run``):
 
-- ``on.create`` / ``on.resume`` / ``on.update(field="spec")`` of AccelTrainJobs: reconcile; a spec
-  that cannot work becomes ``kopf.PermanentError`` after the status says Failed/InvalidSpec.
 - a timer on every AccelTrainJob (``--reconcile-interval``): queues a reconcile when a time-based
   step is due (progress scrape, backoff, gang timeout, deadlines, TTL) and skips otherwise, so
   finished jobs cost nothing.
-- changes of the attempt Jobs and worker pods, as the informer (:mod:`accel_operator.informer`)
-  sees them: queue a reconcile of the owning AccelTrainJob when something the lifecycle reacts
-  to changed, so pod and Job changes are acted on at once.
+- AccelTrainJobs as the informer (:mod:`accel_operator.informer`) sees them: queue a job it sees
+  for the first time (created, or listed when this operator starts or becomes the leader) and a
+  job whose spec changed (a new ``metadata.generation``).
+- changes of the attempt Jobs and worker pods, also from the informer: queue a reconcile of the
+  owning AccelTrainJob when something the lifecycle reacts to changed, so pod and Job changes
+  are acted on at once.
 - changes of the jobs' Services, ConfigMaps and gang objects (native Workloads, PodGroups where
   their API is served), also from the informer: keep the reconciler's inventory of them and
   queue the owner when one is deleted, so a live attempt gets it back within a second.
 - ``on.event`` of Kueue's Workloads, where Kueue is installed: queue the AccelTrainJob whose
   attempt Job owns the Workload, so a queued job's status quotes why Kueue waits as it changes.
 
-The create/resume/update handler is sync (kopf runs it in its thread pool) because its outcome
-drives kopf's retries. The timer, kopf's event handlers and the informer's listener only mark
-the job in a :class:`~accel_operator.workqueue.WorkQueue`, whose own threads reconcile: no
-watch ever waits on the API server. kopf watches only AccelTrainJobs (and Kueue's Workloads): it
-filters labels on the client side, so the children are the informer's, selected by the server.
-No ``on.delete`` handler: owner references and the garbage collector remove the children. kopf
-itself adds the finalizer ``acceltrain.io/finalizer`` because of the timer, and removes it when
-the timer stops.
+One entry path: the timer, kopf's event handlers and the informer's listener only mark the job
+in a :class:`~accel_operator.workqueue.WorkQueue`, whose own threads reconcile, never two on one
+job: no watch ever waits on the API server. A spec that cannot work is reported on the job's
+status (Failed/InvalidSpec) and not retried; other failures are retried by the timer with a
+doubling delay (:meth:`~accel_operator.reconcile.Reconciler.due`).
+
+kopf watches only AccelTrainJobs (and Kueue's Workloads): it filters labels on the client side,
+so the children are the informer's, selected by the server. No ``on.delete`` handler: owner
+references and the garbage collector remove the children. kopf itself adds the finalizer
+``acceltrain.io/finalizer`` because of the timer, and removes it when the timer stops.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ import kopf
 
 from accel_operator import api, constants, informer, inventory, observe, render
 from accel_operator.kube import UNREACHABLE_ERRORS, ApiError
-from accel_operator.reconcile import InvalidSpecError, Reconciler
+from accel_operator.reconcile import FAN_OUT_THREADS, InvalidSpecError, Reconciler
 from accel_operator.workqueue import QueueObserver, WorkQueue
 
 logger = logging.getLogger(__name__)
+
+KOPF_THREADS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,23 +63,16 @@ class OperatorOptions:
     inactivity_timeout: float = 600.0
     """Restart a watch stream that has been silent this long (lost without an error)."""
     max_workers: int = 32
-    """Threads that reconcile jobs queued by events and timers: the jobs reconciled at once."""
-    retry_delay: float = 5.0
-    """Seconds before kopf retries a create/update/resume handler that failed."""
+    """Threads that reconcile queued jobs: the jobs reconciled at once."""
     kueue: bool = False
     """Whether Kueue is installed: its Workloads are watched, so that a queued job's status says
     at once why Kueue does not admit it yet."""
 
     @property
-    def handler_threads(self) -> int:
-        """kopf's threads, which run only the create/update/resume handler (a burst of new
-        jobs); the reconciles that events and timers ask for run on the work queue's threads."""
-        return max(4, self.max_workers // 4)
-
-    @property
     def api_connections(self) -> int:
-        """Connections to the API server: one per thread that may reconcile."""
-        return self.max_workers + self.handler_threads
+        """Connections to the API server: one per thread that may send a request (the work
+        queue's, and the reconciles' fan-out of a launch's requests)."""
+        return self.max_workers + FAN_OUT_THREADS
 
 
 def configure_settings(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
@@ -92,7 +90,8 @@ def configure_settings(settings: kopf.OperatorSettings, options: OperatorOptions
     # The reconciler posts the events users need; kopf's own only when something is wrong.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = constants.FIELD_MANAGER
-    settings.execution.max_workers = options.handler_threads
+    # kopf's own threads run only its sync startup, login and cleanup handlers.
+    settings.execution.max_workers = KOPF_THREADS
 
 
 def build_registry(
@@ -127,19 +126,6 @@ def build_registry(
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # The same in-cluster or kubeconfig credentials as accel_operator.kube uses.
         return kopf.login_via_client(**kwargs)
-
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.resume(*resource, registry=registry)
-    @kopf.on.update(*resource, field="spec", registry=registry)
-    def job_changed(namespace: str | None, name: str, **_: Any) -> None:
-        if namespace is None:
-            return
-        try:
-            reconciler.reconcile(namespace, name)
-        except InvalidSpecError as error:
-            raise kopf.PermanentError(str(error)) from None
-        except Exception as error:
-            raise kopf.TemporaryError(str(error), delay=options.retry_delay) from error
 
     @kopf.timer(*resource, interval=options.reconcile_interval, registry=registry)
     async def job_due(namespace: str | None, name: str, **_: Any) -> None:
@@ -199,9 +185,7 @@ def _cache_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listene
         metadata = obj["metadata"]
         namespace, name = metadata.get("namespace"), metadata["name"]
         if kind == api.KIND:
-            # A job the cache sees for the first time is reconciled at once, without waiting
-            # for kopf's create handler (which comes after kopf's own finalizer round trip).
-            if namespace and event != "DELETED" and before is None:
+            if namespace and event != "DELETED" and _new_or_respecified(obj, before):
                 work.add(namespace, name)
             return
         owner = (metadata.get("labels") or {}).get(constants.LABEL_JOB_NAME)
@@ -221,6 +205,15 @@ def _cache_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listene
                 work.add(namespace, owner)
 
     return changed
+
+
+def _new_or_respecified(job: Mapping[str, Any], before: Any) -> bool:
+    """Whether an AccelTrainJob is seen for the first time or its spec changed; changes of its
+    status (the operator's own writes) and of kopf's bookkeeping need no reconcile."""
+    if not isinstance(before, Mapping):
+        return True
+    generation = job["metadata"].get("generation")
+    return bool(generation != (before.get("metadata") or {}).get("generation"))
 
 
 class _Fingerprints:

@@ -15,9 +15,9 @@ When the API server refuses a request (a permission the operator's ServiceAccoun
 instance), the job gets one Warning event ``ApiError`` per distinct error, so that
 ``kubectl describe atj`` says why nothing happens; the reconcile is retried.
 
-Reconciles of one job are serialised in-process: a trigger that arrives while the job is being
-reconciled (a pod event, the timer) marks it dirty and the running reconcile goes round once
-more, so bursts of pod events coalesce into a few reconciles. Everything is idempotent anyway.
+Every trigger reaches :meth:`Reconciler.reconcile` through the work queue
+(:mod:`accel_operator.workqueue`), which never hands one job to two workers at once and
+coalesces a burst of triggers into one reconcile. Everything is idempotent anyway.
 """
 
 from __future__ import annotations
@@ -71,10 +71,9 @@ class InvalidSpecError(Exception):
 
 
 @dataclasses.dataclass
-class _Gate:
-    mutex: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    running: bool = False
-    dirty: bool = False
+class _Schedule:
+    """When a job needs its next reconcile although nothing in the cluster changed."""
+
     next_due: float = 0.0
     """Monotonic time when the job needs looking at again without any cluster change."""
     failures: int = 0
@@ -82,7 +81,8 @@ class _Gate:
 
 
 class Reconciler:
-    """Reconciles AccelTrainJobs; thread-safe, one reconcile per job at a time."""
+    """Reconciles AccelTrainJobs; different jobs from any number of threads at once, one job by
+    one caller at a time (the work queue's guarantee)."""
 
     def __init__(
         self,
@@ -108,8 +108,8 @@ class Reconciler:
         self.metrics = metrics or OperatorMetrics()
         self.reconcile_interval = reconcile_interval
         self.clock = clock
-        self._gates: dict[tuple[str, str], _Gate] = {}
-        self._gates_lock = threading.Lock()
+        self._schedules: dict[tuple[str, str], _Schedule] = {}
+        self._lock = threading.Lock()
         self._last_status_write: dict[tuple[str, str], float] = {}
         self._last_api_error: dict[tuple[str, str], str] = {}
         self._last_rank_check: dict[tuple[str, str], float] = {}
@@ -120,56 +120,31 @@ class Reconciler:
         for two or three round trips to the API server instead of eight."""
 
     # --- triggering --------------------------------------------------------------------------
-    def _gate(self, namespace: str, name: str) -> _Gate:
-        with self._gates_lock:
-            return self._gates.setdefault((namespace, name), _Gate())
+    def _schedule(self, namespace: str, name: str) -> _Schedule:
+        with self._lock:
+            return self._schedules.setdefault((namespace, name), _Schedule())
 
     def due(self, namespace: str, name: str) -> bool:
         """Whether a time-based step (scrape, backoff, deadline, TTL) of this job is due."""
-        return time.monotonic() >= self._gate(namespace, name).next_due
+        return time.monotonic() >= self._schedule(namespace, name).next_due
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is remembered about a deleted job."""
-        with self._gates_lock:
-            self._gates.pop((namespace, name), None)
+        with self._lock:
+            self._schedules.pop((namespace, name), None)
             self._last_status_write.pop((namespace, name), None)
             self._last_api_error.pop((namespace, name), None)
             self._last_rank_check.pop((namespace, name), None)
         self.metrics.record_phase(namespace, name, None)
 
     def reconcile(self, namespace: str, name: str) -> None:
-        """Reconcile now, or make the reconcile already running for this job go round again."""
-        gate = self._gate(namespace, name)
-        with gate.mutex:
-            if gate.running:
-                gate.dirty = True
-                return
-            gate.running = True
-        try:
-            while True:
-                with gate.mutex:
-                    gate.dirty = False
-                self._reconcile_and_schedule(namespace, name, gate)
-                with gate.mutex:
-                    if not gate.dirty:
-                        gate.running = False
-                        return
-        except BaseException:
-            with gate.mutex:
-                gate.running = False
-            raise
-
-    def _retry_delay(self, gate: _Gate) -> float:
-        """Seconds before the next retry of a job whose reconciles keep failing: doubling from
-        the progress interval, up to :data:`MAX_RETRY_SECONDS`."""
-        return float(min(MAX_RETRY_SECONDS, self.reconcile_interval * 2**gate.failures))
-
-    def _reconcile_and_schedule(self, namespace: str, name: str, gate: _Gate) -> None:
+        """Reconcile one job and schedule its next time-based look (see :meth:`due`)."""
+        schedule = self._schedule(namespace, name)
         started = time.monotonic()
         try:
             requeue = self.reconcile_once(namespace, name)
         except InvalidSpecError:
-            gate.next_due = math.inf
+            schedule.next_due = math.inf
             self.metrics.count_reconcile("error")
             raise
         except Exception:
@@ -177,14 +152,19 @@ class Reconciler:
             self.metrics.count_reconcile("error")
             # Let the timer retry rather than wait for the next cluster change; a busy or
             # refusing API server is asked less and less often.
-            gate.next_due = time.monotonic() + self._retry_delay(gate)
-            gate.failures += 1
+            schedule.next_due = time.monotonic() + self._retry_delay(schedule)
+            schedule.failures += 1
             raise
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
-        gate.failures = 0
-        gate.next_due = math.inf if requeue is None else time.monotonic() + requeue
+        schedule.failures = 0
+        schedule.next_due = math.inf if requeue is None else time.monotonic() + requeue
         self.metrics.count_reconcile("success" if requeue is None else "requeue_after")
+
+    def _retry_delay(self, schedule: _Schedule) -> float:
+        """Seconds before the next retry of a job whose reconciles keep failing: doubling from
+        the progress interval, up to :data:`MAX_RETRY_SECONDS`."""
+        return float(min(MAX_RETRY_SECONDS, self.reconcile_interval * 2**schedule.failures))
 
     # --- one pass ----------------------------------------------------------------------------
     def reconcile_once(self, namespace: str, name: str) -> float | None:
@@ -319,7 +299,7 @@ class Reconciler:
         """Say on the job's status that the operator retries (best effort: the API server that
         refused the last request may refuse this one too)."""
         delay = self._retry_delay(
-            self._gate(body["metadata"]["namespace"], body["metadata"]["name"])
+            self._schedule(body["metadata"]["namespace"], body["metadata"]["name"])
         )
         message = f"{error}; retrying in {delay:.0f} s"
         generation = int(body["metadata"].get("generation") or 0)
@@ -519,7 +499,7 @@ class Reconciler:
     def _rank_check_due(self, namespace: str, name: str) -> bool:
         """At most one comparison of a job's ranks per straggler.CHECK_SECONDS."""
         now = time.monotonic()
-        with self._gates_lock:
+        with self._lock:
             last = self._last_rank_check.get((namespace, name))
             if last is not None and now - last < straggler.CHECK_SECONDS:
                 return False

@@ -1,15 +1,15 @@
 """A deduplicating queue of AccelTrainJobs to reconcile, drained by a fixed pool of threads.
 
 The pattern of controller-runtime's workqueue: watch events only *mark* a job as needing a
-reconcile; a job marked many times before a worker takes it is reconciled once. kopf's handlers
-for pod and Job events therefore return at once instead of holding one of kopf's threads for a
-whole reconcile (several API round trips). Without that, a burst of pod events under load waits
-in kopf's per-object queues, each waiting event holding its object's full body in memory, and
-the create handlers of new jobs wait behind them.
+reconcile; a job marked many times before a worker takes it is reconciled once. A watch
+therefore never waits for a reconcile (several API round trips): a burst of pod events under load
+neither piles up in memory nor holds up the news of new jobs.
 
-A key is taken off the pending set *before* it is reconciled, so an event that arrives during a
-reconcile queues the job again: no change is missed. Two workers never reconcile the same job at
-once because :meth:`~accel_operator.reconcile.Reconciler.reconcile` serialises per job.
+Every trigger goes through it (a new or changed AccelTrainJob, a child's change, a timer, a
+Kueue Workload), and it alone guarantees that two workers never reconcile the same job at once,
+with client-go's two sets: a key is taken off the *dirty* set and put in the *processing* set
+when a worker takes it; a job marked while it is processed stays dirty and goes back on the
+queue when that reconcile ends, so no change is missed and the next reconcile sees it.
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ class WorkQueue:
         self._reconcile = reconcile
         self._observer = observer or QueueObserver()
         self._queue: queue.SimpleQueue[JobKey] = queue.SimpleQueue()
-        self._pending: dict[JobKey, float] = {}
-        """Waiting jobs and when each was marked."""
+        self._dirty: dict[JobKey, float] = {}
+        """Jobs marked for a reconcile that no worker has taken yet, and when each was marked."""
+        self._processing: set[JobKey] = set()
+        """Jobs a worker is reconciling."""
         self._lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True)
@@ -92,18 +94,20 @@ class WorkQueue:
         """Mark a job as needing a reconcile; a no-op when it is already waiting."""
         key = (namespace, name)
         with self._lock:
-            if key in self._pending:
+            if key in self._dirty:
                 return
-            self._pending[key] = time.monotonic()
-            depth = len(self._pending)
-        self._queue.put(key)
+            self._dirty[key] = time.monotonic()
+            depth = len(self._dirty)
+            # A job being reconciled goes back on the queue when its worker is done with it.
+            if key not in self._processing:
+                self._queue.put(key)
         self._observer.added()
         self._observer.depth(depth)
 
     def depth(self) -> int:
         """Jobs waiting for a worker."""
         with self._lock:
-            return len(self._pending)
+            return len(self._dirty)
 
     def _work(self) -> None:
         while True:
@@ -112,8 +116,9 @@ class WorkQueue:
                 return
             taken = time.monotonic()
             with self._lock:
-                marked = self._pending.pop(key, taken)
-                depth = len(self._pending)
+                marked = self._dirty.pop(key, taken)
+                self._processing.add(key)
+                depth = len(self._dirty)
             self._observer.depth(depth)
             self._observer.waited(taken - marked)
             try:
@@ -121,4 +126,11 @@ class WorkQueue:
             except Exception:
                 logger.exception("reconcile of %s/%s failed; it is retried", *key)
             finally:
+                self._done(key)
                 self._observer.worked(time.monotonic() - taken)
+
+    def _done(self, key: JobKey) -> None:
+        with self._lock:
+            self._processing.discard(key)
+            if key in self._dirty:
+                self._queue.put(key)

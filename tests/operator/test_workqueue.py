@@ -98,6 +98,27 @@ def test_an_event_during_a_reconcile_queues_the_job_again(
     wait_for(lambda: recorder.calls[("team", "bert")] == 2)
 
 
+def test_two_workers_never_reconcile_one_job_at_once(recorder: Recorder) -> None:
+    work = WorkQueue(recorder, workers=2)
+    work.start()
+    try:
+        hold_a_reconcile(recorder, work, "bert")
+        for _ in range(5):
+            work.add("team", "bert")  # pod events while the first reconcile runs
+        time.sleep(0.2)
+        # The idle worker did not take bert: it waits for the running reconcile to end.
+        assert recorder.calls[("team", "bert")] == 1
+        assert work.depth() == 1
+        recorder.release.set()
+        wait_for(lambda: recorder.calls[("team", "bert")] == 2)
+        wait_for(lambda: work.depth() == 0)
+        time.sleep(0.1)
+        assert recorder.calls[("team", "bert")] == 2
+    finally:
+        recorder.release.set()
+        work.stop()
+
+
 def test_a_failing_reconcile_leaves_the_workers_serving_other_jobs(
     recorder: Recorder, started: tuple[WorkQueue, list[int]]
 ) -> None:
