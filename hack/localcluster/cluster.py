@@ -421,12 +421,35 @@ class Cluster:
 
     def _start(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        binaries = self._binaries()
+        self._reset_state_dir()
+        self._ports = self._allocate_ports()
+        pki = self._create_pki()
+        self._write_state()
+        node_address = self._prepare_real_node_host() if self.real_node else None
+        self._start_control_plane(binaries, pki, node_address, deadline)
+        self._start_kwok(binaries)
+        if self.process_node:
+            self._spawn_node_agent()
+        if self.real_node:
+            deadline = self._start_real_node(binaries, deadline)
+        if self.prometheus:
+            self._start_prometheus(binaries, pki)
+        if self.kueue:
+            from .kueue import start_kueue
+
+            start_kueue(self, timeout=max(1.0, deadline - time.monotonic()))
+        self.add_gpu_nodes(self.gpu_node_names, gpus=self.gpus_per_node, wait=False)
+        self.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
+
+    def _binaries(self) -> dict[str, Path]:
+        """The built tools this cluster runs (refusing a node it cannot have), and the bridge
+        networks of its nodes."""
         binaries = {
             name: tool_path(name, self.tools_dir)
             for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
         }
         binaries["kwok"] = tool_path("kwok", self.tools_dir)
-        stages = kwok_stages_path(self.tools_dir)
         if self.prometheus:
             binaries["prometheus"] = tool_path("prometheus", self.tools_dir)
         if self.process_node:
@@ -444,9 +467,10 @@ class Cluster:
             realnode.check_host_tools()
             if self.real_node_cidr is None:
                 self.real_node_cidr = free_bridge_cidr(exclude=[self.bridge_cidr])
+        return binaries
 
-        self._reset_state_dir()
-        self._ports = controlplane.Ports(
+    def _allocate_ports(self) -> controlplane.Ports:
+        return controlplane.Ports(
             etcd_client=free_port(),
             etcd_peer=free_port(),
             apiserver=free_port(),
@@ -461,19 +485,23 @@ class Cluster:
                 else {}
             ),
         )
-        pki = self._create_pki()
-        self._write_state()
-        node_address = None
-        if self.real_node:
-            self._containerd_root = realnode.claim_root(self.state_dir)
-            settings = self.real_node_settings
-            node_address = settings.gateway
-            self._ip_forward_before = realnode.ip_forward()
-            self._host_dirs_before = realnode.existing_fixed_dirs()
-            self._write_state()
-            realnode.prepare_host(settings)
 
-        ports = self._ports
+    def _prepare_real_node_host(self) -> str:
+        """Record what the real node changes on the host (to restore it at the end), then
+        prepare it; returns the node's address the API server advertises to pods."""
+        self._containerd_root = realnode.claim_root(self.state_dir)
+        settings = self.real_node_settings
+        self._ip_forward_before = realnode.ip_forward()
+        self._host_dirs_before = realnode.existing_fixed_dirs()
+        self._write_state()
+        realnode.prepare_host(settings)
+        return settings.gateway
+
+    def _start_control_plane(
+        self, binaries: dict[str, Path], pki: Pki, node_address: str | None, deadline: float
+    ) -> None:
+        """etcd, the API server, the controller-manager and the scheduler."""
+        ports = self.ports
         self._spawn(
             "etcd", controlplane.etcd_argv(binaries["etcd"], self.state_dir / "etcd", ports)
         )
@@ -492,7 +520,6 @@ class Cluster:
             ),
         )
         self._wait(deadline, "kube-apiserver", self._apiserver_ready)
-
         self._spawn(
             "kube-controller-manager",
             controlplane.controller_manager_argv(
@@ -518,53 +545,47 @@ class Cluster:
                 native_gang=self.native_gang,
             ),
         )
-        kwok_configuration = self.state_dir / "kwok" / "configuration.yaml"
-        kwok.write_configuration(kwok_configuration)
+
+    def _start_kwok(self, binaries: dict[str, Path]) -> None:
+        configuration = self.state_dir / "kwok" / "configuration.yaml"
+        kwok.write_configuration(configuration)
+        stages = kwok_stages_path(self.tools_dir)
         self._spawn(
             "kwok",
             kwok.argv(
                 binaries["kwok"],
                 kubeconfig=self.kubeconfig,
                 stages=kwok.write_stages(stages, self.state_dir / "kwok" / "stages.yaml"),
-                server_port=ports.kwok,
-                configuration=kwok_configuration,
+                server_port=self.ports.kwok,
+                configuration=configuration,
             ),
         )
-        if self.process_node:
-            self._spawn_node_agent()
-        if self.real_node:
-            deadline = self._start_real_node(binaries, deadline)
-        if self.prometheus:
-            # Prometheus authenticates as its own user, allowed only to discover scrape targets.
-            self._grant_access(PROMETHEUS_USER, prometheus.DISCOVERY_RULES)
-            config = self.state_dir / "prometheus" / "prometheus.yml"
-            prometheus.write_config(
-                config,
-                prometheus.PrometheusSettings(
-                    api_url=self.api_url,
-                    ca_file=pki.ca.cert,
-                    cert_file=pki.clients["prometheus"].cert,
-                    key_file=pki.clients["prometheus"].key,
-                    process_node=self.process_node_name,
-                    real_node=self.real_node_name,
-                    operator_metrics_port=ports.operator_metrics,
-                ),
-            )
-            self._spawn(
-                "prometheus",
-                prometheus.argv(
-                    binaries["prometheus"],
-                    config,
-                    self.state_dir / "prometheus" / "data",
-                    ports.prometheus,
-                ),
-            )
-        if self.kueue:
-            from .kueue import start_kueue
 
-            start_kueue(self, timeout=max(1.0, deadline - time.monotonic()))
-        self.add_gpu_nodes(self.gpu_node_names, gpus=self.gpus_per_node, wait=False)
-        self.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
+    def _start_prometheus(self, binaries: dict[str, Path], pki: Pki) -> None:
+        # Prometheus authenticates as its own user, allowed only to discover scrape targets.
+        self._grant_access(PROMETHEUS_USER, prometheus.DISCOVERY_RULES)
+        config = self.state_dir / "prometheus" / "prometheus.yml"
+        prometheus.write_config(
+            config,
+            prometheus.PrometheusSettings(
+                api_url=self.api_url,
+                ca_file=pki.ca.cert,
+                cert_file=pki.clients["prometheus"].cert,
+                key_file=pki.clients["prometheus"].key,
+                process_node=self.process_node_name,
+                real_node=self.real_node_name,
+                operator_metrics_port=self.ports.operator_metrics,
+            ),
+        )
+        self._spawn(
+            "prometheus",
+            prometheus.argv(
+                binaries["prometheus"],
+                config,
+                self.state_dir / "prometheus" / "data",
+                self.ports.prometheus,
+            ),
+        )
 
     @property
     def pki_dir(self) -> Path:

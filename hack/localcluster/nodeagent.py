@@ -497,32 +497,13 @@ class PodWorker:
 
     def _prepare(self) -> Path | None:
         """Namespace, names, volumes, env and command; retried while the pod cannot start."""
-        previous = ((self.pod.get("status") or {}).get("containerStatuses") or [{}])[0]
-        if previous.get("state", {}).get("running") or previous.get("state", {}).get("terminated"):
-            # An earlier run of the agent started this container; its process is gone.
-            self.container.restart_count = int(previous.get("restartCount", 0))
-            self.container.last_state = terminated_state(
-                137,
-                previous["state"].get("running", {}).get("startedAt"),
-                now_rfc3339(),
-                "ContainerStatusUnknown",
-            )
-            if not restart_wanted(self.pod["spec"].get("restartPolicy", "Always"), 137):
-                self.container.state, self.container.last_state = self.container.last_state, {}
-                self._finish("Failed")
-                return None
-            self.container.restart_count += 1
-
+        if not self._adopt_earlier_run():
+            return None
         shutil.rmtree(self.dir / "volumes", ignore_errors=True)
         (self.dir / "root").mkdir(parents=True, exist_ok=True)
-        while self.net is None:
-            try:
-                self.net = self.agent.networks.create()
-            except NetworkSetupError as error:
-                self.container.state = waiting_state("ContainerCreating", str(error))
-                self._report()
-                if self.wake.wait(SETUP_RETRY_SECONDS) and self._stop_wanted():
-                    return None
+        if not self._attach_network():
+            return None
+        assert self.net is not None
         hostname = pod_hostname(self.pod)
         self.agent.hosts.add(
             self.uid,
@@ -536,42 +517,76 @@ class PodWorker:
             log.warning("pod %s: only its first container %s runs", self.key, self.container.name)
         while True:
             try:
-                volume_dirs = prepare_volumes(
-                    self.pod, self.dir / "volumes", where, self.agent.objects
-                )
-                env = resolve_env(
-                    self.pod, spec_container, where, self.agent.objects, self.agent.python
-                )
-                mounts = mounts_for(spec_container, volume_dirs)
-                message_file = self.termination_message_file
-                message_file.touch()
-                mounts.append(
-                    Mount(
-                        str(message_file),
-                        spec_container.get("terminationMessagePath")
-                        or DEFAULT_TERMINATION_MESSAGE_PATH,
-                    )
-                )
-                for mount in mounts:
-                    if not os.path.exists(mount.source):  # a subPath not created yet
-                        Path(mount.source).mkdir(parents=True)
-                plan = LaunchPlan(
-                    argv=container_argv(spec_container, env, self.agent.python),
-                    env=env,
-                    hostname=hostname,
-                    root=str(self.dir / "root"),
-                    working_dir=spec_container.get("workingDir") or None,
-                    mounts=mounts,
-                )
-                plan_path = self.dir / "plan.json"
-                plan.write(plan_path)
-                return plan_path
+                return self._write_plan(spec_container, where, hostname)
             except PodSetupError as error:
                 log.warning("pod %s cannot start yet: %s", self.key, error.message)
                 self.container.state = waiting_state(error.reason, error.message)
                 self._report()
             if self.wake.wait(SETUP_RETRY_SECONDS) and self._stop_wanted():
                 return None
+
+    def _adopt_earlier_run(self) -> bool:
+        """A container an earlier run of the agent started has lost its process: count it as
+        killed (137) and restart it as its pod's policy says; False when the pod is done."""
+        previous = ((self.pod.get("status") or {}).get("containerStatuses") or [{}])[0]
+        if previous.get("state", {}).get("running") or previous.get("state", {}).get("terminated"):
+            self.container.restart_count = int(previous.get("restartCount", 0))
+            self.container.last_state = terminated_state(
+                137,
+                previous["state"].get("running", {}).get("startedAt"),
+                now_rfc3339(),
+                "ContainerStatusUnknown",
+            )
+            if not restart_wanted(self.pod["spec"].get("restartPolicy", "Always"), 137):
+                self.container.state, self.container.last_state = self.container.last_state, {}
+                self._finish("Failed")
+                return False
+            self.container.restart_count += 1
+        return True
+
+    def _attach_network(self) -> bool:
+        """The pod's network namespace, retried while it cannot be set up; False when the pod
+        was stopped meanwhile."""
+        while self.net is None:
+            try:
+                self.net = self.agent.networks.create()
+            except NetworkSetupError as error:
+                self.container.state = waiting_state("ContainerCreating", str(error))
+                self._report()
+                if self.wake.wait(SETUP_RETRY_SECONDS) and self._stop_wanted():
+                    return False
+        return True
+
+    def _write_plan(
+        self, spec_container: dict[str, Any], where: PodAddresses, hostname: str
+    ) -> Path:
+        """Volumes, environment, mounts and command of the container, written as its launch
+        plan; raises :class:`PodSetupError` while something it needs is missing."""
+        volume_dirs = prepare_volumes(self.pod, self.dir / "volumes", where, self.agent.objects)
+        env = resolve_env(self.pod, spec_container, where, self.agent.objects, self.agent.python)
+        mounts = mounts_for(spec_container, volume_dirs)
+        message_file = self.termination_message_file
+        message_file.touch()
+        mounts.append(
+            Mount(
+                str(message_file),
+                spec_container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH,
+            )
+        )
+        for mount in mounts:
+            if not os.path.exists(mount.source):  # a subPath not created yet
+                Path(mount.source).mkdir(parents=True)
+        plan = LaunchPlan(
+            argv=container_argv(spec_container, env, self.agent.python),
+            env=env,
+            hostname=hostname,
+            root=str(self.dir / "root"),
+            working_dir=spec_container.get("workingDir") or None,
+            mounts=mounts,
+        )
+        plan_path = self.dir / "plan.json"
+        plan.write(plan_path)
+        return plan_path
 
     def _run_container(self, plan_path: Path) -> None:
         restart_policy = self.pod["spec"].get("restartPolicy", "Always")
@@ -638,24 +653,7 @@ class PodWorker:
         self._report()
         log.info("pod %s: started pid %d in %s", self.key, process.pid, self.net.netns)
 
-        deadline_hit = False
-        while True:
-            try:
-                returncode = process.wait(timeout=POLL_SECONDS)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if self._stop_wanted():
-                returncode = self._stop(process, self._grace_seconds())
-                break
-            if deadline_at is not None and time.time() >= deadline_at:
-                deadline_hit = True
-                returncode = self._stop(process, self._grace_seconds())
-                break
-            if probe is not None and time.monotonic() >= next_probe:
-                next_probe = time.monotonic() + float(probe.get("periodSeconds", 10))
-                if self._set_ready(probe_once(probe, self.net.ip, spec_container)):
-                    self._report()
+        returncode, deadline_hit = self._supervise(process, deadline_at, probe, next_probe)
         # The container's other processes (children that left its process group, too) die
         # with it, as they would with the container's PID namespace.
         signal_all(self.net.netns, signal.SIGKILL)
@@ -669,6 +667,31 @@ class PodWorker:
         )
         self.container.ready = False
         return exit_code, deadline_hit
+
+    def _supervise(
+        self,
+        process: subprocess.Popen[bytes],
+        deadline_at: float | None,
+        probe: dict[str, Any] | None,
+        next_probe: float,
+    ) -> tuple[int, bool]:
+        """Wait for the container's process, probing its readiness, until it exits, the pod is
+        stopped or its activeDeadlineSeconds pass; (return code, whether the deadline hit)."""
+        assert self.net is not None
+        spec_container = self.pod["spec"]["containers"][0]
+        while True:
+            try:
+                return process.wait(timeout=POLL_SECONDS), False
+            except subprocess.TimeoutExpired:
+                pass
+            if self._stop_wanted():
+                return self._stop(process, self._grace_seconds()), False
+            if deadline_at is not None and time.time() >= deadline_at:
+                return self._stop(process, self._grace_seconds()), True
+            if probe is not None and time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + float(probe.get("periodSeconds", 10))
+                if self._set_ready(probe_once(probe, self.net.ip, spec_container)):
+                    self._report()
 
     def _grace_seconds(self) -> float:
         meta, spec = self.pod["metadata"], self.pod["spec"]

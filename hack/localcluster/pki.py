@@ -94,6 +94,21 @@ def _builder(
     )
 
 
+def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+    """Signatures only (a leaf), or certificates and CRLs too (the CA)."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _issue(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_name: x509.Name,
@@ -108,20 +123,7 @@ def _issue(
     builder = (
         _builder(subject, ca_name, key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     )
     if san is not None:
@@ -141,33 +143,7 @@ def create_pki(
     address, which pods reach it through).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key = _new_key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acceltrain-local-ca")])
-    ca_cert = (
-        _builder(ca_name, ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca = CertPair(cert=directory / "ca.crt", key=directory / "ca.key")
-    _write_cert(ca_cert, ca.cert)
-    _write_key(ca_key, ca.key)
+    ca_key, ca_name, ca = _create_ca(directory)
 
     san = x509.SubjectAlternativeName(
         [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*SERVING_IPS, *extra_serving_ips)]
@@ -195,6 +171,37 @@ def create_pki(
             stem=f"client-{identity.file_stem}",
         )
 
+    sa_private, sa_public = _create_service_account_key(directory)
+    return Pki(
+        ca=ca,
+        serving=serving,
+        service_account_private_key=sa_private,
+        service_account_public_key=sa_public,
+        clients=client_pairs,
+    )
+
+
+def _create_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Name, CertPair]:
+    """The local cluster's CA: its key, its name (the issuer of every certificate) and files."""
+    ca_key = _new_key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acceltrain-local-ca")])
+    ca_cert = (
+        _builder(ca_name, ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(signs_certificates=True), critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca = CertPair(cert=directory / "ca.crt", key=directory / "ca.key")
+    _write_cert(ca_cert, ca.cert)
+    _write_key(ca_key, ca.key)
+    return ca_key, ca_name, ca
+
+
+def _create_service_account_key(directory: Path) -> tuple[Path, Path]:
+    """The key pair the API server signs and checks ServiceAccount tokens with."""
     sa_key = _new_key()
     sa_private = directory / "service-account.key"
     sa_public = directory / "service-account.pub"
@@ -204,13 +211,7 @@ def create_pki(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    return Pki(
-        ca=ca,
-        serving=serving,
-        service_account_private_key=sa_private,
-        service_account_public_key=sa_public,
-        clients=client_pairs,
-    )
+    return sa_private, sa_public
 
 
 def _subject(identity: ClientIdentity) -> x509.Name:

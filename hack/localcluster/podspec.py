@@ -164,27 +164,7 @@ def resolve_env(
     first even when the pod sets PATH), HOME and HOSTNAME.
     """
     namespace = pod["metadata"]["namespace"]
-    defined: dict[str, str] = {}
-    for source in container.get("envFrom") or []:
-        prefix = source.get("prefix", "")
-        if "configMapRef" in source:
-            ref, data = (
-                source["configMapRef"],
-                objects.config_map(namespace, source["configMapRef"]["name"]),
-            )
-            kind = "ConfigMap"
-        elif "secretRef" in source:
-            ref, data = source["secretRef"], objects.secret(namespace, source["secretRef"]["name"])
-            kind = "Secret"
-        else:
-            raise config_error(f"envFrom entry {source} is not supported by the process node")
-        if data is None:
-            if ref.get("optional"):
-                continue
-            raise config_error(f"{kind} {namespace}/{ref['name']} (envFrom) does not exist")
-        for key, raw in data.items():
-            defined[prefix + key] = raw.decode(errors="replace")
-
+    defined = _env_from_sources(container, namespace, objects)
     for var in container.get("env") or []:
         name = var["name"]
         source = var.get("valueFrom")
@@ -218,6 +198,33 @@ def resolve_env(
     if not env["PATH"].startswith(python_bin + ":"):
         env["PATH"] = f"{python_bin}:{env['PATH']}"
     return env
+
+
+def _env_from_sources(
+    container: Mapping[str, Any], namespace: str, objects: ObjectSource
+) -> dict[str, str]:
+    """The variables of the container's ``envFrom`` ConfigMaps and Secrets, in their order."""
+    defined: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        prefix = source.get("prefix", "")
+        if "configMapRef" in source:
+            ref, data = (
+                source["configMapRef"],
+                objects.config_map(namespace, source["configMapRef"]["name"]),
+            )
+            kind = "ConfigMap"
+        elif "secretRef" in source:
+            ref, data = source["secretRef"], objects.secret(namespace, source["secretRef"]["name"])
+            kind = "Secret"
+        else:
+            raise config_error(f"envFrom entry {source} is not supported by the process node")
+        if data is None:
+            if ref.get("optional"):
+                continue
+            raise config_error(f"{kind} {namespace}/{ref['name']} (envFrom) does not exist")
+        for key, raw in data.items():
+            defined[prefix + key] = raw.decode(errors="replace")
+    return defined
 
 
 def container_argv(container: Mapping[str, Any], env: Mapping[str, str], python: str) -> list[str]:

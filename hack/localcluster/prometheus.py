@@ -72,58 +72,7 @@ def scrape_config(settings: PrometheusSettings) -> dict[str, Any]:
         "kubernetes_sd_configs": [
             {"role": "pod", "api_server": settings.api_url, "tls_config": tls},
         ],
-        "relabel_configs": [
-            {
-                "source_labels": ["__meta_kubernetes_pod_node_name"],
-                "regex": node_regex,
-                "action": "keep",
-            },
-            {
-                "source_labels": [
-                    "__meta_kubernetes_pod_container_port_name",
-                    "__meta_kubernetes_pod_annotation_prometheus_io_scrape",
-                ],
-                # `metrics` is local rank 0's exporter, `metrics-<n>` local rank n's.
-                "regex": "metrics(-[0-9]+)?;.*|.*;true",
-                "action": "keep",
-            },
-            {"source_labels": ["__meta_kubernetes_pod_ip"], "regex": "", "action": "drop"},
-            {
-                "source_labels": ["__meta_kubernetes_pod_phase"],
-                "regex": "Pending|Succeeded|Failed|Unknown",
-                "action": "drop",
-            },
-            # An annotated pod may name its port and path; a `metrics` port needs neither, and
-            # keeps its own number: every local rank serves on its own port, and rewriting them
-            # all to the annotation's would leave one target per pod (Prometheus drops the
-            # duplicates).
-            {
-                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                "regex": "metrics(-[0-9]+)?",
-                "replacement": "named",
-                "target_label": "__tmp_metrics_port",
-            },
-            {
-                "source_labels": [
-                    "__tmp_metrics_port",
-                    "__meta_kubernetes_pod_ip",
-                    "__meta_kubernetes_pod_annotation_prometheus_io_port",
-                ],
-                "regex": ";(.+);([0-9]+)",
-                "replacement": "$1:$2",
-                "target_label": "__address__",
-            },
-            {
-                "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
-                "regex": "(.+)",
-                "target_label": "__metrics_path__",
-            },
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-            {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
-            # As a PodMonitor does: no honor_labels, and the trainer's series name their job in
-            # `acceltrain_job`, which no target label here shadows.
-        ],
+        "relabel_configs": _pod_relabeling(node_regex),
     }
     operator_job = {
         "job_name": OPERATOR_JOB,
@@ -134,6 +83,63 @@ def scrape_config(settings: PrometheusSettings) -> dict[str, Any]:
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": [pod_job, operator_job],
     }
+
+
+def _pod_relabeling(node_regex: str) -> list[dict[str, Any]]:
+    """Which pods are scraped, at which address and path, with which target labels: what a
+    PodMonitor's relabelings do on a Prometheus Operator install."""
+    return [
+        {
+            "source_labels": ["__meta_kubernetes_pod_node_name"],
+            "regex": node_regex,
+            "action": "keep",
+        },
+        {
+            "source_labels": [
+                "__meta_kubernetes_pod_container_port_name",
+                "__meta_kubernetes_pod_annotation_prometheus_io_scrape",
+            ],
+            # `metrics` is local rank 0's exporter, `metrics-<n>` local rank n's.
+            "regex": "metrics(-[0-9]+)?;.*|.*;true",
+            "action": "keep",
+        },
+        {"source_labels": ["__meta_kubernetes_pod_ip"], "regex": "", "action": "drop"},
+        {
+            "source_labels": ["__meta_kubernetes_pod_phase"],
+            "regex": "Pending|Succeeded|Failed|Unknown",
+            "action": "drop",
+        },
+        # An annotated pod may name its port and path; a `metrics` port needs neither, and
+        # keeps its own number: every local rank serves on its own port, and rewriting them
+        # all to the annotation's would leave one target per pod (Prometheus drops the
+        # duplicates).
+        {
+            "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+            "regex": "metrics(-[0-9]+)?",
+            "replacement": "named",
+            "target_label": "__tmp_metrics_port",
+        },
+        {
+            "source_labels": [
+                "__tmp_metrics_port",
+                "__meta_kubernetes_pod_ip",
+                "__meta_kubernetes_pod_annotation_prometheus_io_port",
+            ],
+            "regex": ";(.+);([0-9]+)",
+            "replacement": "$1:$2",
+            "target_label": "__address__",
+        },
+        {
+            "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
+            "regex": "(.+)",
+            "target_label": "__metrics_path__",
+        },
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
+        # As a PodMonitor does: no honor_labels, and the trainer's series name their job in
+        # `acceltrain_job`, which no target label here shadows.
+    ]
 
 
 def write_config(path: Path, settings: PrometheusSettings) -> None:

@@ -40,6 +40,7 @@ from accel_contract.config import ExitCode, TrainerConfig
 from accel_trainer import evaluate, export, memoryfit, tokenization
 from accel_trainer.checkpoint import TOKENIZER_DIR, CheckpointStore, TrainState
 from accel_trainer.data import (
+    Corpus,
     DataPosition,
     Examples,
     ShardedOrder,
@@ -50,7 +51,7 @@ from accel_trainer.data import (
 )
 from accel_trainer.errors import OutOfMemoryError, TrainerError
 from accel_trainer.metrics import TrainerMetrics
-from accel_trainer.models import build_model, model_shape
+from accel_trainer.models import ModelShape, build_model, model_shape
 from accel_trainer.owntime import OwnWorkClock
 from accel_trainer.pruning import Pruner
 from accel_trainer.runconfig import (
@@ -158,6 +159,34 @@ def log(info: RankInfo, message: str) -> None:
 class Recipe:
     """One rank's run; :meth:`run` is the whole recipe."""
 
+    # What :meth:`setup` builds, in its order.
+    ds_config: dict[str, Any]
+    precision: str
+    micro_batch: int
+    accumulation: int
+    stop_agreement: StopAgreement
+    store: CheckpointStore
+    resume_from: Path | None
+    """The checkpoint every rank agreed to resume from (None: a fresh start)."""
+    tokenizer: Any
+    label_names: list[str]
+    train_split: TokenizedSplit
+    eval_split: TokenizedSplit | None
+    test_split: TokenizedSplit | None
+    order: ShardedOrder
+    total_steps: int
+    memory: memoryfit.MemoryEstimate
+    shape: ModelShape
+    resolved_ds_config: dict[str, Any]
+    """The DeepSpeed config as the engine got it (batch sizes and defaults filled in)."""
+    engine: Any
+    weights: MasterWeights
+    pruner: Pruner | None
+    state: TrainState
+    evaluator: evaluate.Evaluator | None
+    test_evaluator: evaluate.Evaluator | None
+    metrics: TrainerMetrics
+
     def __init__(self, config: TrainerConfig) -> None:
         self.config = config
         self.info = RankInfo.from_env()
@@ -202,24 +231,7 @@ class Recipe:
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
         self.resume_from = self._agree(self.store.latest() if config.checkpoint.resume else None)
 
-        self.tokenizer = self._tokenizer(corpus.training_texts())
-        self.label_names = corpus.label_names
-        data, task = config.data, config.model.task
-
-        def encoded(examples: Examples) -> TokenizedSplit:
-            return tokenize(examples, task, self.tokenizer, data.max_length, data.batching.padding)
-
-        self.train_split = encoded(corpus.train)
-        self.eval_split = encoded(corpus.eval) if corpus.eval is not None else None
-        self.test_split = encoded(corpus.test) if corpus.test is not None else None
-        self.order = ShardedOrder(
-            len(self.train_split),
-            self.micro_batch,
-            info.world_size,
-            info.rank,
-            config.training.seed,
-            lengths=self.train_split.lengths if data.batching.group_by_length else None,
-        )
+        self._tokenize(corpus)
         self.total_steps = self._total_steps()
 
         self.memory = self._check_memory_fit()
@@ -249,6 +261,28 @@ class Recipe:
             f"{self.precision}, {self.shape.num_params:,} parameters, "
             f"{len(self.train_split)} training / {len(self.eval_split or [])} eval examples, "
             f"{self.total_steps} steps{resumed}",
+        )
+
+    def _tokenize(self, corpus: Corpus) -> None:
+        """The tokenizer, the tokenized splits and this rank's order of the training examples."""
+        config, info = self.config, self.info
+        self.tokenizer = self._tokenizer(corpus.training_texts())
+        self.label_names = corpus.label_names
+        data, task = config.data, config.model.task
+
+        def encoded(examples: Examples) -> TokenizedSplit:
+            return tokenize(examples, task, self.tokenizer, data.max_length, data.batching.padding)
+
+        self.train_split = encoded(corpus.train)
+        self.eval_split = encoded(corpus.eval) if corpus.eval is not None else None
+        self.test_split = encoded(corpus.test) if corpus.test is not None else None
+        self.order = ShardedOrder(
+            len(self.train_split),
+            self.micro_batch,
+            info.world_size,
+            info.rank,
+            config.training.seed,
+            lengths=self.train_split.lengths if data.batching.group_by_length else None,
         )
 
     def _join_process_group(self) -> None:
