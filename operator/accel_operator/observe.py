@@ -49,23 +49,23 @@ def _true_condition(obj: Mapping[str, Any], types: Iterable[str]) -> Mapping[str
     return None
 
 
-def attempt_view(job: Mapping[str, Any]) -> AttemptView | None:
+def attempt_view(attempt_job: Mapping[str, Any]) -> AttemptView | None:
     """The view of one attempt's batch/v1 Job; None for a Job without an attempt label."""
-    attempt = attempt_of(job)
+    attempt = attempt_of(attempt_job)
     if attempt is None:
         return None
-    metadata = _metadata(job)
-    status = job.get("status") or {}
-    failed = _true_condition(job, JOB_FAILED_CONDITIONS)
+    metadata = _metadata(attempt_job)
+    status = attempt_job.get("status") or {}
+    failed = _true_condition(attempt_job, JOB_FAILED_CONDITIONS)
     return AttemptView(
         attempt=attempt,
         name=str(metadata.get("name", "")),
         uid=str(metadata.get("uid", "")),
         created=parse_time(metadata.get("creationTimestamp")) or dt.datetime.now(dt.UTC),
         started=parse_time(status.get("startTime")),
-        suspended=bool((job.get("spec") or {}).get("suspend")),
+        suspended=bool((attempt_job.get("spec") or {}).get("suspend")),
         deleting=metadata.get("deletionTimestamp") is not None,
-        complete=_true_condition(job, JOB_COMPLETE_CONDITIONS) is not None,
+        complete=_true_condition(attempt_job, JOB_COMPLETE_CONDITIONS) is not None,
         failed=failed is not None,
         failure_reason=str(failed.get("reason") or "") if failed else "",
         failure_message=str(failed.get("message") or "") if failed else "",
@@ -206,14 +206,14 @@ def needs_scheduler_events(pods: Iterable[PodView], now: dt.datetime) -> bool:
 
 
 def needs_create_failures(
-    job: AttemptView, pods: Iterable[PodView], workers: int, now: dt.datetime
+    attempt_job: AttemptView, pods: Iterable[PodView], workers: int, now: dt.datetime
 ) -> bool:
     """Whether the live attempt still misses pods EVENT_READ_GRACE_SECONDS after its Job was
     created (then the Job controller's FailedCreate Events say why)."""
-    if job.complete or job.failed or job.suspended or job.deleting:
+    if attempt_job.complete or attempt_job.failed or attempt_job.suspended or attempt_job.deleting:
         return False
-    present = sum(1 for pod in pods if pod.attempt == job.attempt)
-    return present < workers and _older_than_grace(job.created, now)
+    present = sum(1 for pod in pods if pod.attempt == attempt_job.attempt)
+    return present < workers and _older_than_grace(attempt_job.created, now)
 
 
 def _older_than_grace(created: dt.datetime | None, now: dt.datetime) -> bool:

@@ -266,10 +266,10 @@ class Reconciler:
     def _create_children(self, children: list[dict[str, Any]]) -> None:
         """An attempt's children: all but the Job at once, then the Job, whose pods need the
         others (their ConfigMap, their peers' DNS names, their gang object)."""
-        *first, job = children
+        *first, attempt_job = children
         for _ in self._fan_out.map(self.kube.apply, first):
             pass
-        self.kube.apply(job)
+        self.kube.apply(attempt_job)
 
     def _fail_invalid_spec(
         self,
@@ -441,11 +441,8 @@ class Reconciler:
     ) -> lifecycle.Observed:
         metadata = body["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
-        attempts = tuple(
-            view
-            for view in (observe.attempt_view(job) for job in self._attempt_jobs(namespace, name))
-            if view is not None
-        )
+        views = (observe.attempt_view(attempt) for attempt in self._attempt_jobs(namespace, name))
+        attempts = tuple(view for view in views if view is not None)
         raw_pods = self._worker_pods(namespace, name)
         pods = [observe.pod_view(pod) for pod in raw_pods]
         now = self.clock()
@@ -454,17 +451,8 @@ class Reconciler:
             pods = [observe.pod_view(pod, messages) for pod in raw_pods]
         current = max([status.attempt, *(view.attempt for view in attempts)])
         current_job = next((view for view in attempts if view.attempt == current), None)
-        if current_job is not None and observe.needs_create_failures(
-            current_job, pods, spec.workers, now
-        ):
-            events = self.kube.list_create_failures(namespace, current_job.name)
-            failure_message = observe.latest_message(events)
-            current_job = dataclasses.replace(current_job, create_failure=failure_message)
-            attempts = tuple(current_job if v.attempt == current else v for v in attempts)
-        if current_job is not None and current_job.suspended and spec.run_policy.queue_name:
-            workloads = self.kube.list_kueue_workloads(namespace, current_job.uid)
-            waiting = observe.kueue_admission_message(workloads)
-            current_job = dataclasses.replace(current_job, admission_message=waiting)
+        if current_job is not None:
+            current_job = self._why_waiting(namespace, spec, current_job, pods, now)
             attempts = tuple(current_job if v.attempt == current else v for v in attempts)
         failures: tuple[lifecycle.FailureView, ...] = ()
         if (
@@ -496,6 +484,26 @@ class Reconciler:
             changed_children=changed,
         )
 
+    def _why_waiting(
+        self,
+        namespace: str,
+        spec: api.AccelTrainJobSpec,
+        current_job: lifecycle.AttemptView,
+        pods: list[lifecycle.PodView],
+        now: dt.datetime,
+    ) -> lifecycle.AttemptView:
+        """The current attempt with what its Events and Kueue say about why it waits: the Job
+        controller's FailedCreate message while pods are missing, Kueue's while it queues."""
+        if observe.needs_create_failures(current_job, pods, spec.workers, now):
+            events = self.kube.list_create_failures(namespace, current_job.name)
+            message = observe.latest_message(events)
+            current_job = dataclasses.replace(current_job, create_failure=message)
+        if current_job.suspended and spec.run_policy.queue_name:
+            workloads = self.kube.list_kueue_workloads(namespace, current_job.uid)
+            waiting = observe.kueue_admission_message(workloads)
+            current_job = dataclasses.replace(current_job, admission_message=waiting)
+        return current_job
+
     def _rank_check_due(self, namespace: str, name: str) -> bool:
         """At most one comparison of a job's ranks per straggler.CHECK_SECONDS."""
         now = time.monotonic()
@@ -526,21 +534,26 @@ class Reconciler:
         return tuple(found)
 
     def _children_to_restore(
-        self, spec: api.AccelTrainJobSpec, ref: render.JobRef, job: lifecycle.AttemptView
+        self, spec: api.AccelTrainJobSpec, ref: render.JobRef, attempt_job: lifecycle.AttemptView
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The live attempt's ConfigMap, Service and watched gang object that do not exist,
         and those whose content (a ConfigMap's data, the others' spec) no longer holds what the
         operator renders. The watches' inventory answers for children it has seen, the API server
         for the others; a child is rendered and compared only after a watch event changed its
         content."""
-        if job.complete or job.failed or job.suspended or job.deleting:
+        if (
+            attempt_job.complete
+            or attempt_job.failed
+            or attempt_job.suspended
+            or attempt_job.deleting
+        ):
             return (), ()
         # kind -> (apiVersion, name, the renderer, called only for a child to compare).
         renderers: dict[str, tuple[str, str, Callable[[], dict[str, Any] | None]]] = {
             "ConfigMap": (
                 "v1",
-                render.config_map_name(ref.name, job.attempt),
-                lambda: render.render_config_map(spec, ref, job.attempt),
+                render.config_map_name(ref.name, attempt_job.attempt),
+                lambda: render.render_config_map(spec, ref, attempt_job.attempt),
             ),
             "Service": (
                 "v1",
@@ -554,8 +567,8 @@ class Reconciler:
         ):
             renderers[group[1]] = (
                 group[0],
-                render.attempt_job_name(ref.name, job.attempt),
-                lambda: render.render_gang_object(spec, ref, job.attempt, self.defaults),
+                render.attempt_job_name(ref.name, attempt_job.attempt),
+                lambda: render.render_gang_object(spec, ref, attempt_job.attempt, self.defaults),
             )
         missing, changed = [], []
         for kind in inventory.RESTORABLE_KINDS:

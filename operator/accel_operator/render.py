@@ -138,12 +138,12 @@ class JobRef:
 
 
 # --- names --------------------------------------------------------------------------------------
-def service_name(job: str) -> str:
-    return job
+def service_name(job_name: str) -> str:
+    return job_name
 
 
-def attempt_job_name(job: str, attempt: int) -> str:
-    return f"{job}-a{attempt}"
+def attempt_job_name(job_name: str, attempt: int) -> str:
+    return f"{job_name}-a{attempt}"
 
 
 def accel_job_of_attempt(job_name: str) -> str | None:
@@ -152,29 +152,29 @@ def accel_job_of_attempt(job_name: str) -> str | None:
     return head if separator and head and attempt.isdigit() else None
 
 
-def config_map_name(job: str, attempt: int) -> str:
-    return f"{attempt_job_name(job, attempt)}-config"
+def config_map_name(job_name: str, attempt: int) -> str:
+    return f"{attempt_job_name(job_name, attempt)}-config"
 
 
-def pod_hostname(job: str, attempt: int, index: int) -> str:
+def pod_hostname(job_name: str, attempt: int, index: int) -> str:
     """The hostname the Job controller gives the pod of ``index`` (``<job name>-<index>``)."""
-    return f"{attempt_job_name(job, attempt)}-{index}"
+    return f"{attempt_job_name(job_name, attempt)}-{index}"
 
 
-def master_address(job: str, namespace: str, attempt: int) -> str:
+def master_address(job_name: str, namespace: str, attempt: int) -> str:
     """DNS name of rank 0's pod through the headless Service."""
-    return f"{pod_hostname(job, attempt, 0)}.{service_name(job)}.{namespace}.svc"
+    return f"{pod_hostname(job_name, attempt, 0)}.{service_name(job_name)}.{namespace}.svc"
 
 
 # --- metadata -----------------------------------------------------------------------------------
-def selector_labels(job: str) -> dict[str, str]:
+def selector_labels(job_name: str) -> dict[str, str]:
     """Labels that select every worker pod of the job, whatever the attempt."""
-    return {constants.LABEL_JOB_NAME: job, constants.LABEL_ROLE: constants.ROLE_WORKER}
+    return {constants.LABEL_JOB_NAME: job_name, constants.LABEL_ROLE: constants.ROLE_WORKER}
 
 
-def attempt_labels(job: str, attempt: int) -> dict[str, str]:
+def attempt_labels(job_name: str, attempt: int) -> dict[str, str]:
     return {
-        **selector_labels(job),
+        **selector_labels(job_name),
         constants.LABEL_ATTEMPT: str(attempt),
         constants.LABEL_MANAGED_BY: constants.MANAGED_BY,
     }

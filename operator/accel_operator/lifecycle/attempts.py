@@ -67,16 +67,16 @@ def create_attempt(
 
 def old_attempt_remains(observed: Observed, up_to: int) -> list[str]:
     """Names of Jobs and pods of attempts up to ``up_to`` that still exist."""
-    left = [job.name for job in observed.attempts if job.attempt <= up_to]
+    left = [attempt_job.name for attempt_job in observed.attempts if attempt_job.attempt <= up_to]
     left += [pod.name for pod in observed.pods if pod.attempt <= up_to]
     return left
 
 
 def delete_attempts_up_to(observed: Observed, plan: Plan, up_to: int) -> None:
     """Delete every attempt up to ``up_to`` that still has a Job or pods not being deleted."""
-    for job in observed.attempts:
-        if job.attempt <= up_to and not job.deleting:
-            plan.delete(job.attempt)
+    for attempt_job in observed.attempts:
+        if attempt_job.attempt <= up_to and not attempt_job.deleting:
+            plan.delete(attempt_job.attempt)
     for pod in observed.pods:
         # A pod whose Job is gone is not garbage-collected with it: delete it by itself.
         if pod.attempt <= up_to and not pod.deleting and observed.attempt(pod.attempt) is None:
@@ -84,9 +84,9 @@ def delete_attempts_up_to(observed: Observed, plan: Plan, up_to: int) -> None:
 
 
 def tear_down_all(observed: Observed, plan: Plan) -> None:
-    for job in observed.attempts:
-        if not job.deleting:
-            plan.delete(job.attempt)
+    for attempt_job in observed.attempts:
+        if not attempt_job.deleting:
+            plan.delete(attempt_job.attempt)
     for pod in observed.pods:
         # Pods whose Job is already gone or going: deleting the attempt again removes them.
         if not pod.deleting and not pod.finished and observed.attempt(pod.attempt) is None:

@@ -67,11 +67,11 @@ def exit_code_text(code: int | None) -> str:
     return f"exit code {code} ({meaning})" if meaning else f"exit code {code}"
 
 
-def failure_summary(failure: FailureView | None, job: AttemptView) -> str:
+def failure_summary(failure: FailureView | None, attempt_job: AttemptView) -> str:
     """One message naming the worker, its exit code and the trainer's last log lines."""
     if failure is None:
-        detail = job.failure_message or job.failure_reason or "the Job failed"
-        return f"attempt {job.attempt} failed: {detail}"
+        detail = attempt_job.failure_message or attempt_job.failure_reason or "the Job failed"
+        return f"attempt {attempt_job.attempt} failed: {detail}"
     text = f"worker {failure.pod} failed with {exit_code_text(failure.exit_code)}"
     tail = failure.log_tail.strip()
     if tail:
@@ -130,7 +130,7 @@ def handle_failure(
     state: StatusDraft,
     observed: Observed,
     plan: Plan,
-    job: AttemptView,
+    attempt_job: AttemptView,
 ) -> None:
     failure = observed.failure
     code = failure.exit_code if failure else None
@@ -138,13 +138,17 @@ def handle_failure(
     state.status.failed_workers = [
         _failed_worker(worker) for worker in observed.failed_workers[: api.MAX_FAILED_WORKERS]
     ]
-    summary = failure_summary(failure, job) + _others_failed(observed.failed_workers, failure)
+    summary = failure_summary(failure, attempt_job) + _others_failed(
+        observed.failed_workers, failure
+    )
     permanent = code is not None and code in constants.PERMANENT_EXIT_CODES
-    disrupted = [pod for pod in observed.pods if pod.attempt == job.attempt and pod.disruption]
-    if disrupted and job.failure_reason != "PodFailurePolicy":
-        _restart_after_disruption(spec, state, plan, job.attempt, disrupted[0])
+    disrupted = [
+        pod for pod in observed.pods if pod.attempt == attempt_job.attempt and pod.disruption
+    ]
+    if disrupted and attempt_job.failure_reason != "PodFailurePolicy":
+        _restart_after_disruption(spec, state, plan, attempt_job.attempt, disrupted[0])
         return
-    if job.failure_reason == "PodFailurePolicy" or permanent:
+    if attempt_job.failure_reason == "PodFailurePolicy" or permanent:
         reason = PERMANENT_REASONS.get(code if code is not None else -1, "PermanentFailure")
         fail(
             state,
@@ -152,7 +156,7 @@ def handle_failure(
             f"{summary}\n(a permanent exit code: restarting cannot help; fix the spec or data)",
         )
         return
-    restart_or_fail(spec, state, observed, plan, job.attempt, REASON_WORKER_FAILED, summary)
+    restart_or_fail(spec, state, observed, plan, attempt_job.attempt, REASON_WORKER_FAILED, summary)
 
 
 def restarted_after_disruption(
@@ -160,17 +164,17 @@ def restarted_after_disruption(
     state: StatusDraft,
     observed: Observed,
     plan: Plan,
-    job: AttemptView,
+    attempt_job: AttemptView,
 ) -> bool:
     """Evicted or preempted and not yet gone: on a lost node it never will be, and the Job does
     not fail until it is. The group restarts now rather than wait for that."""
     disrupted = [
         pod
-        for pod in observed.pods_of(job.attempt)
+        for pod in observed.pods_of(attempt_job.attempt)
         if pod.disruption and pod.deleting and not pod.finished
     ]
     if disrupted:
-        _restart_after_disruption(spec, state, plan, job.attempt, disrupted[0])
+        _restart_after_disruption(spec, state, plan, attempt_job.attempt, disrupted[0])
     return bool(disrupted)
 
 

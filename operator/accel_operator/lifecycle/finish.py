@@ -19,7 +19,7 @@ def succeed(
     state: StatusDraft,
     observed: Observed,
     plan: Plan,
-    job: AttemptView,
+    attempt_job: AttemptView,
 ) -> None:
     value = state.status
     value.phase = api.Phase.SUCCEEDED
@@ -29,7 +29,9 @@ def succeed(
         value.progress.step = spec.training.max_steps
     value.progress.eta = None
     step = value.progress.step
-    message = f"training finished in attempt {job.attempt}" + (f" at step {step}" if step else "")
+    message = f"training finished in attempt {attempt_job.attempt}" + (
+        f" at step {step}" if step else ""
+    )
     value.message = message
     state.set(constants.CONDITION_SUCCEEDED, True, "Completed", message)
     state.lower(constants.CONDITION_RUNNING, "Completed", "every worker finished")

@@ -126,8 +126,8 @@ def _advance_by_phase(
     if current == 0:
         create_attempt(spec, state, plan, 1)
         return
-    job = observed.attempt(current)
-    if job is None or job.deleting:
+    attempt_job = observed.attempt(current)
+    if attempt_job is None or attempt_job.deleting:
         restart_or_fail(
             spec,
             state,
@@ -139,10 +139,12 @@ def _advance_by_phase(
         )
         return
     if (observed.missing_children or observed.changed_children) and not (
-        job.complete or job.failed
+        attempt_job.complete or attempt_job.failed
     ):
-        restore_children(plan, job.attempt, observed.missing_children, observed.changed_children)
-    _supervise(spec, state, observed, plan, job, reconcile_interval)
+        restore_children(
+            plan, attempt_job.attempt, observed.missing_children, observed.changed_children
+        )
+    _supervise(spec, state, observed, plan, attempt_job, reconcile_interval)
 
 
 def _supervise(
@@ -150,31 +152,31 @@ def _supervise(
     state: StatusDraft,
     observed: Observed,
     plan: Plan,
-    job: AttemptView,
+    attempt_job: AttemptView,
     reconcile_interval: float,
 ) -> None:
     """A live attempt, top to bottom: finished, failed, disrupted, queued, unable to start;
     else its scheduling, its start (against the gang clock) and its run."""
-    pods = [pod for pod in observed.pods_of(job.attempt) if not pod.deleting]
+    pods = [pod for pod in observed.pods_of(attempt_job.attempt) if not pod.deleting]
     state.status.workers = worker_counts(pods, spec.workers)
     if observed.progress is not None and observed.progress.first_step_reported:
         record_progress(spec, state, observed.progress)
-    if job.complete:
-        succeed(spec, state, observed, plan, job)
+    if attempt_job.complete:
+        succeed(spec, state, observed, plan, attempt_job)
         return
-    if job.failed:
-        handle_failure(spec, state, observed, plan, job)
+    if attempt_job.failed:
+        handle_failure(spec, state, observed, plan, attempt_job)
         return
-    if restarted_after_disruption(spec, state, observed, plan, job):
+    if restarted_after_disruption(spec, state, observed, plan, attempt_job):
         return
-    if job.suspended:
-        wait_for_admission(spec, state, job)
+    if attempt_job.suspended:
+        wait_for_admission(spec, state, attempt_job)
         return
-    if cannot_start(spec, state, observed, plan, job, pods):
+    if cannot_start(spec, state, observed, plan, attempt_job, pods):
         return
-    report_scheduling(spec, state, job, pods)
+    report_scheduling(spec, state, attempt_job, pods)
     started = [pod for pod in pods if pod.started]
     if len(started) < spec.workers:
-        await_start(spec, state, observed, plan, job, pods, reconcile_interval)
+        await_start(spec, state, observed, plan, attempt_job, pods, reconcile_interval)
         return
-    supervise_running(spec, state, observed, plan, job, started, reconcile_interval)
+    supervise_running(spec, state, observed, plan, attempt_job, started, reconcile_interval)

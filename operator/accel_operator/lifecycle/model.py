@@ -165,7 +165,9 @@ class Observed:
         return self.failed_workers[0] if self.failed_workers else None
 
     def attempt(self, number: int) -> AttemptView | None:
-        return next((job for job in self.attempts if job.attempt == number), None)
+        return next(
+            (attempt_job for attempt_job in self.attempts if attempt_job.attempt == number), None
+        )
 
     def pods_of(self, number: int) -> list[PodView]:
         return sorted(
@@ -175,7 +177,7 @@ class Observed:
 
     @property
     def highest_attempt(self) -> int:
-        return max((job.attempt for job in self.attempts), default=0)
+        return max((attempt_job.attempt for attempt_job in self.attempts), default=0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -91,7 +91,7 @@ def supervise_running(
     state: StatusDraft,
     observed: Observed,
     plan: Plan,
-    job: AttemptView,
+    attempt_job: AttemptView,
     started: list[PodView],
     reconcile_interval: float,
 ) -> None:
@@ -106,10 +106,10 @@ def supervise_running(
             constants.CONDITION_RUNNING,
             True,
             "AllWorkersRunning",
-            f"all {spec.workers} worker(s) of attempt {job.attempt} run on "
+            f"all {spec.workers} worker(s) of attempt {attempt_job.attempt} run on "
             f"{', '.join(nodes) or 'their nodes'}",
         )
-        if job.attempt == 1 and value.restarts == 0:
+        if attempt_job.attempt == 1 and value.restarts == 0:
             plan.launch_seconds = max(0.0, (running_since - observed.created).total_seconds())
 
     sample = observed.progress
@@ -122,10 +122,12 @@ def supervise_running(
         value.phase = api.Phase.RUNNING
     else:
         value.phase = api.Phase.STARTING
-        value.message = f"all workers of attempt {job.attempt} run; waiting for the first step"
+        value.message = (
+            f"all workers of attempt {attempt_job.attempt} run; waiting for the first step"
+        )
     if observed.progress_visible:
         plan.requeue(reconcile_interval)
-        _check_stall(spec, state, observed, plan, job, trains)
+        _check_stall(spec, state, observed, plan, attempt_job, trains)
     if observed.rank_times is not None:
         _check_stragglers(spec, state, observed.rank_times)
 
@@ -135,7 +137,7 @@ def _check_stall(
     state: StatusDraft,
     observed: Observed,
     plan: Plan,
-    job: AttemptView,
+    attempt_job: AttemptView,
     trains: bool,
 ) -> None:
     """Progressing: True while the step advances; False (Stalled) after the progress deadline.
@@ -161,19 +163,19 @@ def _check_stall(
                 constants.CONDITION_PROGRESSING,
                 True,
                 "StepAdvancing",
-                f"attempt {job.attempt} trains",
+                f"attempt {attempt_job.attempt} trains",
             )
             total = value.progress.total_steps
             value.message = f"training: step {value.progress.step}" + (f"/{total}" if total else "")
         return
     message = (
         f"the step has not advanced for runPolicy.progressDeadlineSeconds ({limit} s) in "
-        f"attempt {job.attempt} (last step {value.progress.step})"
+        f"attempt {attempt_job.attempt} (last step {value.progress.step})"
     )
     state.set(constants.CONDITION_PROGRESSING, False, REASON_STALLED, message)
     value.message = message
     if spec.run_policy.restart_on_stall:
-        restart_or_fail(spec, state, observed, plan, job.attempt, REASON_STALLED, message)
+        restart_or_fail(spec, state, observed, plan, attempt_job.attempt, REASON_STALLED, message)
 
 
 def _check_stragglers(

@@ -29,14 +29,16 @@ _PERMANENT_WAITING_REASONS = ("InvalidImageName",)
 _NORMAL_WAITING_REASONS = ("", "ContainerCreating", "PodInitializing")
 
 
-def _pending_description(spec: api.AccelTrainJobSpec, job: AttemptView, pods: list[PodView]) -> str:
+def _pending_description(
+    spec: api.AccelTrainJobSpec, attempt_job: AttemptView, pods: list[PodView]
+) -> str:
     """'<pod> (<scheduler reason>)' for every worker that does not run, including uncreated ones."""
     by_index = {pod.index: pod for pod in pods if pod.index is not None}
     parts = []
     for index in range(spec.workers):
         pod = by_index.get(index)
         if pod is None:
-            parts.append(f"{job.name}-{index} (not created)")
+            parts.append(f"{attempt_job.name}-{index} (not created)")
         elif not pod.started:
             why = pod.unschedulable_message or (
                 f"bound to {pod.node_name}, not running yet" if pod.node_name else "not scheduled"
@@ -52,7 +54,7 @@ def cannot_start(
     state: StatusDraft,
     observed: Observed,
     plan: Plan,
-    job: AttemptView,
+    attempt_job: AttemptView,
     pods: list[PodView],
 ) -> bool:
     """Fail at once when the workers can never start (an image reference the runtime refuses,
@@ -69,13 +71,13 @@ def cannot_start(
         fail(state, REASON_INVALID_IMAGE, message)
         tear_down_all(observed, plan)
         return True
-    if not job.create_failure or len(pods) >= spec.workers:
+    if not attempt_job.create_failure or len(pods) >= spec.workers:
         return False
     message = (
-        f"the Job controller cannot create the worker pods of attempt {job.attempt}: "
-        f"{job.create_failure}"
+        f"the Job controller cannot create the worker pods of attempt {attempt_job.attempt}: "
+        f"{attempt_job.create_failure}"
     )
-    if any(marker in job.create_failure.lower() for marker in _PERMANENT_CREATE_FAILURES):
+    if any(marker in attempt_job.create_failure.lower() for marker in _PERMANENT_CREATE_FAILURES):
         fail(state, REASON_FAILED_CREATE, message)
         tear_down_all(observed, plan)
         return True
@@ -85,22 +87,24 @@ def cannot_start(
     return False
 
 
-def wait_for_admission(spec: api.AccelTrainJobSpec, state: StatusDraft, job: AttemptView) -> None:
+def wait_for_admission(
+    spec: api.AccelTrainJobSpec, state: StatusDraft, attempt_job: AttemptView
+) -> None:
     state.status.phase = api.Phase.PENDING
     queue = spec.run_policy.queue_name
     message = (
-        f"the Job {job.name} waits for admission by Kueue (queue {queue})"
+        f"the Job {attempt_job.name} waits for admission by Kueue (queue {queue})"
         if queue
-        else f"the Job {job.name} is suspended"
+        else f"the Job {attempt_job.name} is suspended"
     )
-    if job.admission_message:
-        message += f": {job.admission_message}"
+    if attempt_job.admission_message:
+        message += f": {attempt_job.admission_message}"
     state.set(constants.CONDITION_SCHEDULED, False, "WaitingForAdmission", message)
     state.status.message = message
 
 
 def report_scheduling(
-    spec: api.AccelTrainJobSpec, state: StatusDraft, job: AttemptView, pods: list[PodView]
+    spec: api.AccelTrainJobSpec, state: StatusDraft, attempt_job: AttemptView, pods: list[PodView]
 ) -> None:
     bound = sum(1 for pod in pods if pod.node_name)
     if bound >= spec.workers:
@@ -110,13 +114,13 @@ def report_scheduling(
             "AllWorkersScheduled",
             f"all {spec.workers} worker(s) are bound to nodes",
         )
-    elif not (job.create_failure and len(pods) < spec.workers):
+    elif not (attempt_job.create_failure and len(pods) < spec.workers):
         state.set(
             constants.CONDITION_SCHEDULED,
             False,
             "WaitingForPods",
             f"{bound}/{spec.workers} worker(s) scheduled; waiting: "
-            + _pending_description(spec, job, pods),
+            + _pending_description(spec, attempt_job, pods),
         )
 
 
@@ -139,7 +143,7 @@ def await_start(
     state: StatusDraft,
     observed: Observed,
     plan: Plan,
-    job: AttemptView,
+    attempt_job: AttemptView,
     pods: list[PodView],
     reconcile_interval: float,
 ) -> None:
@@ -148,7 +152,9 @@ def await_start(
     _report_waiting_containers(state, pods)
     # The gang clock runs from the Job's start. A Job created suspended for Kueue gets its
     # startTime only when the Job controller has seen it admitted: until then, wait.
-    gang_start = job.started or (None if spec.run_policy.queue_name else job.created)
+    gang_start = attempt_job.started or (
+        None if spec.run_policy.queue_name else attempt_job.created
+    )
     if gang_start is None:
         plan.requeue(reconcile_interval)
         return
@@ -157,7 +163,7 @@ def await_start(
     if left > 0:
         plan.requeue(left)
         return
-    _gang_timeout(spec, state, observed, plan, job, pods, reconcile_interval)
+    _gang_timeout(spec, state, observed, plan, attempt_job, pods, reconcile_interval)
 
 
 def _gang_timeout(
@@ -165,7 +171,7 @@ def _gang_timeout(
     state: StatusDraft,
     observed: Observed,
     plan: Plan,
-    job: AttemptView,
+    attempt_job: AttemptView,
     pods: list[PodView],
     reconcile_interval: float,
 ) -> None:
@@ -175,28 +181,28 @@ def _gang_timeout(
     restart (waiting for capacity is not a failure; activeDeadlineSeconds bounds the wait).
     Anything else (workers placed but not starting) is a failure and spends a restart."""
     limit = spec.run_policy.gang_timeout_seconds
-    pending = _pending_description(spec, job, pods)
+    pending = _pending_description(spec, attempt_job, pods)
     waiting = [pod for pod in pods if not pod.started]
-    capacity = not job.create_failure and all(not pod.node_name for pod in waiting)
+    capacity = not attempt_job.create_failure and all(not pod.node_name for pod in waiting)
     if capacity and not any(pod.node_name for pod in pods):
         message = (
-            f"all {spec.workers} worker(s) of attempt {job.attempt} wait for room together; "
-            f"no node is held. Pending: {pending}"
+            f"all {spec.workers} worker(s) of attempt {attempt_job.attempt} wait for room "
+            f"together; no node is held. Pending: {pending}"
         )
         state.set(constants.CONDITION_SCHEDULED, False, REASON_WAITING_FOR_CAPACITY, message)
         state.status.message = message
         plan.requeue(reconcile_interval)
         return
     message = (
-        f"not every worker of attempt {job.attempt} was running within "
+        f"not every worker of attempt {attempt_job.attempt} was running within "
         f"runPolicy.gangTimeoutSeconds ({limit} s); the attempt was torn down so that no "
         f"node resources stay held. Pending: {pending}"
     )
     state.set(constants.CONDITION_SCHEDULED, False, REASON_GANG_TIMEOUT, message)
     if capacity:
-        _retry_for_capacity(spec, state, plan, job.attempt, message)
+        _retry_for_capacity(spec, state, plan, attempt_job.attempt, message)
         return
-    restart_or_fail(spec, state, observed, plan, job.attempt, REASON_GANG_TIMEOUT, message)
+    restart_or_fail(spec, state, observed, plan, attempt_job.attempt, REASON_GANG_TIMEOUT, message)
 
 
 def _retry_for_capacity(
