@@ -193,33 +193,36 @@ def latest_message(events: Iterable[Mapping[str, Any]]) -> str:
     return latest[1]
 
 
-def needs_scheduler_events(pods: Iterable[PodView], now: dt.datetime) -> bool:
-    """Whether some unbound pod lacks a scheduler message although the scheduler had
-    EVENT_READ_GRACE_SECONDS to place it (then its FailedScheduling Events are worth a read)."""
-    return any(
-        not pod.node_name
-        and not pod.unschedulable_message
-        and not pod.deleting
-        and _older_than_grace(pod.created, now)
+def scheduler_events_due_in(pods: Iterable[PodView], now: dt.datetime) -> float | None:
+    """Seconds until the FailedScheduling Events are worth a read: some unbound pod lacks a
+    scheduler message although the scheduler had EVENT_READ_GRACE_SECONDS to place it (0: now;
+    None: no pod waits without a message)."""
+    waits = [
+        _grace_left(pod.created, now)
         for pod in pods
-    )
+        if not pod.node_name and not pod.unschedulable_message and not pod.deleting
+    ]
+    return min(waits, default=None)
 
 
-def needs_create_failures(
+def create_failures_due_in(
     attempt_job: AttemptView, pods: Iterable[PodView], workers: int, now: dt.datetime
-) -> bool:
-    """Whether the live attempt still misses pods EVENT_READ_GRACE_SECONDS after its Job was
-    created (then the Job controller's FailedCreate Events say why)."""
+) -> float | None:
+    """Seconds until the Job controller's FailedCreate Events are worth a read: the live
+    attempt still misses pods EVENT_READ_GRACE_SECONDS after its Job was created (0: now;
+    None: no pod is missing)."""
     if attempt_job.complete or attempt_job.failed or attempt_job.suspended or attempt_job.deleting:
-        return False
+        return None
     present = sum(1 for pod in pods if pod.attempt == attempt_job.attempt)
-    return present < workers and _older_than_grace(attempt_job.created, now)
+    return _grace_left(attempt_job.created, now) if present < workers else None
 
 
-def _older_than_grace(created: dt.datetime | None, now: dt.datetime) -> bool:
+def _grace_left(created: dt.datetime | None, now: dt.datetime) -> float:
     # A pod or Job younger than this is normally placed or given its pods by then: reading
     # Events for it would cost every launch a LIST or two and tell nothing.
-    return created is None or (now - created).total_seconds() >= EVENT_READ_GRACE_SECONDS
+    if created is None:
+        return 0.0
+    return max(0.0, EVENT_READ_GRACE_SECONDS - (now - created).total_seconds())
 
 
 def holds_desired(live: Any, desired: Any) -> bool:

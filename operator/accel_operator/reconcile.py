@@ -446,14 +446,19 @@ class Reconciler:
         raw_pods = self._worker_pods(namespace, name)
         pods = [observe.pod_view(pod) for pod in raw_pods]
         now = self.clock()
-        if observe.needs_scheduler_events(pods, now):
+        scheduling_due = observe.scheduler_events_due_in(pods, now)
+        if scheduling_due == 0:
             messages = observe.scheduler_messages(self.kube.list_scheduling_events(namespace))
             pods = [observe.pod_view(pod, messages) for pod in raw_pods]
         current = max([status.attempt, *(view.attempt for view in attempts)])
         current_job = next((view for view in attempts if view.attempt == current), None)
+        creation_due = None
         if current_job is not None:
-            current_job = self._why_waiting(namespace, spec, current_job, pods, now)
+            creation_due = observe.create_failures_due_in(current_job, pods, spec.workers, now)
+            current_job = self._why_waiting(namespace, spec, current_job, creation_due == 0)
             attempts = tuple(current_job if v.attempt == current else v for v in attempts)
+        # An Event read put off: look again when it is due, in case nothing else changes.
+        recheck = min((d for d in (scheduling_due, creation_due) if d), default=None)
         failures: tuple[lifecycle.FailureView, ...] = ()
         if (
             current_job is not None
@@ -482,6 +487,7 @@ class Reconciler:
             progress_visible=visible,
             missing_children=missing,
             changed_children=changed,
+            recheck_after=recheck,
         )
 
     def _why_waiting(
@@ -489,12 +495,11 @@ class Reconciler:
         namespace: str,
         spec: api.AccelTrainJobSpec,
         current_job: lifecycle.AttemptView,
-        pods: list[lifecycle.PodView],
-        now: dt.datetime,
+        pods_missing: bool,
     ) -> lifecycle.AttemptView:
         """The current attempt with what its Events and Kueue say about why it waits: the Job
         controller's FailedCreate message while pods are missing, Kueue's while it queues."""
-        if observe.needs_create_failures(current_job, pods, spec.workers, now):
+        if pods_missing:
             events = self.kube.list_create_failures(namespace, current_job.name)
             message = observe.latest_message(events)
             current_job = dataclasses.replace(current_job, create_failure=message)

@@ -7,6 +7,7 @@ from accel_operator import constants, observe
 from tests.operator.lifecycle.cases import (
     at,
     job,
+    pod,
     pod_object,
     ts,
 )
@@ -30,7 +31,7 @@ def test_a_pod_the_scheduler_cannot_place_carries_its_reason() -> None:
     assert view.unschedulable_message == "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
     assert not view.started
     bare = pod_object("bert-a2-0-a", 0, "Pending")
-    assert observe.needs_scheduler_events([observe.pod_view(bare)], at(60))
+    assert observe.scheduler_events_due_in([observe.pod_view(bare)], at(60)) == 0
     events = [
         {
             "reason": "FailedScheduling",
@@ -47,15 +48,18 @@ def test_events_are_read_only_for_pods_and_jobs_left_waiting_past_the_grace() ->
     fresh = pod_object("bert-a2-0-a", 0, "Pending")
     fresh["metadata"]["creationTimestamp"] = ts(10)
     grace = observe.EVENT_READ_GRACE_SECONDS
-    # A pod the scheduler has not looked at yet: no Events read for it on every launch.
-    assert not observe.needs_scheduler_events([observe.pod_view(fresh)], at(10 + grace - 1))
-    assert observe.needs_scheduler_events([observe.pod_view(fresh)], at(10 + grace))
+    # A pod the scheduler has not looked at yet: no Events read for it on every launch, but
+    # one as soon as it has waited the grace.
+    assert observe.scheduler_events_due_in([observe.pod_view(fresh)], at(11)) == grace - 1
+    assert observe.scheduler_events_due_in([observe.pod_view(fresh)], at(10 + grace)) == 0
+    placed = pod(0, "Running", attempt=2)
+    assert observe.scheduler_events_due_in([placed], at(60)) is None
     attempt = job(2, created=10)
-    assert not observe.needs_create_failures(attempt, [], 2, at(10 + grace - 1))
-    assert observe.needs_create_failures(attempt, [], 2, at(10 + grace))
+    assert observe.create_failures_due_in(attempt, [], 2, at(12)) == grace - 2
+    assert observe.create_failures_due_in(attempt, [], 2, at(10 + grace)) == 0
     pods = [observe.pod_view(fresh), observe.pod_view(pod_object("bert-a2-1-b", 1, "Pending"))]
-    assert not observe.needs_create_failures(attempt, pods, 2, at(60))
-    assert not observe.needs_create_failures(job(2, created=10, failed=True), [], 2, at(60))
+    assert observe.create_failures_due_in(attempt, pods, 2, at(60)) is None
+    assert observe.create_failures_due_in(job(2, created=10, failed=True), [], 2, at(60)) is None
 
 
 def test_job_conditions_become_the_attempt_outcome() -> None:

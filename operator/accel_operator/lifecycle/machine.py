@@ -53,6 +53,8 @@ def decide(
     plan = Plan()
     state.status.observed_generation = observed.generation
     _advance_by_phase(spec, state, observed, plan, reconcile_interval)
+    if observed.recheck_after is not None and state.status.phase not in FINISHED_PHASES:
+        plan.requeue(observed.recheck_after)
     if state.condition(constants.CONDITION_RECONCILED) is not None:
         state.set(constants.CONDITION_RECONCILED, True, "Reconciled", "the API server answers")
     new_status = state.status

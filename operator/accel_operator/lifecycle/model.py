@@ -159,6 +159,9 @@ class Observed:
     changed_children: tuple[str, ...] = ()
     """Kinds of the current attempt's ConfigMap and Service whose content was changed out of
     band; only observed while that attempt's Job is live."""
+    recheck_after: float | None = None
+    """Seconds after which a look at the cluster may see more than this one did (an Event read
+    the reconciler put off); the decision looks again by then."""
 
     @property
     def failure(self) -> FailureView | None:

@@ -7,7 +7,8 @@ import dataclasses
 
 import pytest
 
-from accel_operator import lifecycle
+from accel_operator import api, lifecycle
+from accel_operator.lifecycle import Observed
 from tests.operator.lifecycle import (
     test_attempts,
     test_failure,
@@ -16,7 +17,7 @@ from tests.operator.lifecycle import (
     test_scheduling,
     test_suspend,
 )
-from tests.operator.lifecycle.cases import Case, job
+from tests.operator.lifecycle.cases import CREATED, Case, at, job, make_spec, status_after
 
 # Every policy's table: a reconcile of any of those situations is safe to repeat.
 ALL_CASES = [
@@ -46,3 +47,15 @@ def test_repeating_a_reconcile_creates_nothing_twice_and_settles(case: Case) -> 
     assert third.status == second.status
     assert third.events == ()
     assert third.creates == []
+
+
+def test_a_put_off_look_at_the_cluster_brings_the_job_back_by_then() -> None:
+    # Pods not created yet: the reconciler put off reading why, for 3 s.
+    observed = Observed(created=CREATED, attempts=(job(1, created=1),), recheck_after=3.0)
+    status = status_after(api.Phase.STARTING)
+    decision = lifecycle.decide(make_spec(), status, observed, at(2))
+    assert decision.requeue_after == 3.0
+    without = lifecycle.decide(
+        make_spec(), status, dataclasses.replace(observed, recheck_after=None), at(2)
+    )
+    assert without.requeue_after is not None and without.requeue_after > 3.0
