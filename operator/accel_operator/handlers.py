@@ -13,8 +13,9 @@ Registered on a registry of their own by :func:`build_registry` (the CLI passes 
   owning AccelTrainJob when something the lifecycle reacts to changed, so pod and Job changes
   are acted on at once.
 - changes of the jobs' Services, ConfigMaps and gang objects (native Workloads, PodGroups where
-  their API is served), also from the informer: keep the reconciler's inventory of them and
-  queue the owner when one is deleted, so a live attempt gets it back within a second.
+  their API is served), also from the informer: mark those whose content changed for the
+  reconciler to compare, and queue the owner when one is deleted or changed, so a live attempt
+  gets it back within a second.
 - ``on.event`` of Kueue's Workloads, where Kueue is installed: queue the AccelTrainJob whose
   attempt Job owns the Workload, so a queued job's status quotes why Kueue waits as it changes.
 
@@ -177,8 +178,8 @@ def _watch_kueue_workloads(registry: kopf.OperatorRegistry, work: WorkQueue) -> 
 def _cache_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listener:
     """What the cache's changes do: queue a job the cache sees for the first time, queue the
     owning job when something the lifecycle reacts to changed (a Job's or pod's fingerprint),
-    and keep the inventory of restorable children (a deleted or changed one is put back by the
-    next reconcile)."""
+    and mark restorable children whose content changed (a deleted or changed one is put back by
+    the next reconcile)."""
     seen = _Fingerprints()
 
     def changed(kind: str, event: str, obj: Mapping[str, Any], before: Any) -> None:
@@ -197,14 +198,34 @@ def _cache_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listene
             if seen.changed(str(metadata.get("uid")), fingerprint):
                 work.add(namespace, owner)
         elif kind in inventory.RESTORABLE_KINDS:
-            content = None if deleted else inventory.owned_content(obj)
-            content_changed = reconciler.inventory.seen(
-                kind, namespace, name, deleted=deleted, content=content
-            )
-            if deleted or content_changed:
-                work.add(namespace, owner)
+            present = None if deleted else obj
+            _restorable_changed(reconciler, work, (kind, namespace, name), owner, present, before)
 
     return changed
+
+
+def _restorable_changed(
+    reconciler: Reconciler,
+    work: WorkQueue,
+    key: tuple[str, str, str],
+    owner: str,
+    obj: Mapping[str, Any] | None,
+    before: Any,
+) -> None:
+    """A Service, ConfigMap or gang object changed: one deleted, or whose owned content changed
+    from what the store held, brings its owner back at once; new content is compared at the
+    owner's next reconcile."""
+    children = reconciler.changed_children
+    if obj is None:
+        children.checked(*key)
+        work.add(key[1], owner)
+        return
+    content = inventory.owned_content(obj)
+    if isinstance(before, Mapping) and inventory.owned_content(before) == content:
+        return
+    children.mark(*key)
+    if before is not None:
+        work.add(key[1], owner)
 
 
 def _new_or_respecified(job: Mapping[str, Any], before: Any) -> bool:

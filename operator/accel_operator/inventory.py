@@ -1,14 +1,13 @@
-"""Which owned Services, ConfigMaps and gang Workloads exist, and what they hold, as the
-operator's watches have seen them.
+"""Which restorable children (an attempt's Service, ConfigMap and gang object) changed since the
+reconciler last found them as it renders them.
 
-The operator restores the headless Service, the ConfigMap and the native gang Workload of a live
-attempt when they are deleted or changed out of band (the pods' DNS names, the DeepSpeed config
-and the scheduling of a re-created pod depend on them; docs/design.md#restarts-and-self-healing).
-Asking the API server on every reconcile would cost a request per child per job per reconcile;
-instead the watch events of these kinds keep this index (presence, and the ``data``/``spec`` the
-operator compares with what it renders), and only a child the index does not hold (one deleted,
-or one the watch has not listed yet after a start) is checked with a GET before it is
-recreated.
+The operator restores the headless Service, the ConfigMap and the gang object of a live attempt
+when they are deleted or changed out of band (the pods' DNS names, the DeepSpeed config and the
+scheduling of a re-created pod depend on them; docs/design.md#restarts-and-self-healing). The
+informer's store says whether each exists and holds its content; rendering and comparing every
+child on every reconcile would cost CPU for nothing, so the informer's listener marks a child
+here when its owned content (a ConfigMap's ``data``, the others' ``spec``) arrives or changes,
+and only marked children are compared.
 """
 
 from __future__ import annotations
@@ -45,54 +44,24 @@ def owned_content(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {field: copy.deepcopy(obj[field]) for field in OWNED_FIELDS if field in obj}
 
 
-class ChildInventory:
-    """Thread-safe: watch handlers write it, reconcile threads read it."""
+class ChangedChildren:
+    """Thread-safe: the informer's listener marks, reconcile threads check."""
 
     def __init__(self) -> None:
-        self._present: set[Key] = set()
-        self._content: dict[Key, dict[str, Any]] = {}
-        self._unchecked: set[Key] = set()
-        """Children whose content arrived or changed since the reconciler last found it as
-        rendered: only these are rendered and compared."""
+        self._marked: set[Key] = set()
         self._lock = threading.Lock()
 
-    def seen(
-        self,
-        kind: str,
-        namespace: str,
-        name: str,
-        *,
-        deleted: bool,
-        content: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """Record a watch event of an owned child (``deleted`` for a DELETED event) and, when
-        given, its :func:`owned_content`. True when content seen before has changed."""
-        key = (kind, namespace, name)
+    def mark(self, kind: str, namespace: str, name: str) -> None:
+        """The child's owned content arrived or changed: compare it at the next reconcile."""
         with self._lock:
-            if deleted:
-                self._present.discard(key)
-                self._content.pop(key, None)
-                self._unchecked.discard(key)
-                return False
-            self._present.add(key)
-            before = self._content.get(key)
-            if content is None or before == content:
-                return False
-            self._content[key] = dict(content)
-            self._unchecked.add(key)
-            return before is not None
+            self._marked.add((kind, namespace, name))
 
-    def holds(self, kind: str, namespace: str, name: str) -> bool:
+    def marked(self, kind: str, namespace: str, name: str) -> bool:
         with self._lock:
-            return (kind, namespace, name) in self._present
-
-    def to_check(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The child's content when it has not been found as rendered since it last changed."""
-        key = (kind, namespace, name)
-        with self._lock:
-            return self._content.get(key) if key in self._unchecked else None
+            return (kind, namespace, name) in self._marked
 
     def checked(self, kind: str, namespace: str, name: str) -> None:
-        """The child holds what the operator renders: no need to compare it until it changes."""
+        """The child holds what the operator renders (or is gone): no need to compare it again
+        until it changes."""
         with self._lock:
-            self._unchecked.discard((kind, namespace, name))
+            self._marked.discard((kind, namespace, name))

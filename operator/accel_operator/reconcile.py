@@ -100,8 +100,8 @@ class Reconciler:
         self.cache = cache
         """Where reconciles read the jobs and their children once it has listed them all; the
         API server before that, and always without one."""
-        self.inventory = inventory.ChildInventory()
-        """Fed by the watches of the jobs' Services and ConfigMaps (handlers)."""
+        self.changed_children = inventory.ChangedChildren()
+        """Restorable children whose content the informer saw change (handlers)."""
         self.defaults = defaults or render.ClusterDefaults()
         self.read_pod_logs = read_pod_logs
         self.scraper = scraper or ProgressScraper()
@@ -543,9 +543,9 @@ class Reconciler:
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The live attempt's ConfigMap, Service and watched gang object that do not exist,
         and those whose content (a ConfigMap's data, the others' spec) no longer holds what the
-        operator renders. The watches' inventory answers for children it has seen, the API server
-        for the others; a child is rendered and compared only after a watch event changed its
-        content."""
+        operator renders. The informer's store answers once it has listed them, the API server
+        before; a child is rendered and compared only after the informer saw its content
+        change."""
         if (
             attempt_job.complete
             or attempt_job.failed
@@ -576,21 +576,19 @@ class Reconciler:
                 lambda: render.render_gang_object(spec, ref, attempt_job.attempt, self.defaults),
             )
         missing, changed = [], []
+        store = self._synced_cache()
         for kind in inventory.RESTORABLE_KINDS:
             if kind not in renderers:
                 continue
             api_version, child_name, rendered = renderers[kind]
-            if not self.inventory.holds(kind, ref.namespace, child_name):
-                if self._child_exists(api_version, kind, ref.namespace, child_name):
-                    self.inventory.seen(kind, ref.namespace, child_name, deleted=False)
-                else:
-                    missing.append(kind)
+            if not self._child_exists(api_version, kind, ref.namespace, child_name):
+                missing.append(kind)
                 continue
-            live = self.inventory.to_check(kind, ref.namespace, child_name)
-            if live is None:
+            if store is None or not self.changed_children.marked(kind, ref.namespace, child_name):
                 continue
+            live = inventory.owned_content(store.get(kind, ref.namespace, child_name) or {})
             if observe.holds_desired(live, inventory.owned_content(rendered() or {})):
-                self.inventory.checked(kind, ref.namespace, child_name)
+                self.changed_children.checked(kind, ref.namespace, child_name)
             else:
                 changed.append(kind)
         return tuple(missing), tuple(changed)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
 
-from accel_operator import api, constants
+from accel_operator import api, constants, handlers, informer
 from accel_operator.kube import ApiError, KubeClient
 from accel_operator.reconcile import InvalidSpecError, Reconciler
 from accel_operator.render import ClusterDefaults
@@ -48,6 +49,8 @@ class RecordingApi:
         self.lookups: list[str] = []
         self.applied: list[dict[str, Any]] = []
         self.posted: list[str] = []
+        self.on_written: Callable[[dict[str, Any]], None] | None = None
+        """Told of every object written, as KubeClient tells the informer's cache."""
 
     def refuse(self, obj: dict[str, Any]) -> None:
         """Raise the API server's refusal of ``obj``, if it has one (none here)."""
@@ -87,15 +90,19 @@ class RecordingApi:
         self.writes.append(("apply", f"{obj['kind']}/{obj['metadata']['name']}"))
         self.applied.append(copy.deepcopy(obj))
         self.existing.add(f"{obj['kind']}/{obj['metadata']['name']}")
+        written = copy.deepcopy(obj)
         if obj["kind"] == "Job":
-            created = copy.deepcopy(obj)
-            created["metadata"]["creationTimestamp"] = "2026-11-28T12:00:01Z"
-            created["status"] = {"startTime": "2026-11-28T12:00:01Z"}
-            self.jobs.append(created)
+            written["metadata"]["creationTimestamp"] = "2026-11-28T12:00:01Z"
+            written["status"] = {"startTime": "2026-11-28T12:00:01Z"}
+            self.jobs.append(copy.deepcopy(written))
+        if self.on_written is not None:
+            self.on_written(written)
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.writes.append(("status", str(status["phase"])))
         self.job["status"] = copy.deepcopy(status)
+        if self.on_written is not None:
+            self.on_written(copy.deepcopy(self.job))
 
     def delete_attempt(
         self, namespace: str, job: str, attempt: int, group: tuple[str, str] | None = None
@@ -119,6 +126,43 @@ class RecordingApi:
 def _reconciler(recording: RecordingApi, reconcile_interval: float = 3.0) -> Reconciler:
     return Reconciler(
         cast(KubeClient, recording), clock=lambda: NOW, reconcile_interval=reconcile_interval
+    )
+
+
+class ListedCache:
+    """An informer that has listed everything: its store, fed by the writes (as KubeClient
+    feeds it) and by the watch events a test hands to :meth:`watch_sees`."""
+
+    def __init__(self, recording: RecordingApi, reconciler_of: Callable[[Any], Reconciler]):
+        self.store = informer.Store()
+        self.synced = True
+        self.kinds = {kind.kind: kind for kind in informer.CHILD_KINDS}
+        recording.on_written = self.record
+        self.reconciler = reconciler_of(cast(informer.Informer, self))
+        self.queued: list[tuple[str, str]] = []
+        self._listener = handlers._cache_listener(self.reconciler, self)  # type: ignore[arg-type]
+
+    def record(self, obj: dict[str, Any]) -> None:
+        kind = self.kinds[obj["kind"]]
+        owner = informer.owner_of(kind, obj)
+        if owner is not None:
+            self.store.upsert(kind.kind, owner, obj)
+
+    def add(self, namespace: str, name: str) -> None:
+        self.queued.append((namespace, name))
+
+    def watch_sees(self, obj: dict[str, Any]) -> None:
+        """A MODIFIED event of ``obj``, as the informer's watch delivers it."""
+        before = self.store.upsert(obj["kind"], "bert", obj)
+        self._listener(obj["kind"], "MODIFIED", obj, before)
+
+
+def _cached_reconciler(recording: RecordingApi) -> ListedCache:
+    return ListedCache(
+        recording,
+        lambda cache: Reconciler(
+            cast(KubeClient, recording), clock=lambda: NOW, reconcile_interval=0.0, cache=cache
+        ),
     )
 
 
@@ -228,10 +272,8 @@ def test_a_deleted_service_and_config_map_of_the_live_attempt_are_recreated() ->
     reconciler = _reconciler(recording, reconcile_interval=0.0)
     reconciler.reconcile("team-a", "bert")
     reconciler.reconcile("team-a", "bert")
-    # The watches report both children, then their deletion by someone else.
+    # Someone else deletes both children.
     for kind, name in (("Service", "bert"), ("ConfigMap", "bert-a1-config")):
-        reconciler.inventory.seen(kind, "team-a", name, deleted=False)
-        reconciler.inventory.seen(kind, "team-a", name, deleted=True)
         recording.existing.discard(f"{kind}/{name}")
     recording.writes.clear()
     reconciler.reconcile("team-a", "bert")
@@ -255,8 +297,6 @@ def _gang_reconciler(policy: str, defaults: ClusterDefaults) -> tuple[RecordingA
     )
     reconciler.reconcile("team-a", "bert")
     reconciler.reconcile("team-a", "bert")
-    for kind, name in (("Service", "bert"), ("ConfigMap", "bert-a1-config")):
-        reconciler.inventory.seen(kind, "team-a", name, deleted=False)
     return recording, reconciler
 
 
@@ -276,8 +316,6 @@ def test_a_deleted_gang_object_of_the_live_attempt_is_recreated(
 ) -> None:
     recording, reconciler = _gang_reconciler(policy, defaults)
     assert f"{kind}/bert-a1" in recording.existing
-    reconciler.inventory.seen(kind, "team-a", "bert-a1", deleted=False)
-    reconciler.inventory.seen(kind, "team-a", "bert-a1", deleted=True)
     recording.existing.discard(f"{kind}/bert-a1")
     recording.writes.clear()
     reconciler.reconcile("team-a", "bert")
@@ -291,47 +329,46 @@ def test_a_pod_group_whose_api_was_not_served_at_start_is_neither_looked_up_nor_
     recording.lookups.clear()
     recording.writes.clear()
     reconciler.reconcile("team-a", "bert")
-    assert recording.lookups == [] and recording.writes == []
+    assert "PodGroup/bert-a1" not in recording.lookups and recording.writes == []
 
 
 def test_a_config_map_changed_out_of_band_is_applied_again_and_one_left_alone_is_not() -> None:
     recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
-    reconciler = _reconciler(recording, reconcile_interval=0.0)
-    reconciler.reconcile("team-a", "bert")
+    cached = _cached_reconciler(recording)
+    cached.reconciler.reconcile("team-a", "bert")
     applied = {f"{c['kind']}/{c['metadata']['name']}": c for c in recording.applied}
     config_map, service = applied["ConfigMap/bert-a1-config"], applied["Service/bert"]
     # As the watches see them: the API server added fields of its own, nobody changed ours.
-    served = {**service["spec"], "clusterIPs": ["None"], "sessionAffinity": "None"}
-    reconciler.inventory.seen("Service", "team-a", "bert", deleted=False, content={"spec": served})
-    data = dict(config_map["data"])
-    reconciler.inventory.seen(
-        "ConfigMap", "team-a", "bert-a1-config", deleted=False, content={"data": data}
-    )
+    served = copy.deepcopy(service)
+    served["spec"].update(clusterIPs=["None"], sessionAffinity="None")
+    cached.watch_sees(served)
+    assert cached.queued == [("team-a", "bert")]
     recording.writes.clear()
-    reconciler.reconcile("team-a", "bert")
+    cached.reconciler.reconcile("team-a", "bert")
     assert [w for w in recording.writes if w[0] in ("apply", "event")] == []
 
-    edited = {key: "{}" for key in data}
-    reconciler.inventory.seen(
-        "ConfigMap", "team-a", "bert-a1-config", deleted=False, content={"data": edited}
-    )
-    reconciler.reconcile("team-a", "bert")
+    edited = copy.deepcopy(config_map)
+    edited["data"] = {key: "{}" for key in config_map["data"]}
+    cached.watch_sees(edited)
+    cached.reconciler.reconcile("team-a", "bert")
 
     assert [w for w in recording.writes if w[0] in ("apply", "event")] == [
         ("apply", "ConfigMap/bert-a1-config"),
         ("event", "ChildrenRestored"),
     ]
     assert "ConfigMap of attempt 1 was changed out of band" in recording.posted[-1]
+    # The restored ConfigMap is in the store as written: nothing more to restore.
+    recording.writes.clear()
+    cached.reconciler.reconcile("team-a", "bert")
+    assert [w for w in recording.writes if w[0] in ("apply", "event")] == []
 
 
-def test_children_the_watches_have_seen_cost_no_request_to_the_api_server() -> None:
+def test_children_the_informer_has_listed_cost_no_request_to_the_api_server() -> None:
     recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
-    reconciler = _reconciler(recording)
-    reconciler.reconcile("team-a", "bert")
-    reconciler.inventory.seen("Service", "team-a", "bert", deleted=False)
-    reconciler.inventory.seen("ConfigMap", "team-a", "bert-a1-config", deleted=False)
+    cached = _cached_reconciler(recording)
+    cached.reconciler.reconcile("team-a", "bert")
     recording.lookups.clear()
-    reconciler.reconcile("team-a", "bert")
+    cached.reconciler.reconcile("team-a", "bert")
     assert recording.lookups == []
 
 
