@@ -402,12 +402,13 @@ class Reconciler:
         return self.cache.store if self.cache is not None and self.cache.synced else None
 
     def _read_accel_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The AccelTrainJob from the cache, else (not listed yet, or created a moment ago) from
-        the API server."""
+        """The AccelTrainJob from the cache once it has listed them (None: deleted, or created a
+        moment ago: the informer queues it again when it sees it), else from the API server.
+        Without that, every late event of a deleted job's children would cost a GET."""
         store = self._synced_cache()
-        cached = store.get(api.KIND, namespace, name) if store is not None else None
-        if cached is not None:
-            return copy.deepcopy(cached)
+        if store is not None:
+            cached = store.get(api.KIND, namespace, name)
+            return copy.deepcopy(cached) if cached is not None else None
         body = self.kube.get_accel_job(namespace, name)
         if body is not None and self.cache is not None:
             self.cache.record(body)

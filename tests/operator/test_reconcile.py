@@ -138,6 +138,7 @@ class ListedCache:
         self.synced = True
         self.kinds = {kind.kind: kind for kind in informer.CHILD_KINDS}
         recording.on_written = self.record
+        self.record(copy.deepcopy(recording.job))  # listed when the informer started
         self.reconciler = reconciler_of(cast(informer.Informer, self))
         self.queued: list[tuple[str, str]] = []
         self._listener = handlers._cache_listener(self.reconciler, self)  # type: ignore[arg-type]
@@ -370,6 +371,17 @@ def test_children_the_informer_has_listed_cost_no_request_to_the_api_server() ->
     recording.lookups.clear()
     cached.reconciler.reconcile("team-a", "bert")
     assert recording.lookups == []
+
+
+def test_a_late_event_of_a_deleted_jobs_child_costs_no_request() -> None:
+    recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
+    cached = _cached_reconciler(recording)
+    cached.reconciler.reconcile("team-a", "bert")
+    cached.store.delete(api.KIND, "team-a", "bert", "uid-1")  # the informer saw it deleted
+    recording.get_accel_job = None  # type: ignore[assignment,method-assign]  # must not be asked
+    recording.writes.clear()
+    cached.reconciler.reconcile("team-a", "bert")  # a pod of it went away meanwhile
+    assert recording.writes == []
 
 
 def test_the_children_of_a_finished_attempt_are_not_recreated() -> None:
