@@ -125,21 +125,22 @@ class Store:
 
     def upsert(
         self, kind: str, owner: str, obj: Mapping[str, Any], *, from_write: bool = False
-    ) -> dict[str, Any] | None:
+    ) -> tuple[bool, dict[str, Any] | None]:
         """Store an object unless the stored version of it is newer (or, for a write's answer,
-        the object was deleted meanwhile); returns what it replaced."""
+        the object was deleted meanwhile); returns whether it was stored, and what was stored
+        before."""
         metadata = obj["metadata"]
         namespace, name = metadata.get("namespace") or "", metadata["name"]
         with self._lock:
             if from_write and str(metadata.get("uid")) in self._tombstones:
-                return None
+                return False, None
             stored = self._stored_locked(kind, namespace, name)
             if stored is not None and _newer(stored, than=obj):
-                return None
+                return False, stored
             self._remove_locked(kind, namespace, name)
             self._owned.setdefault((kind, namespace, owner), {})[name] = _trimmed(obj)
             self._owner[(kind, namespace, name)] = owner
-            return stored
+            return True, stored
 
     def delete(
         self, kind: str, namespace: str, name: str, uid: str | None
@@ -296,7 +297,9 @@ class Informer:
             before = self.store.delete(kind.kind, namespace, name, metadata.get("uid"))
             event_type = "DELETED"
         else:
-            before = self.store.upsert(kind.kind, owner, obj)
+            stored, before = self.store.upsert(kind.kind, owner, obj)
+            if not stored:
+                return  # older than what a write's answer already put there: no news
         if self.listener is not None:
             self.listener(kind.kind, event_type, obj, before)
 

@@ -145,3 +145,25 @@ def _wait_for(condition: Any, timeout: float = 5.0) -> None:
             return
         done.wait(0.02)
     raise AssertionError("the informer did not get there")
+
+
+def test_a_watch_event_older_than_a_writes_answer_is_no_news_to_the_listener() -> None:
+    kube = FakeKube([[pod("llm-0", 1)]])
+    changes: list[tuple[str, str]] = []
+    cache = Informer(
+        kube,  # type: ignore[arg-type]
+        [PODS],
+        namespaces=["team-a"],
+        listener=lambda kind, event, obj, before: changes.append((event, obj["status"]["phase"])),
+    )
+    cache.start()
+    assert cache.wait_synced(5)
+    cache.record(pod("llm-0", 7, phase="Running"))  # the answer of the operator's own write
+    kube.events.put({"type": "MODIFIED", "object": pod("llm-0", 5, phase="Pending")})
+    kube.events.put({"type": "MODIFIED", "object": pod("llm-0", 9, phase="Succeeded")})
+    _wait_for(lambda: len(changes) == 2)
+    cache.stop()
+    kube.events.put(None)
+    # The stale version 5 reached neither the store nor the listener (which would have taken
+    # it for an object seen for the first time).
+    assert changes == [("ADDED", "Pending"), ("MODIFIED", "Succeeded")]

@@ -154,7 +154,7 @@ class ListedCache:
 
     def watch_sees(self, obj: dict[str, Any]) -> None:
         """A MODIFIED event of ``obj``, as the informer's watch delivers it."""
-        before = self.store.upsert(obj["kind"], "bert", obj)
+        _, before = self.store.upsert(obj["kind"], "bert", obj)
         self._listener(obj["kind"], "MODIFIED", obj, before)
 
 
