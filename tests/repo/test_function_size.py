@@ -15,6 +15,7 @@ PRODUCT = (
 )
 MAX_LINES = 60
 
+
 def _function_lengths() -> dict[str, int]:
     lengths: dict[str, int] = {}
     for folder in PRODUCT:
