@@ -33,6 +33,7 @@ import dataclasses
 import logging
 import os
 import platform
+import signal
 import socket
 import sys
 import uuid
@@ -414,7 +415,24 @@ def _lead(args: argparse.Namespace, kube: Any, metrics: Any) -> LeaderElector:
             health.close()
     kube.write_fence = elector.check_leading
     elector.keep_leading(on_lost=_step_down)
+    _check_the_lease_on_waking(elector)
     return elector
+
+
+def _check_the_lease_on_waking(elector: LeaderElector) -> None:
+    """A leader stopped (SIGSTOP) past its renew deadline may wake with watch events buffered,
+    and kopf's event loop, in this main thread, would act on them (its finalizer patches are
+    not fenced) before the watchdog thread's next look. SIGCONT's handler runs in this thread
+    first, before the loop dispatches anything."""
+
+    def on_continue(signum: int, frame: Any) -> None:
+        if not elector.is_leading():
+            _step_down(
+                f"{elector.identity} could not renew the Lease {elector.lease}: it was stopped "
+                "past its renew deadline"
+            )
+
+    signal.signal(signal.SIGCONT, on_continue)
 
 
 def _step_down(reason: str) -> None:
