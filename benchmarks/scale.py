@@ -273,12 +273,12 @@ def run(
     time.sleep(2)
     phases, restarts = final_phases(kube, namespace, launches)
     requests_after = operator.counters()
-    requests = sum(requests_after.values()) - sum(requests_before.values())
     by_kind = {
         key: count - requests_before.get(key, 0.0)
         for key, count in requests_after.items()
         if count > requests_before.get(key, 0.0)
     }
+    requests = sum(by_kind.values())
     writes = sum(operator.writes().values()) - writes_before
     rss, peak = operator.rss_mib()
     return ScaleResult(

@@ -198,34 +198,26 @@ def _cache_listener(reconciler: Reconciler, work: WorkQueue) -> informer.Listene
             if seen.changed(str(metadata.get("uid")), fingerprint):
                 work.add(namespace, owner)
         elif kind in inventory.RESTORABLE_KINDS:
-            present = None if deleted else obj
-            _restorable_changed(reconciler, work, (kind, namespace, name), owner, present, before)
+            children = reconciler.changed_children
+            if deleted:
+                children.checked(kind, namespace, name)
+                work.add(namespace, owner)
+            elif _owned_content_changed(obj, before):
+                # A child seen for the first time is compared at its owner's next reconcile;
+                # one changed out of band brings its owner back at once.
+                children.mark(kind, namespace, name)
+                if before is not None:
+                    work.add(namespace, owner)
 
     return changed
 
 
-def _restorable_changed(
-    reconciler: Reconciler,
-    work: WorkQueue,
-    key: tuple[str, str, str],
-    owner: str,
-    obj: Mapping[str, Any] | None,
-    before: Any,
-) -> None:
-    """A Service, ConfigMap or gang object changed: one deleted, or whose owned content changed
-    from what the store held, brings its owner back at once; new content is compared at the
-    owner's next reconcile."""
-    children = reconciler.changed_children
-    if obj is None:
-        children.checked(*key)
-        work.add(key[1], owner)
-        return
-    content = inventory.owned_content(obj)
-    if isinstance(before, Mapping) and inventory.owned_content(before) == content:
-        return
-    children.mark(*key)
-    if before is not None:
-        work.add(key[1], owner)
+def _owned_content_changed(obj: Mapping[str, Any], before: Any) -> bool:
+    """Whether a Service's, ConfigMap's or gang object's owned content differs from what the
+    store held before (or nothing was held)."""
+    if not isinstance(before, Mapping):
+        return True
+    return inventory.owned_content(before) != inventory.owned_content(obj)
 
 
 def _new_or_respecified(job: Mapping[str, Any], before: Any) -> bool:

@@ -211,7 +211,7 @@ def create_failures_due_in(
     """Seconds until the Job controller's FailedCreate Events are worth a read: the live
     attempt still misses pods EVENT_READ_GRACE_SECONDS after its Job was created (0: now;
     None: no pod is missing)."""
-    if attempt_job.complete or attempt_job.failed or attempt_job.suspended or attempt_job.deleting:
+    if not attempt_job.live:
         return None
     present = sum(1 for pod in pods if pod.attempt == attempt_job.attempt)
     return _grace_left(attempt_job.created, now) if present < workers else None

@@ -547,12 +547,7 @@ class Reconciler:
         operator renders. The informer's store answers once it has listed them, the API server
         before; a child is rendered and compared only after the informer saw its content
         change."""
-        if (
-            attempt_job.complete
-            or attempt_job.failed
-            or attempt_job.suspended
-            or attempt_job.deleting
-        ):
+        if not attempt_job.live:
             return (), ()
         # kind -> (apiVersion, name, the renderer, called only for a child to compare).
         renderers: dict[str, tuple[str, str, Callable[[], dict[str, Any] | None]]] = {

@@ -88,6 +88,12 @@ class AttemptView:
     admission_message: str = ""
     """Why Kueue has not admitted the suspended Job yet (its Workload's condition)."""
 
+    @property
+    def live(self) -> bool:
+        """Whether the Job still runs its pods: neither finished, failed, suspended nor being
+        deleted."""
+        return not (self.complete or self.failed or self.suspended or self.deleting)
+
 
 @dataclasses.dataclass(frozen=True)
 class FailureView:
