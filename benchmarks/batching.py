@@ -315,7 +315,7 @@ def hf_worker(workdir: Path, result: Path) -> None:
     import torch.distributed as dist
     from transformers import DataCollatorForTokenClassification, Trainer
 
-    from accel_trainer.data import PAD_MULTIPLE
+    from accel_trainer.data import pad_multiple
     from accel_trainer.runconfig import load_trainer_config
 
     config = load_trainer_config(workdir / "trainer.json")
@@ -325,7 +325,10 @@ def hf_worker(workdir: Path, result: Path) -> None:
     assert steps is not None  # job_spec sets training.maxSteps
     examples, tokenizer, model = hf_inputs(config)
     collator = CountingCollator(
-        DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=PAD_MULTIPLE)
+        # Padded as the trainer pads on this device: the same rule for both contenders.
+        DataCollatorForTokenClassification(
+            tokenizer, pad_to_multiple_of=pad_multiple(torch.device("cpu"))
+        )
     )
     clock = steady_clock(WARMUP_STEPS, steps)
     trainer = Trainer(

@@ -556,12 +556,13 @@ class Reconciler:
                 render.config_map_name(ref.name, attempt_job.attempt),
                 lambda: render.render_config_map(spec, ref, attempt_job.attempt),
             ),
-            "Service": (
+        }
+        if render.needs_service(spec):
+            renderers["Service"] = (
                 "v1",
                 render.service_name(ref.name),
                 lambda: render.render_service(spec, ref),
-            ),
-        }
+            )
         group = gang.GROUP_KINDS.get(gang.in_force(spec, self.defaults.native_gang).policy)
         if group is not None and inventory.watched_gang_object(
             *group, self.defaults.pod_group_apis

@@ -2,7 +2,8 @@
 
 Given an :class:`~accel_operator.api.AccelTrainJobSpec`, the job's name, namespace and uid, and an
 attempt number, these functions return the desired objects as plain dicts: the ConfigMap with
-``trainer.json`` and ``ds_config.json``, the headless Service, and the Indexed ``batch/v1`` Job.
+``trainer.json`` and ``ds_config.json``, the headless Service (for jobs of several workers),
+and the Indexed ``batch/v1`` Job.
 No I/O, no kopf, no Kubernetes client: the reconciler applies what these return.
 """
 
@@ -161,9 +162,18 @@ def pod_hostname(job_name: str, attempt: int, index: int) -> str:
     return f"{attempt_job_name(job_name, attempt)}-{index}"
 
 
-def master_address(job_name: str, namespace: str, attempt: int) -> str:
-    """DNS name of rank 0's pod through the headless Service."""
-    return f"{pod_hostname(job_name, attempt, 0)}.{service_name(job_name)}.{namespace}.svc"
+def needs_service(spec: api.AccelTrainJobSpec) -> bool:
+    """Whether the job gets its headless Service: only ranks on different pods need DNS names
+    to find each other. A single worker's ranks meet on the pod's loopback, which saves two
+    requests per launch (the Service's dry run and apply) and a Service per job."""
+    return spec.workers > 1
+
+
+def master_address(spec: api.AccelTrainJobSpec, ref: JobRef, attempt: int) -> str:
+    """DNS name of rank 0's pod through the headless Service; loopback for a single worker."""
+    if not needs_service(spec):
+        return "127.0.0.1"
+    return f"{pod_hostname(ref.name, attempt, 0)}.{service_name(ref.name)}.{ref.namespace}.svc"
 
 
 # --- metadata -----------------------------------------------------------------------------------
@@ -481,7 +491,7 @@ def _pod_spec(
         )
         node_selector = node_selector or dict(defaults.gpu_node_selector)
     pod: dict[str, Any] = {
-        "subdomain": service_name(ref.name),
+        **({"subdomain": service_name(ref.name)} if needs_service(spec) else {}),
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "enableServiceLinks": False,
@@ -622,7 +632,7 @@ def _env(
 ) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": constants.ENV_CONFIG, "value": config_path},
-        {"name": "MASTER_ADDR", "value": master_address(ref.name, ref.namespace, attempt)},
+        {"name": "MASTER_ADDR", "value": master_address(spec, ref, attempt)},
         {"name": "MASTER_PORT", "value": str(constants.DEFAULT_MASTER_PORT)},
         {"name": constants.ENV_NNODES, "value": str(spec.workers)},
         {"name": constants.ENV_NPROC_PER_NODE, "value": str(spec.procs)},
@@ -704,7 +714,7 @@ def render_attempt(
     group = render_gang_object(spec, ref, attempt, defaults)
     return [
         render_config_map(spec, ref, attempt),
-        render_service(spec, ref),
+        *([render_service(spec, ref)] if needs_service(spec) else []),
         *([group] if group is not None else []),
         render_job(spec, ref, attempt, defaults),
     ]

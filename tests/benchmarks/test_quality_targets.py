@@ -162,3 +162,40 @@ def test_the_int8_target_is_judged_on_the_worst_bbc_run(
         f"({delta:+.2f} points); size x{size:.3f}, latency x{latency:.3f} at most"
     )
     assert row.endswith(f"| {verdict} |")
+
+
+@pytest.mark.parametrize(("dev", "test", "verdict"), [(0.945, 0.912, "yes"), (0.935, 0.912, "no")])
+def test_the_cpu_bert_run_is_judged_by_the_bert_target(
+    quality: ModuleType, dev: float, test: float, verdict: str
+) -> None:
+    bert = _result(quality, "conll2003-bert-base-cpu", dev)
+    bert.test = _ner(test)
+
+    rows = quality._targets([bert])
+
+    assert rows[-1] == (
+        "| CoNLL-2003 BERT-base cased: dev micro-F1 >= 94.00 and test >= 90.00 "
+        f"| dev {dev * 100:.2f}, test {test * 100:.2f} | {verdict} |"
+    )
+
+
+def test_a_run_without_an_int8_export_has_no_int8_row_and_keeps_its_run_row(
+    quality: ModuleType,
+) -> None:
+    bert = _result(quality, "conll2003-bert-base-cpu", 0.945)
+    bert.int8 = None
+
+    page = quality.render_page([bert], "python benchmarks/quality.py", _INPUTS, None)
+
+    int8_section = page.split("## int8-dynamic export")[1].split("## Targets")[0]
+    assert "conll2003-bert-base-cpu" not in int8_section
+    assert "| conll2003-bert-base-cpu | 1 x 1 | 2 | fp32 | none | 876 | micro-F1 94.50 |" in page
+
+
+_INPUTS = {
+    "bbc": {"train": 1, "eval": 1, "rule": "r", "labels": ["a"]},
+    "conll2003": {
+        "rule": "r",
+        **{split: {"sentences": 1, "entities": 1} for split in ("train", "dev", "test")},
+    },
+}

@@ -413,7 +413,9 @@ def test_killing_the_operator_at_random_moments_of_five_launches_leaves_exactly_
         children = kube.children(namespace, name)
         assert [job["metadata"]["name"] for job in children["jobs"]] == [f"{name}-a1"]
         assert [cm["metadata"]["name"] for cm in children["configmaps"]] == [f"{name}-a1-config"]
-        assert [svc["metadata"]["name"] for svc in children["services"]] == [name]
+        # A single worker's ranks meet on loopback: only jobs of several workers get a Service.
+        services = [name] if workers[name] > 1 else []
+        assert [svc["metadata"]["name"] for svc in children["services"]] == services, name
         assert len(children["pods"]) == workers[name], name
         uid = kube.job(namespace, name)["metadata"]["uid"]  # type: ignore[index]
         assert all(

@@ -180,6 +180,17 @@ def test_a_new_attempts_children_exist_before_the_status_names_it() -> None:
     assert recording.job["status"]["attempt"] == 1
 
 
+def test_a_single_worker_job_gets_no_service_and_never_asks_for_one() -> None:
+    recording = RecordingApi({**copy.deepcopy(MINIMAL_SPEC), "workers": 1})
+    reconciler = _reconciler(recording)
+    reconciler.reconcile("team-a", "bert")
+    reconciler.reconcile("team-a", "bert")
+
+    applied = [name for verb, name in recording.writes if verb == "apply"]
+    assert applied == ["ConfigMap/bert-a1-config", "Job/bert-a1"]
+    assert recording.dry_runs == ["ConfigMap/bert-a1-config", "Job/bert-a1"]
+
+
 def test_a_reconcile_of_an_unchanged_job_writes_nothing() -> None:
     recording = RecordingApi(copy.deepcopy(MINIMAL_SPEC))
     # No holding back of minor status changes: every change is written at once.

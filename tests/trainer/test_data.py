@@ -12,13 +12,14 @@ import torch
 
 from accel_contract.config import DataSpec, ModelSpec, Padding, SyntheticDataSpec, Task
 from accel_trainer.data import (
+    GPU_PAD_MULTIPLE,
     IGNORE_INDEX,
-    PAD_MULTIPLE,
     DataPosition,
     ShardedOrder,
     TokenCount,
     eval_shard,
     load_corpus,
+    pad_multiple,
     synthetic_examples,
     tokenize,
 )
@@ -311,19 +312,30 @@ def _split_of(sentences: list[str], padding: Padding, max_length: int = 64) -> A
 SENTENCES = [" ".join(f"w{j}" for j in range(n)) for n in (3, 20, 5, 9, 40, 2, 11, 7)]
 
 
-def test_a_batch_is_cut_to_its_longest_example_rounded_up_to_a_multiple_of_eight() -> None:
+def test_a_batch_on_cpu_is_cut_to_exactly_its_longest_example() -> None:
     split = _split_of(SENTENCES, Padding.LONGEST)
 
     batch = split.batch([0, 2, 5], torch.device("cpu"))  # 3, 5 and 2 words
 
     longest = max(split.lengths[i] for i in (0, 2, 5))
     width = batch.tensors["input_ids"].shape[1]
-    assert width % PAD_MULTIPLE == 0 and longest <= width < longest + PAD_MULTIPLE
+    assert width == longest
     assert batch.tokens == TokenCount(
         real=sum(split.lengths[i] for i in (0, 2, 5)), padded=3 * width
     )
     # Nothing real is cut off: the mask keeps every real token.
     assert int(batch.tensors["attention_mask"].sum()) == batch.tokens.real
+
+
+def test_a_batch_on_a_gpu_rounds_its_longest_example_up_to_a_multiple_of_eight() -> None:
+    split = _split_of(SENTENCES, Padding.LONGEST)
+    index = torch.tensor([0, 2, 5])
+    longest = max(split.lengths[i] for i in (0, 2, 5))
+
+    width = split._columns(index, pad_multiple(torch.device("cuda"))).stop
+
+    assert pad_multiple(torch.device("cuda")) == GPU_PAD_MULTIPLE == 8
+    assert width % 8 == 0 and longest <= width < longest + 8
 
 
 def test_max_length_padding_keeps_every_batch_at_data_max_length() -> None:

@@ -178,8 +178,9 @@ class BatchingSpec(CamelModel):
     """How examples become batches: what gets padded, and which examples share a batch."""
 
     padding: Padding = Padding.LONGEST
-    """Longest: each batch is padded to its own longest example, rounded up to a multiple of 8
-    (what tensor cores want); MaxLength: every batch is padded to data.maxLength."""
+    """Longest: each batch is padded to its own longest example (on GPUs rounded up to a
+    multiple of 8, what tensor cores want); MaxLength: every batch is padded to
+    data.maxLength."""
     group_by_length: bool = False
     """Put examples of similar length in the same batch (less padding on data of mixed lengths):
     each epoch's shuffled order is cut into windows of 50 global micro-batches, each window is

@@ -13,7 +13,7 @@ changed (it rounds down to a whole global micro-batch). With ``data.batching.gro
 the order also depends on the global micro-batch size, so a run resumed on a different world size
 continues in a different order of the same epoch.
 
-Batches are cut to their longest example (rounded up to a multiple of 8) unless
+Batches are cut to their longest example (on a GPU rounded up to a multiple of 8) unless
 ``data.batching.padding`` is MaxLength; each :class:`Batch` says how many of its token positions
 are real, which is what tokens/s and TFLOP/s count.
 """
@@ -434,9 +434,16 @@ def _hold_out(examples: Examples, fraction: float, seed: int) -> tuple[Examples,
 
 
 # --- tokenization -------------------------------------------------------------------------------
-PAD_MULTIPLE = 8
-"""Batch lengths round up to a multiple of this: tensor cores and vectorised CPU kernels work
-in such tiles, and fewer distinct shapes mean fewer kernel selections."""
+GPU_PAD_MULTIPLE = 8
+"""Batch lengths on a GPU round up to a multiple of this: tensor cores work in such tiles, and
+fewer distinct shapes mean fewer kernel selections. A CPU gains nothing from it (its matrix
+kernels tile the hidden size, not the sequence, so step time grows with the positions alone;
+docs/benchmarks.md, length-aware batching), so there a batch is cut to its longest example."""
+
+
+def pad_multiple(device: torch.device) -> int:
+    """What a batch's length rounds up to on ``device`` (GPU_PAD_MULTIPLE on CUDA, else 1)."""
+    return GPU_PAD_MULTIPLE if device.type == "cuda" else 1
 
 
 @dataclass(frozen=True)
@@ -483,22 +490,22 @@ class TokenizedSplit:
     def mean_length(self) -> float:
         return sum(self.lengths) / len(self.lengths) if self.lengths else 0.0
 
-    def _columns(self, index: torch.Tensor) -> slice:
+    def _columns(self, index: torch.Tensor, multiple: int) -> slice:
         """The token positions a batch needs: the span its real tokens cover, widened to a
-        multiple of PAD_MULTIPLE on the padding side (right or left, as the tokenizer pads)."""
+        multiple of ``multiple`` on the padding side (right or left, as the tokenizer pads)."""
         if self.pad_to_max_length:
             return slice(0, self.seq_length)
         used = self.attention_mask[index].any(dim=0).nonzero().flatten()
         if used.numel() == 0:
-            return slice(0, min(PAD_MULTIPLE, self.seq_length))
+            return slice(0, min(multiple, self.seq_length))
         first, last = int(used[0]), int(used[-1])
-        width = min(self.seq_length, -(-(last + 1 - first) // PAD_MULTIPLE) * PAD_MULTIPLE)
+        width = min(self.seq_length, -(-(last + 1 - first) // multiple) * multiple)
         start = min(first, self.seq_length - width)
         return slice(start, start + width)
 
     def batch(self, indices: Sequence[int], device: torch.device) -> Batch:
         index = torch.as_tensor(list(indices), dtype=torch.long)
-        columns = self._columns(index)
+        columns = self._columns(index, pad_multiple(device))
         labels = self.labels[index]
         if labels.dim() == 2:
             labels = labels[:, columns]
