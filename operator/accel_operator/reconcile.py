@@ -124,9 +124,14 @@ class Reconciler:
         with self._lock:
             return self._schedules.setdefault((namespace, name), _Schedule())
 
-    def due(self, namespace: str, name: str) -> bool:
-        """Whether a time-based step (scrape, backoff, deadline, TTL) of this job is due."""
-        return time.monotonic() >= self._schedule(namespace, name).next_due
+    def due_in(self, namespace: str, name: str) -> float | None:
+        """Seconds until a time-based step (scrape, backoff, deadline, TTL, a retry) of this job
+        is due, 0 when it is; None when none is pending or the job was forgotten."""
+        with self._lock:
+            schedule = self._schedules.get((namespace, name))
+        if schedule is None or math.isinf(schedule.next_due):
+            return None
+        return max(0.0, schedule.next_due - time.monotonic())
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is remembered about a deleted job."""
@@ -138,7 +143,7 @@ class Reconciler:
         self.metrics.record_phase(namespace, name, None)
 
     def reconcile(self, namespace: str, name: str) -> None:
-        """Reconcile one job and schedule its next time-based look (see :meth:`due`)."""
+        """Reconcile one job and schedule its next time-based look (see :meth:`due_in`)."""
         schedule = self._schedule(namespace, name)
         started = time.monotonic()
         try:
@@ -150,7 +155,7 @@ class Reconciler:
         except Exception:
             self.metrics.reconcile_errors.inc()
             self.metrics.count_reconcile("error")
-            # Let the timer retry rather than wait for the next cluster change; a busy or
+            # Retry at a planned time rather than wait for the next cluster change; a busy or
             # refusing API server is asked less and less often.
             schedule.next_due = time.monotonic() + self._retry_delay(schedule)
             schedule.failures += 1

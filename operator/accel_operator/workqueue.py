@@ -5,16 +5,23 @@ reconcile; a job marked many times before a worker takes it is reconciled once. 
 therefore never waits for a reconcile (several API round trips): a burst of pod events under load
 neither piles up in memory nor holds up the news of new jobs.
 
-Every trigger goes through it (a new or changed AccelTrainJob, a child's change, a timer, a
-Kueue Workload), and it alone guarantees that two workers never reconcile the same job at once,
-with client-go's two sets: a key is taken off the *dirty* set and put in the *processing* set
-when a worker takes it; a job marked while it is processed stays dirty and goes back on the
-queue when that reconcile ends, so no change is missed and the next reconcile sees it.
+Every trigger goes through it (a new or changed AccelTrainJob, a child's change, a Kueue
+Workload, a time-based step falling due), and it alone guarantees that two workers never
+reconcile the same job at once, with client-go's two sets: a key is taken off the *dirty* set
+and put in the *processing* set when a worker takes it; a job marked while it is processed stays
+dirty and goes back on the queue when that reconcile ends, so no change is missed and the next
+reconcile sees it.
+
+Time-based steps (a progress scrape, a backoff, a deadline, the TTL, a retry) are client-go's
+delaying queue: a reconcile returns when its job next wants a look, and the queue marks the job
+then (:meth:`WorkQueue.add_after`). Nothing polls: a finished job costs nothing, and no timer
+object lives on the API server's side (kopf's timers need a finalizer on every job).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 import queue
 import threading
@@ -47,12 +54,18 @@ class QueueObserver:
     """Seconds a worker spent on one job."""
 
 
+Reconcile = Callable[[str, str], float | None]
+"""Reconciles one job; returns the seconds until the job wants its next look without any
+cluster change (0: at once), or None when nothing time-based is pending."""
+
+
 class WorkQueue:
-    """Jobs waiting for a reconcile, each at most once, handed to ``workers`` threads."""
+    """Jobs waiting for a reconcile, each at most once, handed to ``workers`` threads; and jobs
+    planned for a later reconcile, each at one time."""
 
     def __init__(
         self,
-        reconcile: Callable[[str, str], None],
+        reconcile: Reconcile,
         *,
         workers: int,
         observer: QueueObserver | None = None,
@@ -67,10 +80,17 @@ class WorkQueue:
         self._processing: set[JobKey] = set()
         """Jobs a worker is reconciling."""
         self._lock = threading.Lock()
+        self._planned: dict[JobKey, float] = {}
+        """Jobs planned for a later reconcile, and the monotonic time each is due."""
+        self._due: list[tuple[float, JobKey]] = []
+        """A heap of (time, job): every plan made, the replaced ones too (skipped when due)."""
+        self._plans_changed = threading.Condition()
+        self._stopping = False
         self._threads = [
             threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True)
             for index in range(workers)
         ]
+        self._threads.append(threading.Thread(target=self._release_due, name="due", daemon=True))
         self._started = False
 
     def start(self) -> None:
@@ -84,6 +104,9 @@ class WorkQueue:
         (the next operator finds them again when it lists the jobs)."""
         if not self._started:
             return
+        with self._plans_changed:
+            self._stopping = True
+            self._plans_changed.notify()
         for _ in self._threads:
             self._queue.put(_STOP)
         for thread in self._threads:
@@ -104,6 +127,52 @@ class WorkQueue:
         self._observer.added()
         self._observer.depth(depth)
 
+    def add_after(self, namespace: str, name: str, delay: float | None) -> None:
+        """Plan a reconcile of a job in ``delay`` seconds, replacing the plan it had; None
+        cancels that plan, and 0 or less marks the job now."""
+        key = (namespace, name)
+        with self._plans_changed:
+            self._planned.pop(key, None)
+            if delay is not None and delay > 0:
+                due = time.monotonic() + delay
+                self._planned[key] = due
+                heapq.heappush(self._due, (due, key))
+                self._plans_changed.notify()
+        if delay is not None and delay <= 0:
+            self.add(namespace, name)
+
+    def planned(self) -> dict[JobKey, float]:
+        """Seconds until each planned job is due."""
+        now = time.monotonic()
+        with self._plans_changed:
+            return {key: due - now for key, due in self._planned.items()}
+
+    def _release_due(self) -> None:
+        """Mark each planned job when it falls due."""
+        while True:
+            with self._plans_changed:
+                key = self._next_due()
+                if key is None:
+                    return
+            self.add(*key)
+
+    def _next_due(self) -> JobKey | None:
+        """Wait (holding ``_plans_changed``) for the next job due; None once stopping."""
+        while not self._stopping:
+            while self._due and self._planned.get(self._due[0][1]) != self._due[0][0]:
+                heapq.heappop(self._due)  # replaced or cancelled since
+            if not self._due:
+                self._plans_changed.wait()
+                continue
+            due, key = self._due[0]
+            wait = due - time.monotonic()
+            if wait <= 0:
+                heapq.heappop(self._due)
+                del self._planned[key]
+                return key
+            self._plans_changed.wait(wait)
+        return None
+
     def depth(self) -> int:
         """Jobs waiting for a worker."""
         with self._lock:
@@ -121,13 +190,15 @@ class WorkQueue:
                 depth = len(self._dirty)
             self._observer.depth(depth)
             self._observer.waited(taken - marked)
+            again: float | None = None
             try:
-                self._reconcile(*key)
+                again = self._reconcile(*key)
             except Exception:
-                logger.exception("reconcile of %s/%s failed; it is retried", *key)
+                logger.exception("reconcile of %s/%s failed", *key)
             finally:
                 self._done(key)
                 self._observer.worked(time.monotonic() - taken)
+            self.add_after(*key, again)
 
     def _done(self, key: JobKey) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
 """What the operator logs when a queued reconcile fails: an API server that does not answer is
-an expected, retried condition and gets one line; a bug keeps its traceback."""
+an expected, retried condition and gets one line; a bug keeps its traceback, and both are
+retried."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class Failing:
     def reconcile(self, namespace: str, name: str) -> None:
         raise self.error
 
+    def due_in(self, namespace: str, name: str) -> float | None:
+        return 2.0  # the reconciler's retry delay
+
 
 def test_an_unreachable_api_server_is_one_warning_line_without_a_traceback(
     caplog: pytest.LogCaptureFixture,
@@ -36,6 +40,12 @@ def test_an_unreachable_api_server_is_one_warning_line_without_a_traceback(
     assert "Connection refused" in records[0].getMessage()
 
 
-def test_a_bug_in_a_reconcile_is_not_swallowed() -> None:
-    with pytest.raises(KeyError):
-        handlers._reconcile_queued(Failing(KeyError("phase")), "team-a", "bert")  # type: ignore[arg-type]
+def test_a_bug_in_a_reconcile_is_logged_with_its_traceback_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="accel_operator"):
+        again = handlers._reconcile_queued(Failing(KeyError("phase")), "team-a", "bert")  # type: ignore[arg-type]
+    [record] = [r for r in caplog.records if r.name.startswith("accel_operator")]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert "team-a/bert failed; retrying" in record.getMessage()
+    assert again == 2.0

@@ -453,7 +453,7 @@ def test_a_child_the_api_server_refuses_fails_the_job_naming_the_field_before_an
     assert failed["message"].startswith("spec.priorityClassName: the API server refuses the Job")
     assert "Not_A_Name" in failed["message"]
     # No retry: the job is not due again, however long one waits.
-    assert not reconciler.due("team-a", "bert")
+    assert reconciler.due_in("team-a", "bert") is None
 
 
 class ForbiddenJobsApi(RecordingApi):

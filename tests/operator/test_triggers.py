@@ -79,3 +79,42 @@ def test_a_worker_pods_change_queues_its_owner_once_per_relevant_change() -> Non
     running["status"]["phase"] = "Running"
     changed("Pod", "MODIFIED", running, pod)
     assert work.marked == [("team-a", "bert"), ("team-a", "bert")]
+
+
+def test_each_reconcile_says_when_its_job_needs_the_next_look() -> None:
+    from accel_operator.kube import ApiError
+
+    reconciler = Reconciler(kube=None, reconcile_interval=2.0)  # type: ignore[arg-type]
+    answers: list[Any] = [7.0, None, ApiError("PATCH", "/x", 500, "down"), RuntimeError("bug")]
+
+    def reconcile_once(namespace: str, name: str) -> float | None:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+    reconciler.reconcile_once = reconcile_once  # type: ignore[method-assign]
+
+    running = handlers._reconcile_queued(reconciler, "team-a", "bert")
+    finished = handlers._reconcile_queued(reconciler, "team-a", "bert")
+    refused = handlers._reconcile_queued(reconciler, "team-a", "bert")
+    crashed = handlers._reconcile_queued(reconciler, "team-a", "bert")
+
+    assert running is not None and 6.5 < running <= 7.0  # a progress scrape, a deadline
+    assert finished is None  # nothing time-based left: never looked at again unasked
+    # Failures are retried after a delay that doubles from the progress interval.
+    assert refused is not None and 1.5 < refused <= 2.0
+    assert crashed is not None and 3.5 < crashed <= 4.0
+    reconciler.forget("team-a", "bert")
+    assert reconciler.due_in("team-a", "bert") is None
+
+
+def test_kopf_runs_no_timer_so_it_puts_no_finalizer_on_jobs() -> None:
+    reconciler = Reconciler(kube=None)  # type: ignore[arg-type]
+    reconciler.cache = informer.Informer(None, [])  # type: ignore[arg-type]
+
+    registry = handlers.build_registry(reconciler, handlers.OperatorOptions())
+
+    spawning = list(registry._spawning.get_all_handlers())
+    changing = list(registry._changing.get_all_handlers())
+    assert spawning == [] and changing == []  # no timer or daemon, no on.create/update/delete

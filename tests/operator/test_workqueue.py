@@ -1,5 +1,6 @@
 """The reconcile work queue: a job marked many times is reconciled once, a change during a
-reconcile is not lost, and a failing reconcile does not stop the workers."""
+reconcile is not lost, a failing reconcile does not stop the workers, and a job is reconciled
+again when its last reconcile said it would need a look."""
 
 from __future__ import annotations
 
@@ -31,15 +32,22 @@ class Recorder:
         self.release = threading.Event()
         self.release.set()
         self.fail: set[tuple[str, str]] = set()
+        self.again: dict[tuple[str, str], list[float]] = {}
+        """Per job, what its reconciles return in turn (seconds to the next look)."""
+        self.times: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, namespace: str, name: str) -> None:
+    def __call__(self, namespace: str, name: str) -> float | None:
         with self._lock:
             self.calls[(namespace, name)] += 1
+            self.times.setdefault((namespace, name), []).append(time.monotonic())
+            planned = self.again.get((namespace, name))
+            again = planned.pop(0) if planned else None
         self.inside.set()
         self.release.wait(TIMEOUT)
         if (namespace, name) in self.fail:
             raise RuntimeError("API server unavailable")
+        return again
 
     def total(self) -> int:
         with self._lock:
@@ -186,3 +194,57 @@ def test_the_queue_reports_adds_waiting_and_working_time_as_controller_runtime_d
     # bert waited for the blocker's reconcile to end; the blocker was taken at once.
     assert waited[1] >= 0.2 > waited[0]
     assert worked[0] >= 0.2
+
+
+def test_a_job_whose_reconcile_asks_for_a_look_later_is_reconciled_again_then(
+    recorder: Recorder, started: tuple[WorkQueue, list[int]]
+) -> None:
+    work, _ = started
+    recorder.again[("team", "bert")] = [0.3, None]
+
+    work.add("team", "bert")
+
+    wait_for(lambda: recorder.calls[("team", "bert")] == 2)
+    first, second = recorder.times[("team", "bert")]
+    assert second - first >= 0.3
+    # The second reconcile planned nothing: no third one comes.
+    time.sleep(0.5)
+    assert recorder.calls[("team", "bert")] == 2 and work.planned() == {}
+
+
+def test_a_new_plan_replaces_the_old_one_and_none_cancels_it(
+    recorder: Recorder, started: tuple[WorkQueue, list[int]]
+) -> None:
+    work, _ = started
+
+    work.add_after("team", "bert", 0.2)
+    work.add_after("team", "bert", 30.0)  # the reconcile of a change planned a later look
+    work.add_after("team", "gpt", 0.2)
+    work.add_after("team", "gpt", None)  # deleted
+
+    time.sleep(0.6)
+    assert recorder.total() == 0
+    assert list(work.planned()) == [("team", "bert")]
+    assert 29.0 < work.planned()[("team", "bert")] <= 30.0
+
+
+def test_a_plan_of_no_delay_marks_the_job_at_once(
+    recorder: Recorder, started: tuple[WorkQueue, list[int]]
+) -> None:
+    work, _ = started
+
+    work.add_after("team", "bert", 0.0)
+
+    wait_for(lambda: recorder.calls[("team", "bert")] == 1)
+
+
+def test_stopping_ends_the_wait_for_a_planned_job(recorder: Recorder) -> None:
+    work = WorkQueue(recorder, workers=1)
+    work.start()
+    work.add_after("team", "bert", 3600.0)
+
+    started = time.monotonic()
+    work.stop()
+
+    assert time.monotonic() - started < 2.0
+    assert recorder.total() == 0
