@@ -11,8 +11,9 @@ For every job it measures, from the client's POST of the AccelTrainJob, the time
 pods at once), through watch streams on pods in the benchmark's namespace. It counts the API
 writes per job from creation to Succeeded: the operator's own (its
 ``acceltrain_operator_api_requests_total`` counter: server-side applies, status patches, events)
-plus kopf's bookkeeping on the AccelTrainJob (finalizer and last-handled-configuration
-annotation, seen as AccelTrainJob modifications that were not status patches). It reads the
+plus any other write to the AccelTrainJob, seen as its modifications that were not status
+patches (kopf's bookkeeping: its finalizer and last-handled-configuration annotation in earlier
+releases, none now). It reads the
 operator's resident memory from /proc at the end of each scenario.
 
     .venv/bin/python benchmarks/operator_launch.py                  # own cluster, ~2 min

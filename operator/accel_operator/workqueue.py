@@ -90,7 +90,7 @@ class WorkQueue:
             threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True)
             for index in range(workers)
         ]
-        self._threads.append(threading.Thread(target=self._release_due, name="due", daemon=True))
+        self._release_thread = threading.Thread(target=self._release_due, name="due", daemon=True)
         self._started = False
 
     def start(self) -> None:
@@ -98,6 +98,7 @@ class WorkQueue:
             self._started = True
             for thread in self._threads:
                 thread.start()
+            self._release_thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let the workers finish the reconcile they are in and exit; queued jobs are dropped
@@ -109,7 +110,7 @@ class WorkQueue:
             self._plans_changed.notify()
         for _ in self._threads:
             self._queue.put(_STOP)
-        for thread in self._threads:
+        for thread in (*self._threads, self._release_thread):
             thread.join(timeout)
         self._started = False
 

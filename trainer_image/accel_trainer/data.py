@@ -437,8 +437,9 @@ def _hold_out(examples: Examples, fraction: float, seed: int) -> tuple[Examples,
 GPU_PAD_MULTIPLE = 8
 """Batch lengths on a GPU round up to a multiple of this: tensor cores work in such tiles, and
 fewer distinct shapes mean fewer kernel selections. A CPU gains nothing from it (its matrix
-kernels tile the hidden size, not the sequence, so step time grows with the positions alone;
-docs/benchmarks.md, length-aware batching), so there a batch is cut to its longest example."""
+kernels tile the hidden size, not the sequence: a forward and backward pass costs the same per
+position at any length; docs/benchmarks.md, length-aware batching), so there a batch is cut to
+its longest example."""
 
 
 def pad_multiple(device: torch.device) -> int:
