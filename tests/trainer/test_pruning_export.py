@@ -112,4 +112,8 @@ def test_pruning_reaches_the_target_keeps_it_and_the_export_scores_as_reported(
     assert quantized["size_bytes"] < report["size_bytes"]
     int8_model = load_quantized(quantized["model_dir"], Task.SEQUENCE_CLASSIFICATION)
     int8_accuracy = accuracy_of(int8_model, tokenizer, eval_records)
-    assert int8_accuracy == pytest.approx(quantized["eval"]["accuracy"], abs=1e-9)
+    # Within two examples in 120, not exactly: dynamically quantized activations take their
+    # scale from each batch, padding included, and the trainer cuts its evaluation batches to
+    # their longest example while this user pads all 120 to 32 in one batch, so a borderline
+    # example can go either way (the fp32 scores above match exactly).
+    assert int8_accuracy == pytest.approx(quantized["eval"]["accuracy"], abs=2 / 120 + 1e-9)
