@@ -553,8 +553,6 @@ def _int8_table(results: list[RunResult]) -> list[str]:
 def _int8_target(row: Callable[[str, str, bool], None], bbc: list[RunResult]) -> None:
     """Judged on every BBC run's int8 export: the run that lost the most, the largest size and
     latency ratios (one run's export can tie its fp32 score exactly; the worst one decides)."""
-    if not bbc:
-        return
     comparisons = {result.run.name: result.int8 for result in bbc if result.int8 is not None}
     if not comparisons:
         return
