@@ -834,7 +834,7 @@ def run_benchmark(
     return results, inputs
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kubeconfig", type=Path, help="reuse a running local cluster")
     parser.add_argument("--work-dir", type=Path, help="inputs, checkpoints and logs of this run")
@@ -850,24 +850,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per job")
     parser.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "quality.md")
     parser.add_argument("--note", help="why the configuration is reduced (printed on the page)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+@contextlib.contextmanager
+def local_cluster(kubeconfig: Path | None, work_dir: Path) -> Iterator[Cluster]:
+    """The cluster of ``kubeconfig``, or a new one under ``work_dir`` stopped afterwards."""
+    if kubeconfig:
+        cluster = Cluster.attach(kubeconfig.resolve().parent)
+        cluster.wait_ready(timeout=30)
+        yield cluster
+        return
+    # No Prometheus: nothing here reads it, and the trainers need every CPU cycle.
+    cluster = Cluster(work_dir / "cluster", gpu_nodes=0, prometheus=False)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def reduced_note(args: argparse.Namespace) -> str | None:
+    """How this run departs from the full benchmark, for the page (None: it does not)."""
+    parts = []
+    if args.max_train or args.max_eval:
+        parts.append(
+            "data subsets ("
+            + (f"first {args.max_train}" if args.max_train else "all")
+            + " train / "
+            + (f"first {args.max_eval}" if args.max_eval else "all")
+            + " eval examples per data set)"
+        )
+    if args.max_steps:
+        parts.append(f"{args.max_steps} optimizer steps per job instead of the manifests'")
+    if set(args.runs) != set(DEFAULT_RUNS):
+        parts.append(f"only the runs {', '.join(args.runs)}")
+    if args.note:
+        parts.append(args.note)
+    return "; ".join(parts) + "." if parts else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     work_dir = (args.work_dir or Path(tempfile.mkdtemp(prefix="acceltrain-quality-"))).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/quality.py " + " ".join(
         shlex.quote(arg) for arg in (argv if argv is not None else sys.argv[1:])
     )
     started = time.monotonic()
-    if args.kubeconfig:
-        cluster = Cluster.attach(args.kubeconfig.resolve().parent)
-        cluster.wait_ready(timeout=30)
-        owned = False
-    else:
-        # No Prometheus: nothing here reads it, and the trainers need every CPU cycle.
-        cluster = Cluster(work_dir / "cluster", gpu_nodes=0, prometheus=False)
-        cluster.start()
-        owned = True
-    try:
+    with local_cluster(args.kubeconfig, work_dir) as cluster:
         results, inputs = run_benchmark(
             cluster,
             work_dir,
@@ -878,32 +909,13 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision,
             timeout=args.timeout,
         )
-    finally:
-        if owned:
-            cluster.stop()
-    reduced_parts = []
-    if args.max_train or args.max_eval:
-        reduced_parts.append(
-            "data subsets ("
-            + (f"first {args.max_train}" if args.max_train else "all")
-            + " train / "
-            + (f"first {args.max_eval}" if args.max_eval else "all")
-            + " eval examples per data set)"
-        )
-    if args.max_steps:
-        reduced_parts.append(f"{args.max_steps} optimizer steps per job instead of the manifests'")
-    if set(args.runs) != set(DEFAULT_RUNS):
-        reduced_parts.append(f"only the runs {', '.join(args.runs)}")
-    if args.note:
-        reduced_parts.append(args.note)
-    reduced = "; ".join(reduced_parts) + "." if reduced_parts else None
     precision_note = None
     if args.precision:
         precision_note = (
             f"every job ran in {args.precision} (`--precision {args.precision}`), replacing the "
             f"manifests' own precision. {bf16_slowdown()}"
         )
-    page = render_page(results, command, inputs, reduced, precision_note)
+    page = render_page(results, command, inputs, reduced_note(args), precision_note)
     page += f"\nTotal benchmark time: {time.monotonic() - started:.0f} s.\n"
     args.doc.write_text(page)
     print(f"[quality] wrote {args.doc} ({time.monotonic() - started:.0f} s)")

@@ -209,6 +209,69 @@ def final_phases(
     return phases, len(restarted_names)
 
 
+def _succeeded(watcher: Watcher, launches: dict[str, Launch]) -> int:
+    with watcher.lock:
+        return sum(1 for launch in launches.values() if launch.succeeded)
+
+
+def post_in_bursts(
+    kube: KubeClient,
+    watcher: Watcher,
+    namespace: str,
+    spec: dict[str, Any],
+    launches: dict[str, Launch],
+    *,
+    burst: int,
+    interval: float,
+    progress: bool,
+) -> float:
+    """POSTs the jobs ``burst`` at a time every ``interval`` seconds; the time it took."""
+    names = list(launches)
+
+    def post(name: str) -> None:
+        launches[name].posted = time.monotonic()
+        post_job(kube, namespace, name, spec)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(POST_THREADS) as pool:
+        for number, first in enumerate(range(0, len(names), burst)):
+            # Open loop: a burst starts on its schedule however far the previous ones got.
+            delay = started + number * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            list(pool.map(post, names[first : first + burst]))
+            if progress:
+                print(
+                    f"  {time.monotonic() - started:6.1f} s: posted {first + burst:>5}/"
+                    f"{len(names)}, {_succeeded(watcher, launches)} Succeeded",
+                    flush=True,
+                )
+    return time.monotonic() - started
+
+
+def wait_for_success(
+    watcher: Watcher,
+    launches: dict[str, Launch],
+    started: float,
+    *,
+    timeout: float,
+    progress: bool,
+) -> float:
+    """Waits until every job Succeeded or ``timeout`` passed; seconds from ``started`` to the
+    last success (to now when none succeeded)."""
+    deadline = time.monotonic() + timeout
+    while (done := _succeeded(watcher, launches)) < len(launches):
+        if time.monotonic() > deadline:
+            break
+        if progress:
+            elapsed = time.monotonic() - started
+            print(f"  {elapsed:6.1f} s: {done}/{len(launches)} Succeeded", flush=True)
+        time.sleep(5)
+    with watcher.lock:
+        finished = [launch.succeeded for launch in launches.values() if launch.succeeded]
+    return (max(finished) if finished else time.monotonic()) - started
+
+
 def run(
     kube: KubeClient,
     watcher: Watcher,
@@ -230,45 +293,15 @@ def run(
     spec = job_spec(workers, gpus)
     if ttl is not None:
         spec["runPolicy"]["ttlSecondsAfterFinished"] = ttl
-    names = [f"scale-{index:05d}" for index in range(jobs)]
-    launches = {name: Launch(name, workers) for name in names}
+    launches = {name: Launch(name, workers) for name in (f"scale-{i:05d}" for i in range(jobs))}
     with watcher.lock:
         watcher.launches.update(launches)
 
-    def post(name: str) -> None:
-        launches[name].posted = time.monotonic()
-        post_job(kube, namespace, name, spec)
-
     started = time.monotonic()
-    with ThreadPoolExecutor(POST_THREADS) as pool:
-        for number, first in enumerate(range(0, jobs, burst)):
-            # Open loop: a burst starts on its schedule however far the previous ones got.
-            delay = started + number * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            list(pool.map(post, names[first : first + burst]))
-            if progress:
-                with watcher.lock:
-                    done = sum(1 for launch in launches.values() if launch.succeeded)
-                print(
-                    f"  {time.monotonic() - started:6.1f} s: posted {first + burst:>5}/{jobs}, "
-                    f"{done} Succeeded",
-                    flush=True,
-                )
-    posting = time.monotonic() - started
-
-    deadline = time.monotonic() + timeout
-    while True:
-        with watcher.lock:
-            done = sum(1 for launch in launches.values() if launch.succeeded)
-        if done == jobs or time.monotonic() > deadline:
-            break
-        if progress:
-            print(f"  {time.monotonic() - started:6.1f} s: {done}/{jobs} Succeeded", flush=True)
-        time.sleep(5)
-    with watcher.lock:
-        finished = [launch.succeeded for launch in launches.values() if launch.succeeded]
-    wall = (max(finished) if finished else time.monotonic()) - started
+    posting = post_in_bursts(
+        kube, watcher, namespace, spec, launches, burst=burst, interval=interval, progress=progress
+    )
+    wall = wait_for_success(watcher, launches, started, timeout=timeout, progress=progress)
     # Let the last status patches and events land before reading the counters.
     time.sleep(2)
     phases, restarts = final_phases(kube, namespace, launches)
@@ -278,8 +311,6 @@ def run(
         for key, count in requests_after.items()
         if count > requests_before.get(key, 0.0)
     }
-    requests = sum(by_kind.values())
-    writes = sum(operator.writes().values()) - writes_before
     rss, peak = operator.rss_mib()
     return ScaleResult(
         jobs=jobs,
@@ -291,8 +322,8 @@ def run(
         launches=list(launches.values()),
         phases=phases,
         restarted=restarts,
-        requests=requests,
-        writes=writes,
+        requests=sum(by_kind.values()),
+        writes=sum(operator.writes().values()) - writes_before,
         requests_by_kind=by_kind,
         rss_mb=rss * 1.048576,
         peak_rss_mb=peak * 1.048576,

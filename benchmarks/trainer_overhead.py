@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,84 @@ def run_baseline(kind: str, directory: Path, args: argparse.Namespace) -> float:
 
 
 # --- the baseline loops (run once per rank under torch.distributed.run) ----------------------
+def trainer_batches(
+    workdir: Path, trainer: dict[str, Any], micro: int, count: int
+) -> list[dict[str, Any]]:
+    """This rank's first ``count`` micro-batches as the trainer builds them (same data, tokenizer
+    and order): padding changes the attention kernels, so random full-length batches would not
+    compare."""
+    import torch
+
+    from accel_contract.config import TrainerConfig
+    from accel_trainer.data import ShardedOrder, load_corpus, tokenize
+    from accel_trainer.tokenization import from_serialized, serialized_from_dir
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    config = TrainerConfig.model_validate(trainer)
+    corpus = load_corpus(config.data, config.model, config.training.seed)
+    tokenizer = from_serialized(
+        serialized_from_dir(workdir / "ckpt" / "output" / "model"), config.data.max_length
+    )
+    batching = config.data.batching
+    split = tokenize(
+        corpus.train, config.model.task, tokenizer, config.data.max_length, batching.padding
+    )
+    lengths = split.lengths if batching.group_by_length else None
+    order = ShardedOrder(len(split), micro, world, rank, config.training.seed, lengths)
+    return [
+        split.batch(order.indices(index), torch.device("cpu")).tensors for index in range(count)
+    ]
+
+
+def bare_step(
+    model: Any, ds_config: dict[str, Any], batches: Iterator[dict[str, Any]]
+) -> Callable[[], None]:
+    """One optimizer step of the loop every DeepSpeed tutorial starts from."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=ds_config
+    )
+
+    def step() -> None:
+        for _ in range(ds_config["gradient_accumulation_steps"]):
+            loss = engine(**next(batches)).loss
+            engine.backward(loss)
+            engine.step()
+
+    return step
+
+
+def ddp_step(
+    model: Any, ds_config: dict[str, Any], batches: Iterator[dict[str, Any]]
+) -> Callable[[], None]:
+    """One optimizer step of plain DDP with torch's AdamW (bf16 autocast when ``ds_config``
+    asks for bf16)."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.AdamW(ddp.parameters(), lr=ds_config["optimizer"]["params"]["lr"])
+    bf16 = bool(ds_config.get("bf16", {}).get("enabled"))
+    accumulation = ds_config["gradient_accumulation_steps"]
+
+    def step() -> None:
+        for index in range(accumulation):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = ddp(**next(batches)).loss / accumulation
+            if index < accumulation - 1:
+                with ddp.no_sync():
+                    loss.backward()
+            else:
+                loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def worker(kind: str, workdir: Path, result: Path, steps: int) -> None:
     import torch
     import torch.distributed as dist
@@ -206,7 +285,7 @@ def worker(kind: str, workdir: Path, result: Path, steps: int) -> None:
 
     trainer = json.loads((workdir / "trainer.json").read_text())
     ds_config = json.loads((workdir / "ds_config.json").read_text())
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    world = int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     # The model the trainer built, from the config it exported (same vocabulary size).
     model_config = AutoConfig.from_pretrained(workdir / "ckpt" / "output" / "model")
@@ -214,61 +293,10 @@ def worker(kind: str, workdir: Path, result: Path, steps: int) -> None:
     model = AutoModelForSequenceClassification.from_config(model_config)
     micro = ds_config["train_micro_batch_size_per_gpu"]
     accumulation = ds_config["gradient_accumulation_steps"]
-    seq = trainer["data"]["maxLength"]
     ds_config["train_batch_size"] = micro * accumulation * world
-    # The trainer's own batches (same data, tokenizer and order), built before the clock starts:
-    # padding changes the attention kernels, so random full-length batches would not compare.
-    from accel_contract.config import TrainerConfig
-    from accel_trainer.data import ShardedOrder, load_corpus, tokenize
-    from accel_trainer.tokenization import from_serialized, serialized_from_dir
-
-    config = TrainerConfig.model_validate(trainer)
-    corpus = load_corpus(config.data, config.model, config.training.seed)
-    tokenizer = from_serialized(
-        serialized_from_dir(workdir / "ckpt" / "output" / "model"), config.data.max_length
-    )
-    batching = config.data.batching
-    split = tokenize(corpus.train, config.model.task, tokenizer, seq, batching.padding)
-    lengths = split.lengths if batching.group_by_length else None
-    order = ShardedOrder(len(split), micro, world, rank, config.training.seed, lengths)
-    batches = [
-        split.batch(order.indices(index), torch.device("cpu")).tensors
-        for index in range(steps * accumulation)
-    ]
-    position = iter(range(len(batches)))
-
-    if kind == "bare":
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-        engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=ds_config
-        )
-
-        def step() -> None:
-            for _ in range(accumulation):
-                loss = engine(**batches[next(position)]).loss
-                engine.backward(loss)
-                engine.step()
-
-    else:
-        dist.init_process_group("gloo")
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        params = ds_config["optimizer"]["params"]
-        optimizer = torch.optim.AdamW(ddp.parameters(), lr=params["lr"])
-        bf16 = bool(ds_config.get("bf16", {}).get("enabled"))
-
-        def step() -> None:
-            for index in range(accumulation):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = ddp(**batches[next(position)]).loss / accumulation
-                if index < accumulation - 1:
-                    with ddp.no_sync():
-                        loss.backward()
-                else:
-                    loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    # Built before the clock starts.
+    batches = iter(trainer_batches(workdir, trainer, micro, steps * accumulation))
+    step = (bare_step if kind == "bare" else ddp_step)(model, ds_config, batches)
 
     for _ in range(WARMUP_STEPS):
         step()
@@ -278,7 +306,7 @@ def worker(kind: str, workdir: Path, result: Path, steps: int) -> None:
         step()
     dist.barrier()
     seconds = time.perf_counter() - started
-    if rank == 0:
+    if int(os.environ["RANK"]) == 0:
         samples = (steps - WARMUP_STEPS) * micro * accumulation * world
         result.write_text(json.dumps({"samples_per_second": samples / seconds}))
     dist.destroy_process_group()

@@ -199,3 +199,14 @@ _INPUTS = {
         **{split: {"sentences": 1, "entities": 1} for split in ("train", "dev", "test")},
     },
 }
+
+
+def test_the_page_says_how_a_run_departs_from_the_full_benchmark(quality: ModuleType) -> None:
+    assert quality.reduced_note(quality.parse_args([])) is None
+    only_bert = quality.parse_args(["--runs", "conll2003-bert-base-cpu"])
+    assert quality.reduced_note(only_bert) == "only the runs conll2003-bert-base-cpu."
+    subsets = quality.parse_args(["--max-train", "64", "--max-steps", "20", "--note", "CI"])
+    assert quality.reduced_note(subsets) == (
+        "data subsets (first 64 train / all eval examples per data set); "
+        "20 optimizer steps per job instead of the manifests'; CI."
+    )
