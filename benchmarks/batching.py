@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/batching.py                  # 30 steps, 4096 sentences
     .venv/bin/python benchmarks/batching.py --repeats 3      # best and median of 3
     .venv/bin/python benchmarks/batching.py --quick          # 6 steps, 512 sentences, 16/rank
+    .venv/bin/python benchmarks/batching.py --contenders grouped,hf --repeats 3   # two of four
 
 Four contenders train the same model (MiniLM-L6 pretrained, token-classification, 9 IOB2
 tags) on the same data (the first ``--sentences`` sentences of the CoNLL-2003 English training
@@ -362,13 +363,14 @@ def hf_worker(workdir: Path, result: Path) -> None:
 # --- the benchmark ------------------------------------------------------------------------------
 def measure(args: argparse.Namespace) -> dict[str, list[Measurement]]:
     """Every contender ``args.repeats`` times, the order rotated each repeat."""
-    measured: dict[str, list[Measurement]] = {contender.key: [] for contender in CONTENDERS}
+    chosen = [contender for contender in CONTENDERS if contender.key in args.contenders]
+    measured: dict[str, list[Measurement]] = {contender.key: [] for contender in chosen}
     with tempfile.TemporaryDirectory(prefix="batching-") as temporary:
         directory = Path(temporary)
         data = conll_subset(directory / "train.conll", args.sentences)
         for repeat in range(args.repeats):
-            shift = repeat % len(CONTENDERS)
-            for contender in CONTENDERS[shift:] + CONTENDERS[:shift]:
+            shift = repeat % len(chosen)
+            for contender in chosen[shift:] + chosen[:shift]:
                 workdir = directory / f"{repeat}-{contender.key}"
                 run = run_contender(contender, workdir, data, args)
                 measured[contender.key].append(run)
@@ -387,21 +389,23 @@ def best_of(runs: list[Measurement]) -> Measurement:
 
 
 def ratios(measured: dict[str, list[Measurement]]) -> list[tuple[str, str, float, float]]:
-    """(name, what it compares, value, target) from the best runs."""
+    """(name, what it compares, value, target) from the best runs of the contenders measured."""
+    compared = [
+        ("ratio_vs_max_length", "max_length", "ours (MaxLength)", TARGET_VS_MAX_LENGTH),
+        ("ratio_vs_hf", "hf", "HF Trainer (group_by_length)", TARGET_VS_HF),
+    ]
+    if "grouped" not in measured:
+        return []
     grouped = best_of(measured["grouped"]).tokens_per_second
     return [
         (
-            "ratio_vs_max_length",
-            "ours (Longest + groupByLength) / ours (MaxLength)",
-            grouped / best_of(measured["max_length"]).tokens_per_second,
-            TARGET_VS_MAX_LENGTH,
-        ),
-        (
-            "ratio_vs_hf",
-            "ours (Longest + groupByLength) / HF Trainer (group_by_length)",
-            grouped / best_of(measured["hf"]).tokens_per_second,
-            TARGET_VS_HF,
-        ),
+            name,
+            f"ours (Longest + groupByLength) / {label}",
+            grouped / best_of(measured[key]).tokens_per_second,
+            target,
+        )
+        for name, key, label, target in compared
+        if key in measured
     ]
 
 
@@ -417,7 +421,7 @@ def report(measured: dict[str, list[Measurement]], args: argparse.Namespace) -> 
         "| padding efficiency | wall s (median) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for contender in CONTENDERS:
+    for contender in (contender for contender in CONTENDERS if contender.key in measured):
         runs = measured[contender.key]
         best = best_of(runs)
         lines.append(
@@ -443,6 +447,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 30)")
     parser.add_argument("--sentences", type=int, help="training sentences (default 4096)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each contender")
+    parser.add_argument(
+        "--contenders",
+        type=lambda text: text.split(","),
+        default=[contender.key for contender in CONTENDERS],
+        help=f"comma-separated, of {','.join(c.key for c in CONTENDERS)} (default: all)",
+    )
     parser.add_argument("--micro-batch", type=int, help="examples per rank per step (default 32)")
     parser.add_argument("--max-length", type=int, default=128, help="data.maxLength")
     parser.add_argument("--nproc", type=int, default=2, help="ranks")
@@ -455,6 +465,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    unknown = sorted(set(args.contenders) - {contender.key for contender in CONTENDERS})
+    if unknown:
+        parser.error(
+            f"--contenders: no contender {', '.join(unknown)}; choose from "
+            f"{', '.join(contender.key for contender in CONTENDERS)}"
+        )
     if args.steps <= WARMUP_STEPS:
         parser.error(f"--steps must be more than the {WARMUP_STEPS} untimed warm-up steps")
     return args
