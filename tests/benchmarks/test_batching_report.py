@@ -60,3 +60,10 @@ def test_an_unknown_contender_is_refused_with_the_valid_names(
     error = capsys.readouterr().err
     assert "--contenders: no contender deepspeed" in error
     assert "grouped, longest, max_length, hf" in error
+
+
+def test_by_default_every_contender_trains_one_epoch_of_the_same_sentences() -> None:
+    assert batching.parse_args([]).steps == 4096 // (2 * 32)
+    assert batching.parse_args(["--sentences", "2048", "--nproc", "1"]).steps == 2048 // 32
+    assert batching.parse_args(["--steps", "30"]).steps == 30
+    assert batching.parse_args(["--quick"]).steps == 6
