@@ -232,7 +232,8 @@ def trainer_batches(
 def bare_step(
     model: Any, ds_config: dict[str, Any], batches: Iterator[dict[str, Any]]
 ) -> Callable[[], None]:
-    """One optimizer step of the loop every DeepSpeed tutorial starts from."""
+    """Joins the ranks, builds the DeepSpeed engine, and returns one optimizer step of the loop
+    every DeepSpeed tutorial starts from."""
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
@@ -252,8 +253,8 @@ def bare_step(
 def ddp_step(
     model: Any, ds_config: dict[str, Any], batches: Iterator[dict[str, Any]]
 ) -> Callable[[], None]:
-    """One optimizer step of plain DDP with torch's AdamW (bf16 autocast when ``ds_config``
-    asks for bf16)."""
+    """Joins the ranks, wraps ``model`` in DDP, and returns one optimizer step of plain DDP with
+    torch's AdamW (bf16 autocast when ``ds_config`` asks for bf16)."""
     import torch
     import torch.distributed as dist
 
